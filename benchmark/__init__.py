@@ -1,0 +1,1 @@
+"""Benchmark machinery: data, training runs, metrics and the ``mdl-bench`` command."""

@@ -1,0 +1,145 @@
+"""The ``mdl-bench`` command."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import yaml
+
+from .errors import UserError
+
+# Third-party chatter that would bury our one-line messages (polars/fuxictr deprecations, tqdm, Ray).
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def parse_set(items) -> dict:
+    """``["a=1", "b=[1, 2]"]`` -> ``{"a": 1, "b": [1, 2]}``; values are YAML (never evaluated as code)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: {value!r} is not a valid YAML value; quote it") from None
+    return out
+
+
+def run_overrides(args) -> dict:
+    over = parse_set(getattr(args, "set", None))
+    for name in ("gpu", "seed", "epochs", "batch_size"):
+        value = getattr(args, name, None)
+        if value is not None:
+            over[name] = value
+    if getattr(args, "model_root", None):
+        over["model_root"] = args.model_root
+    if getattr(args, "data_root", None):
+        over["data_root"] = args.data_root
+    return over
+
+
+def cmd_models(args) -> int:
+    from mdl_bench.model_zoo import registry
+
+    models = registry()
+    width = max(len(n) for n in models)
+    for name, cls in models.items():
+        doc = (cls.__doc__ or cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        first = doc[0] if doc else ""
+        print(f"{name.ljust(width)}  [{cls.group}]  {first}")
+    return 0
+
+
+def cmd_expids(args) -> int:
+    from .config import ConfigSet
+
+    config = ConfigSet(args.config)
+    for expid in config.expids:
+        block = config.models[expid]
+        print(f"{expid}  (model {block.get('model', config.base.get('model', '?'))}, dataset "
+              f"{block.get('dataset_id', config.base.get('dataset_id', '?'))})")
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from .data import synth
+
+    options = {k: v for k, v in (("seed", args.seed), ("n_train", args.n_train), ("n_valid", args.n_valid),
+                                 ("n_test", args.n_test)) if v is not None}
+    options.update(parse_set(args.set))
+    spec = synth.make_spec(args.preset, **options)
+    meta = synth.write_raw(spec, args.out)
+    print(f"Wrote {args.out}/{{train,valid,test}}.csv ({spec.n_train + spec.n_valid + spec.n_test:,} rows, "
+          f"preset {args.preset}, seed {spec.seed})")
+    for split, per_domain in meta["rows"].items():
+        print(f"  {split:5s} " + "  ".join(f"domain {d}: {v['rows']:,} rows, CTR {v['ctr']:.3f}"
+                                            for d, v in per_domain.items()))
+    return 0
+
+
+def cmd_run_expid(args) -> int:
+    from .runner import run_expid
+
+    result = run_expid(args.expid, args.config, run_overrides(args))
+    print()
+    print(result.table())
+    print(f"wall time {result.wall_seconds:.1f}s, train time {result.train_seconds:.1f}s, "
+          f"{result.num_parameters:,} parameters; checkpoint {result.checkpoint}")
+    return 0
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config folder (default: the packaged config/)")
+    p.add_argument("--gpu", type=int, help="GPU index, -1 for CPU (overrides the config)")
+    p.add_argument("--seed", type=int, help="random seed (overrides the config)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (overrides the config)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (overrides the config)")
+    p.add_argument("--model-root", help="where checkpoints and logs go (default $MDL_BENCH_HOME/checkpoints)")
+    p.add_argument("--data-root", help="where built datasets go (default $MDL_BENCH_HOME/data)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (YAML value)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mdl-bench", description="Multi-domain CTR benchmark on FuxiCTR.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("models", help="list registered models")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("expids", help="list the experiment ids of a config folder")
+    p.add_argument("--config", help="config folder (default: the packaged config/)")
+    p.set_defaults(func=cmd_expids)
+    p = sub.add_parser("run-expid", help="train and evaluate one experiment id")
+    p.add_argument("--expid", required=True, help="experiment id in model_config.yaml")
+    add_run_options(p)
+    p.set_defaults(func=cmd_run_expid)
+    data = sub.add_parser("data", help="generate or convert datasets").add_subparsers(dest="data_command",
+                                                                                        required=True)
+    p = data.add_parser("synth", help="write a seeded synthetic multi-domain dataset (raw CSV files)")
+    p.add_argument("--preset", default="kuairand_like", help="kuairand_like (default) or aliccp_like")
+    p.add_argument("--out", required=True, help="output folder for train.csv, valid.csv, test.csv")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--n-train", dest="n_train", type=int)
+    p.add_argument("--n-valid", dest="n_valid", type=int)
+    p.add_argument("--n-test", dest="n_test", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any generator option (YAML value)")
+    p.set_defaults(func=cmd_data_synth)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""FuxiCTR-style experiment configs, loaded with the same merge rule and checked before anything runs.
+
+A config folder holds ``model_config.yaml`` (or ``model_config/*.yaml``) with a ``Base`` block and one block per
+experiment id, and ``dataset_config.yaml`` (or ``dataset_config/*.yaml``) keyed by dataset id. The resolved
+parameters of an expid are ``Base`` <- expid block <- dataset block, exactly as ``fuxictr.utils.load_config``
+merges them. Unlike FuxiCTR, every key is checked: a key that neither the trainer, the dataset nor the model
+takes is a one-line error naming the key, the expid and the file.
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError, close_matches
+from .paths import expand_path, packaged_config_dir
+
+# Keys read by the trainer and the run script (FuxiCTR's BaseModel, run_expid and this package's runner).
+RUN_KEYS = {
+    "model", "dataset_id", "model_id", "loss", "metrics", "task", "optimizer", "learning_rate", "batch_size",
+    "epochs", "shuffle", "seed", "monitor", "monitor_mode", "model_root", "num_workers", "verbose",
+    "early_stop_patience", "pickle_feature_encoder", "save_best_only", "eval_steps", "debug_mode", "gpu",
+    "embedding_regularizer", "net_regularizer", "reduce_lr_on_plateau", "max_gradient_norm", "feature_config",
+    "use_features", "feature_specs", "group_id", "embedding_dim",
+}
+# Keys of a dataset block (FuxiCTR's, plus the multi-domain ones of this package).
+DATASET_KEYS = {
+    "dataset_id", "data_root", "data_format", "train_data", "valid_data", "test_data", "min_categr_count",
+    "feature_cols", "label_col", "group_id", "rebuild_dataset", "data_block_size", "use_features",
+    "feature_specs", "domain_field", "domains", "domain_names", "oracle_field", "synth", "num_workers",
+}
+PATH_KEYS = ("data_root", "train_data", "valid_data", "test_data", "model_root")
+
+
+def _yaml_files(config_dir: Path, stem: str) -> list[Path]:
+    single = config_dir / f"{stem}.yaml"
+    if single.is_file():
+        return [single]
+    return sorted(Path(p) for p in glob.glob(str(config_dir / stem / "*.yaml")))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path} ({exc.strerror}); check the path and permissions") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must map ids to blocks (a YAML mapping at top level); fix the file")
+    return data
+
+
+def resolve_config_dir(config_dir: str | os.PathLike | None) -> Path:
+    """The user's config folder, or the packaged one when ``None``."""
+    if config_dir is None:
+        return packaged_config_dir()
+    path = Path(config_dir).expanduser()
+    if not path.is_dir():
+        raise UserError(f"config folder {path} does not exist; pass --config DIR with a folder holding "
+                        f"model_config.yaml and dataset_config.yaml, or omit --config for the packaged configs")
+    if not _yaml_files(path, "model_config"):
+        raise UserError(f"config folder {path} has no model_config.yaml (nor model_config/*.yaml); add one or "
+                        f"omit --config for the packaged configs")
+    return path
+
+
+class ConfigSet:
+    """All model and dataset blocks of one config folder, with the file each came from."""
+
+    def __init__(self, config_dir: str | os.PathLike | None = None):
+        self.dir = resolve_config_dir(config_dir)
+        self.models: dict[str, dict] = {}
+        self.model_files: dict[str, Path] = {}
+        self.base: dict = {}
+        for path in _yaml_files(self.dir, "model_config"):
+            for key, block in _read_yaml(path).items():
+                key = str(key)
+                if block is not None and not isinstance(block, dict):
+                    raise UserError(f"expid {key!r} in {path} must be a mapping of parameters; fix the file")
+                if key == "Base":
+                    self.base = dict(block or {})
+                    continue
+                self.models[key] = dict(block or {})
+                self.model_files[key] = path
+        self.datasets: dict[str, dict] = {}
+        self.dataset_files: dict[str, Path] = {}
+        for path in _yaml_files(self.dir, "dataset_config"):
+            for key, block in _read_yaml(path).items():
+                if block is not None and not isinstance(block, dict):
+                    raise UserError(f"dataset {key!r} in {path} must be a mapping of parameters; fix the file")
+                self.datasets[str(key)] = dict(block or {})
+                self.dataset_files[str(key)] = path
+
+    @property
+    def expids(self) -> list[str]:
+        return sorted(self.models)
+
+    def model_params(self, expid: str) -> dict:
+        if expid not in self.models:
+            known = ", ".join(self.expids[:12]) + (" ..." if len(self.expids) > 12 else "")
+            raise UserError(f"unknown expid {expid!r}{close_matches(expid, self.models)} in {self.dir}; "
+                            f"`mdl-bench expids` lists them (e.g. {known})")
+        params = copy.deepcopy(self.base)
+        params.update(copy.deepcopy(self.models[expid]))
+        if "dataset_id" not in params:
+            raise UserError(f"expid {expid!r} in {self.model_files[expid]} has no `dataset_id`; add the id of a "
+                            f"block in dataset_config.yaml")
+        params["model_id"] = expid
+        return params
+
+    def dataset_params(self, dataset_id: str) -> dict:
+        if dataset_id not in self.datasets:
+            raise UserError(f"unknown dataset_id {dataset_id!r}{close_matches(dataset_id, self.datasets)}; known "
+                            f"datasets in {self.dir}: {', '.join(sorted(self.datasets)) or 'none'}")
+        params = {"dataset_id": dataset_id}
+        params.update(copy.deepcopy(self.datasets[dataset_id]))
+        return params
+
+    def load(self, expid: str, overrides: dict | None = None) -> dict:
+        """Resolved parameters of ``expid``: Base <- expid block <- dataset block (FuxiCTR's order) <- overrides.
+
+        ``overrides`` (from the command line or a suite) win over everything and may change ``dataset_id``.
+        """
+        overrides = dict(overrides or {})
+        params = self.model_params(expid)
+        if "dataset_id" in overrides:
+            params["dataset_id"] = overrides["dataset_id"]
+        params.update(self.dataset_params(params["dataset_id"]))
+        params.update(overrides)
+        for key in PATH_KEYS:
+            if key in params:
+                params[key] = expand_path(params[key])
+        return params
+
+
+def model_keys(model_class) -> set[str]:
+    """Keyword parameters accepted by a model class (its own ``__init__`` and its bases')."""
+    keys: set[str] = set()
+    for klass in inspect.getmro(model_class):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, p in inspect.signature(init).parameters.items():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in ("self", "feature_map"):
+                keys.add(name)
+    return keys
+
+
+def check_keys(params: dict, model_class, expid: str, config: ConfigSet | None = None) -> None:
+    """One-line error for the first key that nothing takes."""
+    allowed = RUN_KEYS | DATASET_KEYS | model_keys(model_class)
+    for key in params:
+        if key not in allowed:
+            where = f" (from {config.model_files.get(expid, config.dir)})" if config else ""
+            raise UserError(f"config key {key!r} of expid {expid!r}{where} is not a parameter of model "
+                            f"{model_class.__name__}{close_matches(key, allowed)}; fix or remove it")
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=True, default_flow_style=None)

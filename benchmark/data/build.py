@@ -1,0 +1,358 @@
+"""Turn a dataset config into FuxiCTR's built layout (``feature_map.json``, vocabularies, parquet splits).
+
+Vocabularies, ``min_categr_count``, normalisers and ``feature_map.json`` come from FuxiCTR's own
+``FeatureProcessor`` (so every model uses FuxiCTR's encoders and the built folder is what FuxiCTR expects).
+Only the last step differs: FuxiCTR 2.3.10 encodes rows with a Python ``map`` inside Ray Data tasks (seconds of
+Ray start-up, ~14 helper processes); here the same vocabularies are applied as vectorised Polars expressions in
+this process. ``tests/test_build.py`` checks that both give identical ids.
+
+Before anything is written the raw files are checked (missing file, missing column, a label that is not
+0/1, a domain value the config does not list) and every problem is a one-line :class:`UserError`. The build
+goes into a temporary folder that is renamed into place at the end, under a file lock, so a killed build
+leaves nothing half-written and concurrent runs build a dataset once.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ..errors import UserError
+from . import synth
+
+BUILD_VERSION = 1  # bump when the encoding below changes, so old builds are rebuilt
+SPLITS = ("train", "valid", "test")
+_POLARS_DTYPES = {"str": pl.Utf8, "int": pl.Int64, "float": pl.Float64}
+
+
+def dataset_dir(params: dict) -> Path:
+    return Path(params["data_root"]) / params["dataset_id"]
+
+
+def built_paths(params: dict) -> dict[str, str]:
+    """Paths of the built parquet splits (FuxiCTR's names)."""
+    root = dataset_dir(params)
+    return {split: str(root / f"{split}.parquet") for split in SPLITS}
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock held for the ``with`` block (released if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def expand_feature_cols(feature_cols) -> list[dict]:
+    """One dict per column (FuxiCTR allows ``name: [a, b]``), with ``active`` defaulting to True."""
+    if not isinstance(feature_cols, list) or not feature_cols:
+        raise UserError("dataset config needs `feature_cols`: a list of {name, dtype, type} blocks; add it")
+    cols = []
+    for block in feature_cols:
+        if not isinstance(block, dict) or "name" not in block:
+            raise UserError(f"each entry of `feature_cols` needs a `name`; got {block!r}")
+        names = block["name"] if isinstance(block["name"], list) else [block["name"]]
+        for name in names:
+            col = dict(block, name=name)
+            col.setdefault("active", True)
+            if col.get("dtype") not in _POLARS_DTYPES:
+                raise UserError(f"feature column {name!r} has dtype {col.get('dtype')!r}; use one of str, int, float")
+            if col.get("type") not in ("categorical", "numeric", "meta", "sequence"):
+                raise UserError(f"feature column {name!r} has type {col.get('type')!r}; this package supports "
+                                f"categorical, numeric, sequence and meta columns")
+            if col.get("category_processor"):
+                raise UserError(f"feature column {name!r} uses category_processor={col['category_processor']!r}, "
+                                f"which FuxiCTR 2.3.10 cannot transform; bucket the column before building")
+            cols.append(col)
+    return cols
+
+
+def label_spec(params: dict) -> dict:
+    label = params.get("label_col")
+    if isinstance(label, list):
+        if len(label) != 1:
+            raise UserError("`label_col` must name exactly one click label for CTR prediction; fix the dataset config")
+        label = label[0]
+    if not isinstance(label, dict) or "name" not in label:
+        raise UserError("dataset config needs `label_col: {name: <column>, dtype: float}`; add it")
+    return dict(label, dtype=label.get("dtype", "float"))
+
+
+def domain_spec(params: dict) -> tuple[str, list]:
+    """The domain column and its configured values (one tower per value, in this order)."""
+    field = params.get("domain_field")
+    if not field:
+        raise UserError(f"dataset {params.get('dataset_id')!r} has no `domain_field`; add `domain_field: <column>` "
+                        f"and `domains: [values...]` to its dataset config")
+    domains = params.get("domains")
+    if not isinstance(domains, list) or not domains:
+        raise UserError(f"dataset {params.get('dataset_id')!r} has `domain_field: {field}` but no `domains` list; "
+                        f"add `domains: [v1, v2, ...]` with the values of column {field!r}")
+    if len(set(map(str, domains))) != len(domains):
+        raise UserError(f"`domains` of dataset {params.get('dataset_id')!r} lists a value twice; list each once")
+    return field, domains
+
+
+def domain_names(params: dict) -> list[str]:
+    """Display names of the domains: ``domain_names`` if given, else ``S<value>`` as in the paper's tables."""
+    _, domains = domain_spec(params)
+    names = params.get("domain_names")
+    if names is None:
+        return [f"S{v}" for v in domains]
+    if not isinstance(names, list) or len(names) != len(domains):
+        raise UserError("`domain_names` must be a list with one name per entry of `domains`; fix the dataset config")
+    return [str(n) for n in names]
+
+
+def _split_files(params: dict) -> dict[str, list[str]]:
+    files = {}
+    for split in SPLITS:
+        path = params.get(f"{split}_data")
+        if not path:
+            raise UserError(f"dataset {params['dataset_id']!r} has no `{split}_data`; give a CSV file or folder for "
+                            f"each of train_data, valid_data and test_data")
+        path = str(path)
+        matched = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "*.csv")))
+        if not matched:
+            raise UserError(f"{split}_data file {path} not found; check the path in dataset config "
+                            f"{params['dataset_id']!r} (or run `mdl-bench data ...` to create it)")
+        for f in matched:
+            if not os.access(f, os.R_OK):
+                raise UserError(f"{split}_data file {f} is not readable; fix its permissions")
+        files[split] = matched
+    return files
+
+
+def _fingerprint(params: dict, files: dict[str, list[str]]) -> str:
+    keys = ("feature_cols", "label_col", "min_categr_count", "domain_field", "domains", "group_id", "oracle_field")
+    stats = {s: [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in fs] for s, fs in files.items()}
+    payload = json.dumps({"v": BUILD_VERSION, "params": {k: params.get(k) for k in keys}, "files": stats},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _read_split(files: list[str], cols: list[dict], label: dict, split: str) -> pl.DataFrame:
+    raw_cols = [c for c in cols if not c.get("preprocess")]
+    wanted = {c["name"]: _POLARS_DTYPES[c["dtype"]] for c in raw_cols}
+    wanted[label["name"]] = _POLARS_DTYPES.get(label["dtype"], pl.Float64)
+    frames = []
+    for path in files:
+        try:
+            header = pl.read_csv(path, n_rows=0).columns
+        except Exception as exc:  # polars raises several exception types for unreadable CSV
+            raise UserError(f"cannot read {split}_data file {path} ({str(exc).splitlines()[0]}); check that it is a "
+                            f"CSV file with a header line") from None
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise UserError(f"{split}_data file {path} has no column {missing[0]!r} (it has: {', '.join(header)}); "
+                            f"fix feature_cols/label_col or the file")
+        try:
+            frame = pl.read_csv(path, columns=list(wanted), schema_overrides=wanted, infer_schema_length=0,
+                                null_values=[""])
+        except Exception as exc:
+            raise UserError(f"cannot parse {split}_data file {path} ({str(exc).splitlines()[0]}); fix the bad value "
+                            f"or declare that column as dtype: str") from None
+        frames.append(frame.select(list(wanted)))
+    return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def _first_rows(mask: pl.Series, limit: int = 5) -> str:
+    rows = (np.flatnonzero(mask.to_numpy()) + 2)[:limit]  # +2: 1-based, after the header line
+    return ", ".join(map(str, rows))
+
+
+def _check_split(frame: pl.DataFrame, label: dict, domain_field: str, domains: list, split: str, path: str):
+    y = frame[label["name"]]
+    bad = y.is_null() | y.is_nan() | ~y.is_in([0.0, 1.0])
+    if bad.any():
+        raise UserError(f"{split}_data {path}: {int(bad.sum())} rows have a label {label['name']!r} that is missing, "
+                        f"NaN or not 0/1 (lines {_first_rows(bad)}); fix or drop those rows")
+    if domain_field not in frame.columns:
+        raise UserError(f"domain_field {domain_field!r} is not among feature_cols; add it as a categorical column")
+    dom = frame[domain_field]
+    known = [str(v) for v in domains]
+    as_text = dom.cast(pl.Utf8)
+    unknown = as_text.is_null() | ~as_text.is_in(known)
+    if unknown.any():
+        values = sorted(set(as_text.filter(unknown).fill_null("<missing>").to_list()))[:5]
+        raise UserError(f"{split}_data {path}: {int(unknown.sum())} rows have domain {domain_field}="
+                        f"{', '.join(values)}, which `domains` ({', '.join(known)}) does not list (lines "
+                        f"{_first_rows(unknown)}); add the value to `domains` or drop those rows")
+
+
+def _vocab_expr(name: str, vocab: dict, dtype) -> pl.Expr:
+    tokens = {k: v for k, v in vocab.items() if k not in ("__PAD__", "__OOV__")}
+    oov = vocab["__OOV__"]
+    if not tokens:
+        return pl.lit(oov, dtype=pl.Int64).alias(name)
+    keys = pl.Series(list(tokens.keys()), dtype=dtype)
+    return pl.col(name).replace_strict(keys, pl.Series(list(tokens.values()), dtype=pl.Int64),
+                                       default=oov, return_dtype=pl.Int64).alias(name)
+
+
+def encode(processor, frame: pl.DataFrame) -> pl.DataFrame:
+    """Apply a fitted FuxiCTR ``FeatureProcessor`` to a preprocessed frame, vectorised.
+
+    Gives the same ids as ``FeatureProcessor.transform``; meta columns without ``remap`` keep their dtype
+    (FuxiCTR would cast them to int64, which destroys a stored probability).
+    """
+    exprs, computed = [], {}
+    fmap = processor.feature_map
+    for name, spec in fmap.features.items():
+        if name not in frame.columns:
+            continue
+        tokenizer = processor.processor_dict.get(name + "::tokenizer")
+        if spec["type"] in ("categorical", "meta") and tokenizer is not None:
+            exprs.append(_vocab_expr(name, tokenizer.vocab, frame.schema[name]))
+        elif spec["type"] == "numeric":
+            normalizer = processor.processor_dict.get(name + "::normalizer")
+            values = frame[name].cast(pl.Float64).to_numpy()
+            if normalizer is not None:
+                values = normalizer.transform(values)
+            computed[name] = pl.Series(name, np.asarray(values, dtype=np.float64))
+        elif spec["type"] == "sequence":
+            matrix = np.asarray(tokenizer.encode_sequence(frame[name].to_list()), dtype=np.int64)
+            computed[name] = pl.Series(name, matrix).cast(pl.Array(pl.Int64, matrix.shape[1]))
+        else:
+            exprs.append(pl.col(name))
+    out = frame.select(exprs + [pl.col(c).cast(pl.Float64) for c in fmap.labels])
+    if computed:
+        out = out.with_columns(list(computed.values()))
+    order = [c for c in list(fmap.features) + list(fmap.labels) if c in out.columns]
+    return out.select(order)
+
+
+def _preprocess(processor, frame: pl.DataFrame, cols: list[dict]) -> pl.DataFrame:
+    floats = [c["name"] for c in cols if c["dtype"] == "float" and c["name"] in frame.columns]
+    if floats:  # NaN is missing too (FuxiCTR only fills nulls)
+        frame = frame.with_columns([pl.col(c).fill_nan(None) for c in floats])
+    return processor.preprocess(frame.lazy()).collect()
+
+
+def build(params: dict, files: dict[str, list[str]], fingerprint: str, log=logging.info) -> None:
+    """Fit vocabularies on train, encode all splits, write the built folder atomically."""
+    from fuxictr.preprocess.feature_processor import FeatureProcessor
+
+    cols = expand_feature_cols(params.get("feature_cols"))
+    label = label_spec(params)
+    field, domains = domain_spec(params)
+    for col in cols:
+        if col["name"] == field:
+            if col["type"] != "categorical":
+                raise UserError(f"domain_field {field!r} must be a categorical feature column; fix its `type`")
+            col["min_categr_count"] = 1  # a rare domain must keep its own id
+    if not any(c["name"] == field for c in cols):
+        raise UserError(f"domain_field {field!r} is not among feature_cols; add it as a categorical column")
+    t0 = time.time()
+    frames = {}
+    for split in SPLITS:
+        frames[split] = _read_split(files[split], cols, label, split)
+        _check_split(frames[split], label, field, domains, split, files[split][0])
+    present = set(frames["train"][field].cast(pl.Utf8).unique().to_list())
+    absent = [str(d) for d in domains if str(d) not in present]
+    if absent:
+        raise UserError(f"train_data has no rows of domain {field}={absent[0]}; a domain needs training rows, so drop "
+                        f"it from `domains` or add its data")
+    root = Path(params["data_root"])
+    root.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".build-{params['dataset_id']}-", dir=root))
+    try:
+        processor = FeatureProcessor(feature_cols=copy.deepcopy(cols), label_col=label,
+                                     dataset_id=params["dataset_id"], data_root=str(tmp_root),
+                                     group_id=params.get("group_id"))
+        processed = {s: _preprocess(processor, f, cols) for s, f in frames.items()}
+        meta_cols = [c["name"] for c in cols if c["type"] == "meta" and c.get("active", True)]
+        meta = pl.concat([processed[s].select(meta_cols) for s in SPLITS]).lazy() if meta_cols else None
+        processor.fit(processed["train"].lazy(), meta_ddf=meta, rebuild_dataset=True,
+                      min_categr_count=params.get("min_categr_count", 1))
+        rows = {}
+        for split in SPLITS:
+            encoded = encode(processor, processed[split])
+            encoded.write_parquet(Path(processor.data_dir) / f"{split}.parquet")
+            counts = processed[split].group_by(pl.col(field).cast(pl.Utf8)).len().sort(field)
+            rows[split] = dict(zip(counts[field].to_list(), counts["len"].to_list()))
+        info = {"fingerprint": fingerprint, "build_version": BUILD_VERSION, "rows": rows,
+                "seconds": round(time.time() - t0, 2), "sources": files}
+        (Path(processor.data_dir) / "build_info.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+        final = dataset_dir(params)
+        old = None
+        if final.exists():
+            old = root / f".old-{params['dataset_id']}-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(processor.data_dir, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        log(f"Built dataset {params['dataset_id']} in {info['seconds']:.1f}s: "
+            + ", ".join(f"{s} {sum(rows[s].values()):,} rows" for s in SPLITS) + f" -> {final}")
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def read_build_info(params: dict) -> dict | None:
+    path = dataset_dir(params) / "build_info.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_dataset(params: dict, log=logging.info) -> dict[str, str]:
+    """Make sure the dataset of ``params`` is generated (if synthetic) and built; return the parquet paths.
+
+    Safe to call from several processes at once: the first builds, the others wait and reuse.
+    """
+    if not params.get("data_root"):
+        raise UserError(f"dataset {params.get('dataset_id')!r} has no `data_root`; add one (e.g. "
+                        f"${{MDL_BENCH_HOME}}/data)")
+    domain_spec(params)
+    fmt = params.get("data_format", "csv")
+    if fmt == "parquet":
+        paths = {s: str(params.get(f"{s}_data") or built_paths(params)[s]) for s in SPLITS}
+        for split, path in paths.items():
+            if not os.path.exists(path):
+                raise UserError(f"{split}_data {path} not found; build the dataset first (data_format: csv) or fix "
+                                f"the path")
+        if not (dataset_dir(params) / "feature_map.json").exists():
+            raise UserError(f"{dataset_dir(params)}/feature_map.json not found; the parquet files must come from a "
+                            f"built dataset folder")
+        return paths
+    if fmt != "csv":
+        raise UserError(f"data_format {fmt!r} is not supported; use csv (raw files, built on first use) or parquet")
+    lock = Path(params["data_root"]) / f".{params['dataset_id']}.lock"
+    with file_lock(lock):
+        if params.get("synth") is not None:
+            options = dict(params["synth"]) if isinstance(params["synth"], dict) else {}
+            spec = synth.make_spec(options.pop("preset", "kuairand_like"), **options)
+            raw_dir = Path(params["train_data"]).parent
+            for split in SPLITS:
+                if Path(params[f"{split}_data"]) != raw_dir / f"{split}.csv":
+                    raise UserError(f"a synthetic dataset writes train.csv, valid.csv and test.csv into one folder; "
+                                    f"point {split}_data at {raw_dir / (split + '.csv')}")
+            if synth.ensure_raw(spec, raw_dir):
+                log(f"Generated synthetic data ({spec.n_train + spec.n_valid + spec.n_test:,} rows, seed "
+                    f"{spec.seed}) -> {raw_dir}")
+        files = _split_files(params)
+        fingerprint = _fingerprint(params, files)
+        info = read_build_info(params)
+        paths = built_paths(params)
+        if not (info and info.get("fingerprint") == fingerprint and all(os.path.exists(p) for p in paths.values())):
+            if info:
+                log(f"Dataset {params['dataset_id']} config or raw files changed since the last build; rebuilding")
+            build(params, files, fingerprint, log=log)
+    return paths

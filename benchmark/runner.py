@@ -1,0 +1,154 @@
+"""One experiment, FuxiCTR style: resolve the config, build the data, train, evaluate, report.
+
+This is the one run script of the package (``mdl-bench run-expid``); suites call :func:`run_expid` too.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import metrics as metric_lib
+from .config import ConfigSet, check_keys
+from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir
+from .errors import UserError
+from .report import domain_table
+
+RESULT_SUFFIX = ".result.json"
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports; JSON-serialisable via :meth:`to_dict`."""
+
+    expid: str
+    model: str
+    dataset_id: str
+    seed: int
+    domain_names: list
+    valid: dict
+    test: dict
+    oracle: dict
+    test_rows: dict
+    test_positives: dict
+    best_epoch: int | None
+    epochs_run: int
+    train_seconds: float
+    train_samples_per_second: float
+    wall_seconds: float
+    num_parameters: int
+    checkpoint: str
+    params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        title = (f"Test results: {self.expid} ({self.model}) on {self.dataset_id}, seed {self.seed}; "
+                 f"best epoch {self.best_epoch}, {self.train_samples_per_second:,.0f} train samples/s")
+        return domain_table(self.test, self.oracle, self.test_rows, self.test_positives, self.domain_names, title)
+
+
+def resolve(expid: str, config_dir=None, overrides: dict | None = None) -> tuple[dict, type, ConfigSet]:
+    """Resolved and checked parameters, the model class and the config set (nothing is written)."""
+    from mdl_bench.model_zoo import get_model
+
+    config = ConfigSet(config_dir)
+    params = config.load(expid, overrides)
+    if not params.get("model"):
+        raise UserError(f"expid {expid!r} has no `model`; add `model: <Name>` (see `mdl-bench models`)")
+    model_class = get_model(params["model"])
+    check_keys(params, model_class, expid, config)
+    dataset_domain_names(params)  # checks domain_field / domains / domain_names early
+    return params, model_class, config
+
+
+def load_feature_map(params: dict):
+    from fuxictr.features import FeatureMap
+
+    data_dir = dataset_dir(params)
+    feature_map = FeatureMap(params["dataset_id"], str(data_dir))
+    feature_map.load(str(data_dir / "feature_map.json"), params)
+    return feature_map
+
+
+def make_loaders(feature_map, paths: dict, params: dict, rank: int = 0, world_size: int = 1):
+    from .data.loader import InMemoryLoader
+
+    batch_size = int(params.get("batch_size", 4096))
+    seed = int(params.get("seed") or 0)
+    common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+    train = InMemoryLoader(feature_map, paths["train"], split="train", shuffle=params.get("shuffle", True), **common)
+    valid = InMemoryLoader(feature_map, paths["valid"], split="valid", shuffle=False, **common)
+    test = InMemoryLoader(feature_map, paths["test"], split="test", shuffle=False, **common)
+    return train, valid, test
+
+
+def oracle_metrics(model, loader, params: dict) -> dict:
+    """Metrics of the stored true probability (``oracle_field``) on a split, overall and per domain."""
+    field_name = params.get("oracle_field")
+    if not field_name or field_name not in loader.columns:
+        return {}
+    import torch
+
+    domain = model.domain_lookup.cpu()[loader.columns[model.domain_field].long()].numpy()
+    label = loader.columns[model.feature_map.labels[0]].numpy()
+    group = loader.columns.get(model.feature_map.group_id) if model.feature_map.group_id else None
+    return dict(metric_lib.compute_metrics(
+        ["logloss", "AUC", "gAUC"] if group is not None else ["logloss", "AUC"], label,
+        loader.columns[field_name].double().numpy(), domain, None if group is None else group.numpy(),
+        model.domain_names, expand_domains=True))
+
+
+def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
+              step_callback: Callable[[dict], None] | None = None, quiet: bool = False) -> RunResult:
+    """Train and evaluate one experiment; return its results (also written next to the checkpoint)."""
+    from fuxictr.pytorch.torch_utils import seed_everything
+    from fuxictr.utils import set_logger, print_to_json
+
+    started = time.time()
+    params, model_class, _ = resolve(expid, config_dir, overrides)
+    set_logger(params)
+    if quiet:
+        for handler in logging.getLogger().handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
+    logging.info("Params: " + print_to_json(params))
+    seed = int(params.get("seed") or 0)
+    seed_everything(seed=seed)
+    paths = ensure_dataset(params)
+    feature_map = load_feature_map(params)
+    model = model_class(feature_map, **params)
+    if step_callback is not None:
+        model.step_callbacks.append(step_callback)
+    logging.info(f"Total number of parameters: {model.num_parameters():,}.")
+    train_gen, valid_gen, test_gen = make_loaders(feature_map, paths, params)
+    model.fit(train_gen, validation_data=valid_gen, **params)
+    logging.info("****** Validation evaluation ******")
+    valid_logs = model.evaluate(valid_gen)
+    logging.info("******** Test evaluation ********")
+    test_arrays = model.predict_arrays(test_gen)
+    test_logs = model.evaluate_arrays(test_arrays)
+    logging.info("[Metrics] " + " - ".join(f"{k}: {v:.6f}" for k, v in test_logs.items()))
+    names = model.domain_names
+    counts = np.bincount(test_arrays["domain"], minlength=len(names))
+    positives = np.bincount(test_arrays["domain"], weights=test_arrays["y_true"], minlength=len(names))
+    result = RunResult(
+        expid=expid, model=params["model"], dataset_id=params["dataset_id"], seed=seed, domain_names=names,
+        valid=dict(valid_logs), test=dict(test_logs), oracle=oracle_metrics(model, test_gen, params),
+        test_rows={**{n: int(c) for n, c in zip(names, counts)}, "Overall": int(counts.sum())},
+        test_positives={**{n: int(p) for n, p in zip(names, positives)}, "Overall": int(positives.sum())},
+        best_epoch=model.best_epoch, epochs_run=model._epoch_index + 1,
+        train_seconds=round(model.train_seconds, 3), train_samples_per_second=model.train_samples_per_second,
+        wall_seconds=round(time.time() - started, 2), num_parameters=model.num_parameters(),
+        checkpoint=model.checkpoint, params=params)
+    result_path = Path(model.checkpoint).with_suffix(RESULT_SUFFIX)
+    result_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    logging.info(f"Results written to {result_path}")
+    return result

@@ -1,0 +1,1 @@
+"""Packaged experiment configs: ``dataset_config.yaml``, ``model_config.yaml`` and ``suites/``."""

@@ -1,0 +1,113 @@
+"""Crocodile: Cross Experts Covariance for Disentangled Learning (Lin et al., paper sections 3.1-3.4).
+
+    fields --MultiEmbedding (M shared tables)--> e^(1..M)          eq. (4)
+    e^(p)  --expert MLP p-------------------->  O^p  (B x d)       eq. (5)
+    prior fields (own table) ---------------->  r    (B x l)       eq. (10)
+    gate s: softmax over experts of r W^s --->  g^s  (B x M x d)   eq. (11)
+    t^s = sum_p g^s_p * O^p  --> tower s ---->  logit of domain s  eq. (9), (6)
+    loss = sum_s mean BCE_s + alpha * CovLoss(O^1..O^M)           eq. (8), (7)
+
+Every switch of the ablation (table 5) is an option:
+
+* ``embedding_mode``: ``ME`` (M tables, expert p reads table p) or ``SE`` (one table read by all M experts);
+* ``gating``: ``mmoe`` (the table's "-": MMoE's softmax gate, one scalar per expert, reading the embeddings
+  the experts read - all M tables concatenated in ME mode), ``pg`` (the same scalar gate reading the prior
+  embedding ``r``) or ``peg`` (element-wise: a softmax over experts for each of the d dimensions);
+* ``aux_loss``: ``cov`` (B+C) or ``none`` (B), weighted by ``cov_alpha``.
+
+``num_embeddings`` (M) defaults to the number of domains, as in the paper; figure 8 varies it from 2.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from mdl_bench.benchmark.errors import UserError
+from .base import MultiDomainModel
+from .layers import (BatchedMLP, CovLoss, DomainGroups, DomainTowers, ElementwiseGate, MultiEmbedding,
+                     SoftmaxGate, check_fields, gather_domain, mix_own)
+
+
+class Crocodile(MultiDomainModel):
+    """Crocodile and its table-5 ablations.
+
+    Args:
+        num_embeddings: M, the number of embedding tables and experts (``None``: one per domain).
+        embedding_mode: ``"ME"`` or ``"SE"``.
+        gating: ``"peg"``, ``"pg"`` or ``"mmoe"``.
+        prior_fields: fields of the prior embedding ``r`` (default user id, item id, domain id).
+        prior_embedding_dim: width of one prior field (default ``embedding_dim``).
+        expert_hidden_units: widths of each expert MLP; its last width is ``d``.
+        tower_hidden_units: widths of each domain tower before the logit.
+        gate_hidden_units: hidden layers of the ``mmoe``/``pg`` gate (none in MMoE).
+        aux_loss: ``"cov"`` or ``"none"``.
+        cov_alpha: weight alpha of CovLoss in eq. (8).
+        cov_pairs, cov_normalization, cov_sample_rows: options of :class:`~model_zoo.layers.CovLoss`.
+    """
+
+    group = "Crocodile"
+
+    def __init__(self, feature_map, model_id: str = "Crocodile", gpu: int = -1, learning_rate: float = 1e-3,
+                 embedding_dim: int = 16, num_embeddings: int | None = None, embedding_mode: str = "ME",
+                 gating: str = "peg", prior_fields: Sequence[str] = ("user_id", "item_id", "domain"),
+                 prior_embedding_dim: int | None = None, expert_hidden_units: Sequence[int] = (256, 128),
+                 tower_hidden_units: Sequence[int] = (64,), gate_hidden_units: Sequence[int] = (),
+                 hidden_activations: str = "ReLU", net_dropout: float = 0.0, batch_norm: bool = False,
+                 aux_loss: str = "cov", cov_alpha: float = 1e-4, cov_pairs: str = "p>=q",
+                 cov_normalization: str = "none", cov_sample_rows: int = 0, **kwargs):
+        super().__init__(feature_map, model_id=model_id, gpu=gpu, learning_rate=learning_rate,
+                         embedding_dim=embedding_dim, **kwargs)
+        self.num_experts = M = int(num_embeddings or self.num_domains)
+        self.embedding_mode = str(embedding_mode).upper()
+        self.gating = str(gating).lower()
+        if self.embedding_mode not in ("ME", "SE"):
+            raise UserError(f"Crocodile: embedding_mode must be ME or SE, got {embedding_mode!r}")
+        if self.gating not in ("peg", "pg", "mmoe"):
+            raise UserError(f"Crocodile: gating must be peg, pg or mmoe, got {gating!r}")
+        if aux_loss not in ("cov", "none", None):
+            raise UserError(f"Crocodile: aux_loss must be cov or none, got {aux_loss!r}")
+        tables = M if self.embedding_mode == "ME" else 1
+        self.embedding = MultiEmbedding(feature_map, embedding_dim, tables)
+        self.experts = BatchedMLP(M, self.embedding.output_dim, expert_hidden_units, activation=hidden_activations,
+                                  dropout=net_dropout, batch_norm=batch_norm)
+        expert_dim = self.experts.output_dim
+        if self.gating in ("pg", "peg"):
+            fields = check_fields(feature_map, prior_fields, "prior_fields", "Crocodile")
+            self.prior_embedding = MultiEmbedding(feature_map, prior_embedding_dim or embedding_dim, 1, fields=fields)
+            gate_input = self.prior_embedding.output_dim
+        else:
+            gate_input = tables * self.embedding.output_dim
+        if self.gating == "peg":
+            self.gate = ElementwiseGate(gate_input, self.num_domains, M, expert_dim)
+        else:
+            self.gate = SoftmaxGate(gate_input, self.num_domains, M, gate_hidden_units)
+        self.towers = DomainTowers(self.num_domains, expert_dim, tower_hidden_units, activation=hidden_activations,
+                                   dropout=net_dropout, batch_norm=batch_norm)
+        self.cov_alpha = float(cov_alpha)
+        self.cov_loss = (CovLoss(cov_pairs, cov_normalization, cov_sample_rows)
+                         if aux_loss == "cov" and self.cov_alpha > 0 else None)
+        self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+        self.reset_parameters()
+        self.model_to_device()
+
+    def expert_outputs(self, X: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(O, e)``: expert outputs ``M x B x d`` and the flat embeddings ``tables x B x (F*D)``."""
+        emb = self.embedding.flat(X)
+        experts_in = emb if self.embedding_mode == "ME" else emb[0]  # M x B x FD, or one B x FD for all
+        return self.experts(experts_in), emb
+
+    def logits(self, X, domain):
+        expert_out, emb = self.expert_outputs(X)  # M x B x d
+        if self.gating == "mmoe":
+            gate_in = emb.permute(1, 0, 2).reshape(emb.shape[1], -1)  # B x (tables*F*D)
+        else:
+            gate_in = self.prior_embedding.flat(X)[0]  # B x l
+        weights = self.gate.own(gate_in, DomainGroups(domain, self.num_domains))  # B x M [x d], own domain
+        tower_in = mix_own(expert_out, weights)  # B x d
+        logit = gather_domain(self.towers(tower_in), domain)  # every tower on every row, own one kept
+        aux = {}
+        if self.cov_loss is not None and self.training:
+            aux["cov"] = self.cov_alpha * self.cov_loss(expert_out)
+        return logit, aux

@@ -1,0 +1,249 @@
+"""The multi-domain model contract, on top of FuxiCTR's ``BaseModel``.
+
+A model subclasses :class:`MultiDomainModel`, builds its layers in ``__init__`` (ending, as in FuxiCTR, with
+``compile``, ``reset_parameters`` and ``model_to_device``) and implements :meth:`MultiDomainModel.logits`,
+which gets the model inputs and each row's domain index and returns one logit per row plus named auxiliary
+losses. The base class does the rest:
+
+* reads the domain of every row from the domain field (FuxiCTR remaps its values to ids ``1..K`` plus PAD and
+  OOV; a lookup table turns ids into tower indices ``0..K-1`` in the order of the config's ``domains``);
+* the loss of eq. (8): the mean BCE of each domain's rows, summed over the domains present in the batch,
+  plus every auxiliary loss, each logged on its own;
+* evaluation: logloss, AUC and gAUC overall and per domain (``AUC@S6``), each usable as ``monitor``;
+* FuxiCTR's ``fit`` loop, with the train step, the per-term loss log and a throughput counter overridden.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import OrderedDict, defaultdict
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fuxictr.pytorch.models import BaseModel
+from tqdm import tqdm
+
+from mdl_bench.benchmark.errors import UserError
+from mdl_bench.benchmark import metrics as metric_lib
+
+BCE_NAMES = ("binary_crossentropy", "binary_cross_entropy", "bce")
+
+
+class MultiDomainModel(BaseModel):
+    """Base class of every model in the zoo.
+
+    Args:
+        feature_map: FuxiCTR feature map of a built dataset.
+        domain_field: the categorical field holding each row's domain.
+        domains: raw values of the domain field, one tower per value, in this order.
+        domain_names: display names (default ``S<value>``).
+        embedding_dim: ``D``, the width of one embedding table.
+        learning_rate, optimizer, loss: as in FuxiCTR (``loss`` must be binary cross-entropy; it is computed
+            from logits, per domain, as eq. (8)).
+
+    Class attributes:
+        group: the leaderboard group of the paper's tables ("Single Domain", "MTL (SE)", "MTL (ME)", "MDL",
+            "Crocodile").
+        display_name: the name in tables (defaults to the class name).
+    """
+
+    group: str = "MDL"
+    display_name: str | None = None
+
+    def __init__(self, feature_map, model_id: str = "MultiDomainModel", gpu: int = -1,
+                 learning_rate: float = 1e-3, embedding_dim: int = 16, domain_field: str | None = None,
+                 domains: list | None = None, domain_names: list | None = None,
+                 loss: str = "binary_crossentropy", optimizer: str = "adam", **kwargs):
+        kwargs.setdefault("verbose", 1)
+        kwargs.setdefault("metrics", ["logloss", "AUC", "gAUC"])
+        kwargs.setdefault("model_root", os.path.join(os.path.expanduser("~"), ".mdl_bench", "checkpoints"))
+        super().__init__(feature_map, model_id=model_id, gpu=gpu, **kwargs)
+        if str(loss) not in BCE_NAMES:
+            raise UserError(f"{type(self).__name__}: loss {loss!r} is not supported; multi-domain CTR models here "
+                            f"train with binary_crossentropy (eq. 8)")
+        self.learning_rate, self.optimizer_name, self.loss_name = learning_rate, optimizer, loss
+        self.embedding_dim = embedding_dim
+        self.domain_field, self.domains = self._check_domains(feature_map, domain_field, domains)
+        self.num_domains = len(self.domains)
+        self.domain_names = ([str(n) for n in domain_names] if domain_names else [f"S{v}" for v in self.domains])
+        self.register_buffer("domain_lookup", self._domain_lookup(feature_map), persistent=False)
+        metric_lib.check_metric_names(self.validation_metrics, self.domain_names, where="metrics")
+        metric_lib.check_metric_names(self._monitor.get_metrics(), self.domain_names, where="monitor")
+        self.train_rows = 0
+        self.train_seconds = 0.0
+        self.step_callbacks: list[Callable[[dict], None]] = []
+
+    # ------------------------------------------------------------------ domains
+    def _check_domains(self, feature_map, domain_field, domains):
+        name = type(self).__name__
+        if not domain_field:
+            raise UserError(f"{name}: the dataset config has no `domain_field`; add `domain_field: <column>` and "
+                            f"`domains: [...]` to dataset {feature_map.dataset_id!r}")
+        spec = feature_map.features.get(domain_field)
+        if spec is None or spec.get("type") != "categorical":
+            raise UserError(f"{name}: domain_field {domain_field!r} is not a categorical feature of dataset "
+                            f"{feature_map.dataset_id!r}; add it to feature_cols as type: categorical")
+        if not domains:
+            raise UserError(f"{name}: dataset {feature_map.dataset_id!r} lists no `domains`; add the values of "
+                            f"{domain_field!r}, one per tower")
+        return domain_field, list(domains)
+
+    def _domain_lookup(self, feature_map) -> torch.Tensor:
+        vocab_path = os.path.join(feature_map.data_dir, "feature_vocab.json")
+        try:
+            with open(vocab_path, "r", encoding="utf-8") as fh:
+                vocab = json.load(fh)[self.domain_field]
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"{type(self).__name__}: cannot read the vocabulary of {self.domain_field!r} from "
+                            f"{vocab_path}; rebuild the dataset") from None
+        lookup = torch.full((max(vocab.values()) + 1,), -1, dtype=torch.long)
+        for index, value in enumerate(self.domains):
+            if str(value) not in vocab:
+                raise UserError(f"{type(self).__name__}: domain {value!r} of the config is not in the built data of "
+                                f"{feature_map.dataset_id!r} (values there: "
+                                f"{', '.join(k for k in vocab if not k.startswith('__'))}); fix `domains`")
+            lookup[vocab[str(value)]] = index
+        unlisted = [k for k, v in vocab.items() if not k.startswith("__") and lookup[v] < 0]
+        if unlisted:
+            raise UserError(f"{type(self).__name__}: the data has domain {self.domain_field}={unlisted[0]}, which "
+                            f"`domains` does not list; add it to `domains` or rebuild without those rows")
+        return lookup
+
+    def domain_of(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tower index ``0..K-1`` of every row, shape ``B``."""
+        return self.domain_lookup[X[self.domain_field].long()]
+
+    # ------------------------------------------------------------------ forward and loss
+    def logits(self, X: dict[str, torch.Tensor], domain: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return ``(logit of shape B, {name: weighted auxiliary loss})``. Implemented by every model."""
+        raise NotImplementedError
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        X = self.get_inputs(inputs)
+        domain = self.domain_of(X)
+        logit, aux_losses = self.logits(X, domain)
+        return {"y_pred": self.output_activation(logit).unsqueeze(-1), "logit": logit, "domain": domain,
+                "aux_losses": aux_losses}
+
+    def domain_bce(self, logit: torch.Tensor, y_true: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """Eq. (8)'s first term: ``sum_s mean_{rows of s} BCE``; domains absent from the batch add nothing."""
+        per_row = F.binary_cross_entropy_with_logits(logit, y_true.view(-1), reduction="none")
+        sums = torch.zeros(self.num_domains, device=logit.device, dtype=per_row.dtype).index_add_(0, domain, per_row)
+        counts = torch.bincount(domain, minlength=self.num_domains).to(per_row.dtype)
+        return (sums / counts.clamp(min=1.0)).sum()
+
+    def add_loss(self, return_dict: dict, y_true: torch.Tensor) -> torch.Tensor:
+        bce = self.domain_bce(return_dict["logit"], y_true, return_dict["domain"])
+        terms = OrderedDict(bce=bce)
+        terms.update(return_dict.get("aux_losses") or {})
+        self._loss_terms = terms
+        return sum(terms.values())
+
+    # ------------------------------------------------------------------ training loop
+    def train_step(self, batch_data: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.optimizer.zero_grad()
+        return_dict = self.forward(batch_data)
+        y_true = self.get_labels(batch_data)
+        loss = self.compute_loss(return_dict, y_true)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters(), self._max_gradient_norm)
+        self.optimizer.step()
+        return loss
+
+    def train_epoch(self, data_generator) -> None:
+        """FuxiCTR's epoch loop, plus: each loss term logged, throughput counted, step callbacks."""
+        self._batch_index = 0
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        steps_since_log = 0
+        self.train()
+        if hasattr(data_generator, "set_epoch"):
+            data_generator.set_epoch(self._epoch_index)
+        batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stdout)
+        tick = time.perf_counter()
+        for batch_index, batch_data in enumerate(batches):
+            self._batch_index = batch_index
+            self._total_steps += 1
+            loss = self.train_step(batch_data)
+            rows = int(next(iter(batch_data.values())).shape[0])
+            self.train_rows += rows
+            sums["loss"] += loss.detach()
+            for name, value in self._loss_terms.items():
+                sums[name] += value.detach()
+            steps_since_log += 1
+            for callback in self.step_callbacks:
+                callback({"epoch": self._epoch_index, "batch": batch_index, "batches": len(data_generator),
+                          "rows": rows})
+            if self._total_steps % self._eval_steps == 0:
+                self.train_seconds += time.perf_counter() - tick
+                logging.info("Train loss: " + " - ".join(
+                    f"{k}: {float(v) / steps_since_log:.6f}" for k, v in sums.items()))
+                sums.clear()
+                steps_since_log = 0
+                self.eval_step()
+                tick = time.perf_counter()
+            if self._stop_training:
+                break
+        self.train_seconds += time.perf_counter() - tick
+
+    @property
+    def train_samples_per_second(self) -> float:
+        return self.train_rows / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+    best_epoch: int | None = None
+
+    def checkpoint_and_earlystop(self, logs, min_delta: float = 1e-6) -> None:
+        """FuxiCTR's rule, also remembering the epoch of the best checkpoint."""
+        best_before = self._best_metric
+        super().checkpoint_and_earlystop(logs, min_delta)
+        if self._best_metric != best_before:
+            self.best_epoch = self._epoch_index + 1
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict_arrays(self, data_generator) -> dict[str, np.ndarray]:
+        """Predictions with labels, domains and group ids of every row, as numpy arrays of shape ``N``."""
+        self.eval()
+        parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+        group_id = self.feature_map.group_id
+        batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stdout)
+        for batch_data in batches:
+            out = self.forward(batch_data)
+            parts["y_pred"].append(out["y_pred"].view(-1).float().cpu())
+            parts["domain"].append(out["domain"].cpu())
+            if self.feature_map.labels[0] in batch_data:
+                parts["y_true"].append(self.get_labels(batch_data).view(-1).cpu())
+            if group_id is not None and group_id in batch_data:
+                parts["group"].append(batch_data[group_id].view(-1).cpu())
+        return {k: torch.cat(v).numpy() for k, v in parts.items()}
+
+    def predict(self, data_generator) -> np.ndarray:
+        return self.predict_arrays(data_generator)["y_pred"].astype(np.float64)
+
+    def evaluate(self, data_generator, metrics=None) -> "OrderedDict[str, float]":
+        """Metrics overall and per domain. With ``metrics=None`` every configured metric is reported for the
+        whole split and for each domain (``AUC``, ``AUC@S0``, ...); otherwise just the names given."""
+        arrays = self.predict_arrays(data_generator)
+        logs = self.evaluate_arrays(arrays, metrics)
+        logging.info("[Metrics] " + " - ".join(f"{k}: {v:.6f}" for k, v in logs.items()))
+        return logs
+
+    def evaluate_arrays(self, arrays: dict[str, np.ndarray], metrics=None) -> "OrderedDict[str, float]":
+        names = list(metrics) if metrics is not None else list(self.validation_metrics)
+        return metric_lib.compute_metrics(names, arrays["y_true"], arrays["y_pred"], arrays["domain"],
+                                          arrays.get("group"), self.domain_names, expand_domains=metrics is None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_weights(self, checkpoint: str) -> None:
+        """Write to a temporary file and rename, so a killed run never leaves a truncated checkpoint."""
+        os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+        tmp = f"{checkpoint}.tmp-{os.getpid()}"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, checkpoint)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,42 @@
+"""mdl-bench: a FuxiCTR plugin for multi-domain recommendation benchmarks (Crocodile and baselines).
+
+The repository keeps FuxiCTR's top-level layout (``model_zoo/``, ``benchmark/``, ``config/``), but the
+installed import names live under one namespace, ``mdl_bench``, so that generic names such as ``config`` or
+``benchmark`` never shadow (or get shadowed by) a user's own folders.
+"""
+from setuptools import setup
+
+PACKAGES = {
+    "mdl_bench.benchmark": "benchmark",
+    "mdl_bench.benchmark.data": "benchmark/data",
+    "mdl_bench.model_zoo": "model_zoo",
+    "mdl_bench.model_zoo.layers": "model_zoo/layers",
+    "mdl_bench.config": "config",
+}
+
+setup(
+    name="mdl-bench",
+    version="0.1.0",
+    description="Multi-domain CTR benchmark on FuxiCTR: Crocodile and ten baselines",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    package_data={"mdl_bench.config": ["*.yaml", "suites/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        # Any torch that 2.13 satisfies; install torch==2.13.0 first on CPU-only machines (see README).
+        "torch>=2.1,<3",
+        "fuxictr==2.3.10",
+        "polars>=1.0,<2",  # polars 2 removed scan_csv(dtypes=), which FuxiCTR 2.3.10 uses
+        "pyyaml>=6.0",
+        "h5py",
+        "scikit-learn",
+        "numpy",
+        "scipy",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["mdl-bench=mdl_bench.benchmark.cli:main"]},
+)
