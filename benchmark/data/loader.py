@@ -27,10 +27,9 @@ def _column_tensor(series: pl.Series) -> torch.Tensor:
     if isinstance(series.dtype, (pl.Array, pl.List)):
         values = np.stack(series.to_numpy())
     else:
-        values = series.to_numpy()
-    if values.dtype.kind in "iub":
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+        values = series.to_numpy(writable=True)
+    dtype = np.int64 if values.dtype.kind in "iub" else np.float32
+    return torch.from_numpy(np.require(values, dtype=dtype, requirements=["C", "W"]))
 
 
 def load_columns(feature_map, data_path: str) -> dict[str, torch.Tensor]:

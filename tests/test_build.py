@@ -1,0 +1,123 @@
+"""Building a dataset: same ids as FuxiCTR's own transform, reuse and rebuild, and clear errors on bad raw data."""
+import os
+import pickle
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mdl_bench.benchmark.data.build import ensure_dataset, dataset_dir
+from mdl_bench.benchmark.errors import UserError
+
+HEADER = "user_id,item_id,domain,price,click\n"
+
+
+def write_csv(path, rows):
+    path.write_text(HEADER + "".join(rows))
+    return str(path)
+
+
+def good_rows(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [f"u{rng.integers(0, 20)},{rng.integers(0, 30)},{rng.choice([1, 2, 3])},{rng.random():.3f},"
+            f"{rng.integers(0, 2)}\n" for _ in range(n)]
+
+
+def params_for(tmp_path, **over):
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+    for split, n in (("train", 300), ("valid", 60), ("test", 60)):
+        if not (raw / f"{split}.csv").exists():
+            write_csv(raw / f"{split}.csv", good_rows(n, seed=len(split)))
+    params = dict(
+        dataset_id="toy", data_root=str(tmp_path / "data"), data_format="csv",
+        train_data=str(raw / "train.csv"), valid_data=str(raw / "valid.csv"), test_data=str(raw / "test.csv"),
+        domain_field="domain", domains=[1, 2, 3], group_id="group_id", min_categr_count=2,
+        feature_cols=[{"name": "user_id", "dtype": "str", "type": "categorical"},
+                      {"name": ["item_id", "domain"], "dtype": "int", "type": "categorical"},
+                      {"name": "price", "dtype": "float", "type": "numeric", "normalizer": "StandardScaler"},
+                      {"name": "group_id", "dtype": "str", "type": "meta", "preprocess": "copy_from(user_id)"}],
+        label_col={"name": "click", "dtype": "float"})
+    params.update(over)
+    return params
+
+
+def test_ids_equal_fuxictr_transform(tmp_path):
+    params = params_for(tmp_path)
+    paths = ensure_dataset(params, log=lambda m: None)
+    root = dataset_dir(params)
+    assert (root / "feature_map.json").exists() and (root / "feature_vocab.json").exists()
+    with open(root / "feature_processor.pkl", "rb") as fh:
+        processor = pickle.load(fh)
+    for split in ("train", "test"):
+        raw = pl.read_csv(params[f"{split}_data"], schema_overrides={"user_id": pl.Utf8})
+        raw = processor.preprocess(raw.lazy()).collect()
+        expected = processor.transform({c: raw[c].to_numpy() for c in raw.columns})
+        built = pl.read_parquet(paths[split])
+        for name in ("user_id", "item_id", "domain", "group_id"):
+            np.testing.assert_array_equal(built[name].to_numpy(), np.asarray(expected[name]), err_msg=name)
+        np.testing.assert_allclose(built["price"].to_numpy(), expected["price"])
+
+
+def test_reuse_then_rebuild_when_config_changes(tmp_path):
+    params = params_for(tmp_path)
+    messages = []
+    ensure_dataset(params, log=messages.append)
+    stamp = os.stat(dataset_dir(params) / "train.parquet").st_mtime_ns
+    ensure_dataset(params, log=messages.append)
+    assert os.stat(dataset_dir(params) / "train.parquet").st_mtime_ns == stamp  # reused
+    ensure_dataset(params_for(tmp_path, min_categr_count=1), log=messages.append)
+    assert any("rebuilding" in m for m in messages)
+
+
+def expect_error(tmp_path, pattern, **over):
+    params = params_for(tmp_path, **over)
+    with pytest.raises(UserError, match=pattern) as info:
+        ensure_dataset(params, log=lambda m: None)
+    assert "\n" not in str(info.value)
+    assert not dataset_dir(params).exists()  # nothing half-written
+    leftovers = [p for p in os.listdir(params["data_root"]) if not p.startswith(".toy.lock")] \
+        if os.path.isdir(params["data_root"]) else []
+    assert leftovers == []
+
+
+def test_missing_file(tmp_path):
+    expect_error(tmp_path, r"valid_data file .*nope.csv not found", valid_data=str(tmp_path / "nope.csv"))
+
+
+def test_missing_column(tmp_path):
+    cols = params_for(tmp_path)["feature_cols"] + [{"name": "age", "dtype": "int", "type": "categorical"}]
+    expect_error(tmp_path, r"has no column 'age'", feature_cols=cols)
+
+
+@pytest.mark.parametrize("label", ["nan", "2", ""])
+def test_bad_label(tmp_path, label):
+    (tmp_path / "raw").mkdir()
+    write_csv(tmp_path / "raw" / "train.csv", good_rows(10) + [f"u1,3,1,0.5,{label}\n"] + good_rows(5))
+    expect_error(tmp_path, r"1 rows have a label 'click' that is missing, NaN or not 0/1 \(lines 12\)")
+
+
+def test_unknown_domain_value(tmp_path):
+    (tmp_path / "raw").mkdir()
+    write_csv(tmp_path / "raw" / "test.csv", good_rows(10) + ["u1,3,7,0.5,1\n"])
+    expect_error(tmp_path, r"domain=7, which `domains` \(1, 2, 3\) does not list .*add the value to `domains`")
+
+
+def test_config_without_domain_field(tmp_path):
+    expect_error(tmp_path, r"has no `domain_field`; add", domain_field=None)
+
+
+def test_unparsable_value(tmp_path):
+    (tmp_path / "raw").mkdir()
+    write_csv(tmp_path / "raw" / "train.csv", good_rows(10) + ["u1,abc,1,0.5,1\n"])
+    expect_error(tmp_path, r"cannot parse train_data file .*declare that column as dtype: str")
+
+
+def test_nan_feature_becomes_missing(tmp_path):
+    (tmp_path / "raw").mkdir()
+    write_csv(tmp_path / "raw" / "train.csv", good_rows(50) + ["u1,3,1,nan,1\n", "u1,3,1,,0\n"])
+    params = params_for(tmp_path)
+    paths = ensure_dataset(params, log=lambda m: None)
+    price = pl.read_parquet(paths["train"])["price"].to_numpy()
+    assert np.isfinite(price).all()
+    assert price[-1] == price[-2]  # NaN and empty are the same missing value
