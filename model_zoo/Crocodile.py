@@ -98,6 +98,9 @@ class Crocodile(MultiDomainModel):
         experts_in = emb if self.embedding_mode == "ME" else emb[0]  # M x B x FD, or one B x FD for all
         return self.experts(experts_in), emb
 
+    def expert_outputs_for_analysis(self, X):
+        return self.expert_outputs(X)[0], [None] * self.num_experts
+
     def logits(self, X, domain):
         expert_out, emb = self.expert_outputs(X)  # M x B x d
         if self.gating == "mmoe":

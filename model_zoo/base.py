@@ -118,6 +118,15 @@ class MultiDomainModel(BaseModel):
         """Tower index ``0..K-1`` of every row, shape ``B``."""
         return self.domain_lookup[X[self.domain_field].long()]
 
+    def expert_outputs_for_analysis(self, X: dict[str, torch.Tensor]):
+        """``(O, bound)`` for the analysis tools (Diversity Index, covariance heatmaps), or ``None``.
+
+        ``O`` is ``E x B x H``, the outputs of the model's experts; ``bound[e]`` is the tower index of the domain
+        expert ``e`` belongs to, or ``None`` for a shared expert (eq. 2 vs eq. 3 of the paper). Models without
+        experts keep the default ``None``.
+        """
+        return None
+
     # ------------------------------------------------------------------ forward and loss
     def logits(self, X: dict[str, torch.Tensor], domain: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return ``(logit of shape B, {name: weighted auxiliary loss})``. Implemented by every model."""
