@@ -42,6 +42,8 @@ class MultiDomainModel(BaseModel):
         domain_field: the categorical field holding each row's domain.
         domains: raw values of the domain field, one tower per value, in this order.
         domain_names: display names (default ``S<value>``).
+        num_domains: optional; when a model config pins the number of domains, a dataset with another number is
+            an error at construction.
         embedding_dim: ``D``, the width of one embedding table.
         learning_rate, optimizer, loss: as in FuxiCTR (``loss`` must be binary cross-entropy; it is computed
             from logits, per domain, as eq. (8)).
@@ -57,7 +59,7 @@ class MultiDomainModel(BaseModel):
 
     def __init__(self, feature_map, model_id: str = "MultiDomainModel", gpu: int = -1,
                  learning_rate: float = 1e-3, embedding_dim: int = 16, domain_field: str | None = None,
-                 domains: list | None = None, domain_names: list | None = None,
+                 domains: list | None = None, domain_names: list | None = None, num_domains: int | None = None,
                  loss: str = "binary_crossentropy", optimizer: str = "adam", **kwargs):
         kwargs.setdefault("verbose", 1)
         kwargs.setdefault("metrics", ["logloss", "AUC", "gAUC"])
@@ -70,6 +72,10 @@ class MultiDomainModel(BaseModel):
         self.embedding_dim = embedding_dim
         self.domain_field, self.domains = self._check_domains(feature_map, domain_field, domains)
         self.num_domains = len(self.domains)
+        if num_domains is not None and int(num_domains) != self.num_domains:
+            raise UserError(f"{type(self).__name__}: the model config expects num_domains={num_domains} but dataset "
+                            f"{feature_map.dataset_id!r} has {self.num_domains} domains ({', '.join(map(str, self.domains))}); "
+                            f"fix `num_domains` in the model config or use a dataset with that many domains")
         self.domain_names = ([str(n) for n in domain_names] if domain_names else [f"S{v}" for v in self.domains])
         self.register_buffer("domain_lookup", self._domain_lookup(feature_map), persistent=False)
         metric_lib.check_metric_names(self.validation_metrics, self.domain_names, where="metrics")

@@ -73,3 +73,8 @@ def test_missing_prior_field_names_field_and_dataset(tiny):
 def test_bad_switch_values(tiny):
     with pytest.raises(UserError, match="gating must be peg, pg or mmoe"):
         build_model(tiny, gating="PEGG")
+
+
+def test_dataset_with_other_number_of_domains_than_config(tiny):
+    with pytest.raises(UserError, match=r"expects num_domains=6 but dataset 'tiny_synth' has 5 domains"):
+        build_model(tiny, num_domains=6)
