@@ -1,0 +1,61 @@
+"""Single Domain: one plain DNN per domain, each trained only on its own domain's rows (the tables' reference
+row, Crocodile paper section 4.3).
+
+    fields --MultiEmbedding (K tables)--> e^1..e^K                  (K x B x F*D)
+    rows grouped by domain:  rows of domain s --> e^s --> DNN_s --> logit
+    loss: eq. (8), so DNN_s and table s see exactly the mean BCE of domain s's rows
+
+Nothing is shared between domains: table s and DNN_s are reached only by domain s's rows, which makes this
+K independent single-domain models trained side by side (Adam's updates are per parameter, so one optimiser
+changes nothing). They are evaluated in the same per-domain table as every other model.
+
+Choices where the paper is open (each with its reason):
+
+* One model object for the K DNNs, so that Single Domain runs, checkpoints and reports like every other row;
+  the tables of the K domains are the slices of one multi-embedding (one lookup per field).
+* Rows are routed (:class:`~model_zoo.layers.DomainGroups`): DNN_s runs only on domain s's rows, instead of
+  every DNN on every row as the towers do elsewhere (K times the compute for the same result).
+* DNN widths ``dnn_hidden_units: [256, 128, 64]`` = the size rule's bottom [256, 128] plus its tower [64], as
+  for the other single-network rows. No batch normalisation: a small domain may have one row (or none) in a
+  batch, where batch statistics are undefined.
+* No experts: ``expert_outputs_for_analysis`` keeps the default ``None``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+from fuxictr.pytorch.layers import MLP_Block
+
+from .base import MultiDomainModel
+from .layers import DomainGroups, MultiEmbedding, gather_domain
+
+
+class SingleDomain(MultiDomainModel):
+    """K plain DNNs, each with its own embedding table, each fed only its own domain's rows.
+
+    Args:
+        dnn_hidden_units: hidden widths of every domain's DNN, followed by a linear logit.
+    """
+
+    group = "Single Domain"
+    display_name = "Single Domain"
+
+    def __init__(self, feature_map, model_id: str = "SingleDomain", gpu: int = -1, learning_rate: float = 1e-3,
+                 embedding_dim: int = 16, dnn_hidden_units: Sequence[int] = (256, 128, 64),
+                 hidden_activations: str = "ReLU", net_dropout: float = 0.0, **kwargs):
+        super().__init__(feature_map, model_id=model_id, gpu=gpu, learning_rate=learning_rate,
+                         embedding_dim=embedding_dim, **kwargs)
+        self.embedding = MultiEmbedding(feature_map, embedding_dim, self.num_domains)  # table s: domain s's
+        self.dnns = nn.ModuleList([
+            MLP_Block(self.embedding.output_dim, list(dnn_hidden_units), hidden_activations=hidden_activations,
+                      output_dim=1, dropout_rates=net_dropout) for _ in range(self.num_domains)])
+        self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+        self.reset_parameters()
+        self.model_to_device()
+
+    def logits(self, X, domain):
+        own_table = gather_domain(self.embedding.flat(X), domain)  # B x F*D: row b reads its domain's table
+        groups = DomainGroups(domain, self.num_domains)
+        parts = [dnn(rows).view(-1) for dnn, rows in zip(self.dnns, groups.split(own_table))]
+        return groups.merge(parts), {}
