@@ -13,7 +13,9 @@ Every switch of the ablation (table 5) is an option:
 * ``gating``: ``mmoe`` (the table's "-": MMoE's softmax gate, one scalar per expert, reading the embeddings
   the experts read - all M tables concatenated in ME mode), ``pg`` (the same scalar gate reading the prior
   embedding ``r``) or ``peg`` (element-wise: a softmax over experts for each of the d dimensions);
-* ``aux_loss``: ``cov`` (B+C) or ``none`` (B), weighted by ``cov_alpha``.
+* ``aux_loss``: ``cov`` (B+C) or ``none`` (B), weighted by ``aux_alpha`` (alias ``cov_alpha``); table 4's
+  alternatives ``dot``, ``cos``, ``dcorr``, ``ole``, ``importance`` and ``trans5`` are options too
+  (:mod:`model_zoo.layers.disentangle`).
 
 ``num_embeddings`` (M) defaults to the number of domains, as in the paper; figure 8 varies it from 2.
 """
@@ -26,8 +28,8 @@ from torch import nn
 
 from mdl_bench.benchmark.errors import UserError
 from .base import MultiDomainModel
-from .layers import (BatchedMLP, CovLoss, DomainGroups, DomainTowers, ElementwiseGate, MultiEmbedding,
-                     SoftmaxGate, check_fields, gather_domain, mix_own)
+from .layers import (BatchedMLP, DomainGroups, DomainTowers, ElementwiseGate, MultiEmbedding, SoftmaxGate,
+                     check_fields, gather_domain, make_disentangle_loss, mix_own)
 
 
 class Crocodile(MultiDomainModel):
@@ -42,9 +44,12 @@ class Crocodile(MultiDomainModel):
         expert_hidden_units: widths of each expert MLP; its last width is ``d``.
         tower_hidden_units: widths of each domain tower before the logit.
         gate_hidden_units: hidden layers of the ``mmoe``/``pg`` gate (none in MMoE).
-        aux_loss: ``"cov"`` or ``"none"``.
-        cov_alpha: weight alpha of CovLoss in eq. (8).
+        aux_loss: ``"none"`` or a name of ``DISENTANGLE_LOSSES`` (``"cov"``, the paper's; table 4's ``"dot"``,
+            ``"cos"``, ``"dcorr"``, ``"ole"``, ``"importance"``, ``"trans5"``).
+        aux_alpha: weight alpha of the auxiliary loss in eq. (8); ``None`` takes ``cov_alpha``.
+        cov_alpha: the same weight under its older name (kept so that existing configs work).
         cov_pairs, cov_normalization, cov_sample_rows: options of :class:`~model_zoo.layers.CovLoss`.
+        aux_options: options of the other losses (e.g. ``{sample_rows: 1024}``), see their docstrings.
     """
 
     group = "Crocodile"
@@ -55,8 +60,9 @@ class Crocodile(MultiDomainModel):
                  prior_embedding_dim: int | None = None, expert_hidden_units: Sequence[int] = (256, 128),
                  tower_hidden_units: Sequence[int] = (64,), gate_hidden_units: Sequence[int] = (),
                  hidden_activations: str = "ReLU", net_dropout: float = 0.0, batch_norm: bool = False,
-                 aux_loss: str = "cov", cov_alpha: float = 1e-4, cov_pairs: str = "p>=q",
-                 cov_normalization: str = "none", cov_sample_rows: int = 0, **kwargs):
+                 aux_loss: str = "cov", aux_alpha: float | None = None, cov_alpha: float = 1e-4,
+                 cov_pairs: str = "p>=q", cov_normalization: str = "none", cov_sample_rows: int = 0,
+                 aux_options: dict | None = None, **kwargs):
         super().__init__(feature_map, model_id=model_id, gpu=gpu, learning_rate=learning_rate,
                          embedding_dim=embedding_dim, **kwargs)
         self.num_experts = M = int(num_embeddings or self.num_domains)
@@ -66,8 +72,6 @@ class Crocodile(MultiDomainModel):
             raise UserError(f"Crocodile: embedding_mode must be ME or SE, got {embedding_mode!r}")
         if self.gating not in ("peg", "pg", "mmoe"):
             raise UserError(f"Crocodile: gating must be peg, pg or mmoe, got {gating!r}")
-        if aux_loss not in ("cov", "none", None):
-            raise UserError(f"Crocodile: aux_loss must be cov or none, got {aux_loss!r}")
         tables = M if self.embedding_mode == "ME" else 1
         self.embedding = MultiEmbedding(feature_map, embedding_dim, tables)
         self.experts = BatchedMLP(M, self.embedding.output_dim, expert_hidden_units, activation=hidden_activations,
@@ -85,9 +89,13 @@ class Crocodile(MultiDomainModel):
             self.gate = SoftmaxGate(gate_input, self.num_domains, M, gate_hidden_units)
         self.towers = DomainTowers(self.num_domains, expert_dim, tower_hidden_units, activation=hidden_activations,
                                    dropout=net_dropout, batch_norm=batch_norm)
-        self.cov_alpha = float(cov_alpha)
-        self.cov_loss = (CovLoss(cov_pairs, cov_normalization, cov_sample_rows)
-                         if aux_loss == "cov" and self.cov_alpha > 0 else None)
+        self.aux_name = "none" if aux_loss in (None, "none") else str(aux_loss)
+        self.aux_alpha = self.cov_alpha = float(cov_alpha if aux_alpha is None else aux_alpha)
+        options = (dict(pairs=cov_pairs, normalization=cov_normalization, sample_rows=cov_sample_rows)
+                   if self.aux_name == "cov" else dict(aux_options or {}))
+        loss = (make_disentangle_loss(self.aux_name, num_experts=M, expert_dim=expert_dim, **options)
+                if self.aux_name != "none" else None)
+        self.aux_loss_fn = loss if self.aux_alpha > 0 else None
         self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
         self.reset_parameters()
         self.model_to_device()
@@ -111,6 +119,11 @@ class Crocodile(MultiDomainModel):
         tower_in = mix_own(expert_out, weights)  # B x d
         logit = gather_domain(self.towers(tower_in), domain)  # every tower on every row, own one kept
         aux = {}
-        if self.cov_loss is not None and self.training:
-            aux["cov"] = self.cov_alpha * self.cov_loss(expert_out)
+        if self.aux_loss_fn is not None and self.training:
+            aux[self.aux_name] = self.aux_alpha * self.aux_loss_fn(expert_out, weights)
         return logit, aux
+
+    @property
+    def cov_loss(self):
+        """The auxiliary loss module (its older name), or ``None``."""
+        return self.aux_loss_fn
