@@ -9,6 +9,7 @@ from setuptools import setup
 PACKAGES = {
     "mdl_bench.benchmark": "benchmark",
     "mdl_bench.benchmark.data": "benchmark/data",
+    "mdl_bench.benchmark.analysis": "benchmark/analysis",
     "mdl_bench.model_zoo": "model_zoo",
     "mdl_bench.model_zoo.layers": "model_zoo/layers",
     "mdl_bench.config": "config",
@@ -36,6 +37,7 @@ setup(
         "numpy",
         "scipy",
         "tqdm",
+        "matplotlib",  # analysis figures (mdl-bench analyze)
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["mdl-bench=mdl_bench.benchmark.cli:main"]},
