@@ -37,7 +37,7 @@ from .layers.extraction import ExtractionNetwork, split_levels
 
 
 class PLE(MultiDomainModel):
-    """PLE with one single embedding table, ``num_levels`` extraction levels and one tower per domain.
+    """PLE with one embedding table, stacked extraction levels (CGC layers) and one tower per domain.
 
     Args:
         num_levels: extraction levels (every level but the last has a shared gate).
