@@ -27,6 +27,7 @@ RUN_KEYS = {
     "early_stop_patience", "pickle_feature_encoder", "save_best_only", "eval_steps", "debug_mode", "gpu",
     "embedding_regularizer", "net_regularizer", "reduce_lr_on_plateau", "max_gradient_norm", "feature_config",
     "use_features", "feature_specs", "group_id", "embedding_dim",
+    "record_ia",  # analysis: IA snapshots at every epoch end (benchmark/analysis/epochs.py)
 }
 # Keys of a dataset block (FuxiCTR's, plus the multi-domain ones of this package).
 DATASET_KEYS = {

@@ -129,6 +129,9 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         model.step_callbacks.append(step_callback)
     logging.info(f"Total number of parameters: {model.num_parameters():,}.")
     train_gen, valid_gen, test_gen = make_loaders(feature_map, paths, params)
+    from .analysis.epochs import attach_ia_recorder
+
+    attach_ia_recorder(model, params, train_gen, valid_gen)  # `record_ia: true`: IA at every epoch end (figure 2)
     model.fit(train_gen, validation_data=valid_gen, **params)
     logging.info("****** Validation evaluation ******")
     valid_logs = model.evaluate(valid_gen)

@@ -1,0 +1,171 @@
+"""PNG figures of the analysis (matplotlib, headless): figures 1a, 2, 5, 6 and 7 of the paper.
+
+Each function takes plain numbers (what ``analysis.json`` holds) and a path, writes one PNG and returns the path.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+# One caption per figure file prefix; the HTML report shows them under the images.
+CAPTIONS = {
+    "fig1a": "Figure 1a: Diversity Index vs Information Abundance of every method (the dilemma).",
+    "fig2": "Figure 2: log IA over training epochs: (a) experts, (b) item-id tables per exposure group.",
+    "fig5": "Figure 5: singular value spectra log(sigma) of the id embeddings (smallest domain's table where "
+            "the model has domain tables, else the mean over tables).",
+    "fig6": "Figure 6: Diversity Index of every domain pair (i, j), in descending order.",
+    "fig7": "Figure 7: CovLoss between experts (left) and |covariance| of all dimensions of all experts (right).",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def di_vs_ia(points: Sequence[dict], path) -> Path:
+    """Figure 1a: one point per method, ``{"label", "di", "ia"}`` (points with a missing value are skipped)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    shown = [p for p in points if p.get("di") is not None and p.get("ia") is not None]
+    for p in shown:
+        ax.scatter(p["di"], p["ia"], s=36)
+        ax.annotate(p["label"], (p["di"], p["ia"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    missing = [p["label"] for p in points if p not in shown]
+    if missing:
+        ax.text(0.01, 0.01, "no DI: " + ", ".join(missing), transform=ax.transAxes, fontsize=7, va="bottom")
+    ax.set_xlabel("Diversity Index")
+    ax.set_ylabel("Information Abundance (id tables)")
+    ax.set_title("Domain distinctiveness vs sufficient learning")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def di_sorted(curves: dict[str, Sequence[float]], path) -> Path:
+    """Figure 6: for each method, its DI_(i,j) sorted in descending order."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, values in curves.items():
+        if values:
+            ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=label)
+    ax.set_xlabel("domain pair (i, j), sorted")
+    ax.set_ylabel("Diversity Index")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def spectra(curves: dict[str, Sequence[float]], field: str, path) -> Path:
+    """Figure 5: ``log(sigma)`` (descending) of one field's table per method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, sigma in curves.items():
+        sigma = np.asarray(sigma, dtype=np.float64)
+        ax.plot(range(1, len(sigma) + 1), np.log(np.clip(sigma, 1e-12, None)), marker=".", label=label)
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("log(sigma)")
+    ax.set_title(f"Singular value spectrum of the {field} embeddings")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def cov_heatmaps(blocks: np.ndarray, dims: np.ndarray, title: str, path) -> Path:
+    """Figure 7: ``E x E`` CovLoss block norms (left) and ``E*H x E*H`` |covariance| (right), log colour scales."""
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    blocks = np.asarray(blocks, dtype=np.float64)
+    positive = blocks[blocks > 0]
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size and positive.min() < positive.max() else None
+    im = left.imshow(np.where(blocks > 0, blocks, np.nan), cmap="viridis", norm=norm)
+    E = blocks.shape[0]
+    left.set_xticks(range(E), [str(e + 1) for e in range(E)])
+    left.set_yticks(range(E), [str(e + 1) for e in range(E)])
+    if E <= 8:
+        for p in range(E):
+            for q in range(E):
+                left.text(q, p, f"{blocks[p, q]:.2g}", ha="center", va="center", fontsize=7, color="w")
+    left.set_title("CovLoss between experts")
+    left.set_xlabel("expert")
+    left.set_ylabel("expert")
+    fig.colorbar(im, ax=left, fraction=0.046)
+    dims = np.asarray(dims, dtype=np.float64)
+    floor = max(float(dims.max()) * 1e-6, 1e-12) if dims.size else 1e-12
+    im2 = right.imshow(np.clip(dims, floor, None), cmap="magma", norm=LogNorm(vmin=floor, vmax=max(dims.max(), floor * 10)))
+    H = dims.shape[0] // max(E, 1)
+    for e in range(1, E):
+        right.axhline(e * H - 0.5, color="w", lw=0.4)
+        right.axvline(e * H - 0.5, color="w", lw=0.4)
+    right.set_title("|covariance| of all dimensions of all experts")
+    fig.colorbar(im2, ax=right, fraction=0.046)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def ia_epochs(record: dict, title: str, path, field: str = "item_id") -> Path:
+    """Figure 2: (a) log IA of each expert and (b) log IA of ``field``'s tables per exposure group, vs epoch."""
+    plt = _pyplot()
+    snaps = record.get("snapshots", [])
+    epochs = [s["epoch"] for s in snaps]
+    names = record.get("domain_names", [])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    n_experts = max((len(s.get("experts", [])) for s in snaps), default=0)
+    for e in range(n_experts):
+        values = [s["experts"][e]["ia"] if len(s.get("experts", [])) > e else None for s in snaps]
+        bound = next((s["experts"][e]["bound"] for s in snaps if len(s.get("experts", [])) > e), None)
+        label = f"expert {e + 1}" + (f" ({names[bound]})" if bound is not None and bound < len(names) else "")
+        a.plot(epochs, [math.log(v) if v else np.nan for v in values], marker="o", label=label)
+    a.set_title("(a) experts")
+    a.set_xlabel("epoch")
+    a.set_ylabel("log IA")
+    a.grid(alpha=0.3)
+    if n_experts:
+        a.legend(fontsize=7)
+    tables = {}
+    for s in snaps:
+        for t in s.get("tables", []):
+            if t["field"] == field and t["module"] == "embedding":
+                tables.setdefault(t["table"], []).append(t)
+    any_domain = any(entries[0]["domain"] is not None for entries in tables.values())
+    for number, (name, entries) in enumerate(tables.items()):
+        dom = entries[0]["domain"]
+        if dom is not None and dom < len(names):
+            label = names[dom]
+        else:
+            label = "shared" if any_domain else name.split("[")[-1].rstrip("]")
+        lines = [("all", [t["ia"] for t in entries], "-")]
+        groups = [t.get("ia_groups") or [] for t in entries]
+        if groups and groups[0]:
+            lines.append(("high", [g[0] if g else None for g in groups], "--"))
+            lines.append(("low", [g[-1] if g else None for g in groups], ":"))
+        for tag, values, style in lines:
+            b.plot(epochs[:len(values)], [math.log(v) if v else np.nan for v in values], style, marker=".",
+                   color=f"C{number % 10}", label=f"table {label} {tag}")
+    b.set_title(f"(b) {field} tables by exposure group")
+    b.set_xlabel("epoch")
+    b.set_ylabel("log IA")
+    b.grid(alpha=0.3)
+    if tables:
+        b.legend(fontsize=6, ncol=2)
+    fig.suptitle(title)
+    return _save(fig, path)

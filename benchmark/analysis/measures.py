@@ -1,0 +1,228 @@
+"""The quantities of the paper's sections 2 and 4.4, as plain functions of arrays (numpy, float64).
+
+* :func:`information_abundance`: IA = ``||sigma||_1 / ||sigma||_inf`` (Guo et al., the paper's [16]).
+* :func:`singular_values`: the singular values of an ``n x D`` matrix (an embedding table or a stack of expert
+  outputs) from its ``D x D`` Gram matrix, accumulated over row chunks, so that a table is never copied whole.
+* :func:`norm_thresholds`, :func:`diversity_index`: the Diversity Index of eq. (1)-(3).
+* :class:`OutputMoments` and its ``cov_block_norms`` / ``dim_covariance``: figure 7's heatmaps, from running sums
+  over batches (no ``N x E x H`` tensor is ever kept).
+
+Notation: ``N`` rows, ``E`` experts, ``H`` width of an expert's output, ``K`` domains, ``D`` embedding width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+GRAM_CHUNK_ROWS = 16384
+
+
+def information_abundance(sigma: np.ndarray) -> float:
+    """``sum(sigma) / max(sigma)``; ``nan`` for an all-zero spectrum. Ranges from 1 (rank one) to ``len(sigma)``."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    top = float(sigma.max()) if sigma.size else 0.0
+    return float(sigma.sum() / top) if top > 0 else float("nan")
+
+
+def gram(matrix: np.ndarray, rows: np.ndarray | None = None, chunk: int = GRAM_CHUNK_ROWS) -> np.ndarray:
+    """``A^T A`` in float64 for ``A = matrix`` (or ``matrix[rows]``), summed over chunks of ``chunk`` rows.
+
+    ``matrix`` may be a strided view (a column slice of a wider weight): only one chunk of it is ever copied,
+    ``chunk x D`` float64, so the extra memory is ``O(chunk * D + D^2)`` whatever the number of rows.
+    """
+    n_rows = matrix.shape[0] if rows is None else len(rows)
+    width = matrix.shape[1]
+    total = np.zeros((width, width), dtype=np.float64)
+    for start in range(0, n_rows, chunk):
+        if rows is None:
+            block = np.asarray(matrix[start:start + chunk], dtype=np.float64)
+        else:
+            block = np.asarray(matrix[rows[start:start + chunk]], dtype=np.float64)
+        total += block.T @ block
+        del block
+    return total
+
+
+def singular_values_from_gram(G: np.ndarray) -> np.ndarray:
+    """Singular values (descending) of any ``A`` with ``A^T A = G``: ``sqrt`` of the eigenvalues of ``G``.
+
+    Exact up to rounding: in float64, a singular value is resolved down to about ``1e-8`` of the largest one,
+    which is far below what a log-spectrum plot or the IA can show.
+    """
+    eig = np.linalg.eigvalsh(np.asarray(G, dtype=np.float64))
+    return np.sqrt(np.clip(eig, 0.0, None))[::-1].copy()
+
+
+def singular_values(matrix: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Singular values (descending, ``D`` of them) of ``matrix`` (``n x D``) or of its rows ``rows``."""
+    return singular_values_from_gram(gram(matrix, rows))
+
+
+def norm_thresholds(norms: np.ndarray, top: float, bottom: float, scope: str = "per_expert",
+                    absolute: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(tau_t, tau_b)``, one pair per row of ``norms`` (``E x N``, an output norm per expert and sample).
+
+    With ``absolute`` the numbers are the thresholds themselves. Otherwise they are quantiles of the norm
+    distribution: of each expert's own norms (``scope="per_expert"``, the default) or of all experts' norms
+    pooled (``scope="pooled"``).
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    E = norms.shape[0]
+    if absolute:
+        return np.full(E, float(top)), np.full(E, float(bottom))
+    if scope == "pooled":
+        return (np.full(E, np.quantile(norms, top)), np.full(E, np.quantile(norms, bottom)))
+    if scope == "per_expert":
+        return np.quantile(norms, top, axis=1), np.quantile(norms, bottom, axis=1)
+    raise ValueError(f"threshold scope must be per_expert or pooled, got {scope!r}")
+
+
+def strong_weak(norms: np.ndarray, top: float, bottom: float, scope: str = "per_expert",
+                absolute: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean ``E x N`` arrays ``norm >= tau_t`` (a strong interest) and ``norm <= tau_b`` (a weak one)."""
+    tau_t, tau_b = norm_thresholds(norms, top, bottom, scope, absolute)
+    return norms >= tau_t[:, None], norms <= tau_b[:, None]
+
+
+def domain_norms(norms: np.ndarray, bound: Sequence[int | None], num_domains: int) -> np.ndarray:
+    """``K x N``: for each domain, the norm of the concatenation of the experts bound to it
+    (``sqrt(sum ||O^e||^2)``; the expert's own norm when one expert is bound); ``nan`` where none is."""
+    out = np.full((num_domains, norms.shape[1]), np.nan)
+    for s in range(num_domains):
+        members = [e for e, b in enumerate(bound) if b == s]
+        if members:
+            out[s] = np.sqrt((np.asarray(norms[members], dtype=np.float64) ** 2).sum(axis=0))
+    return out
+
+
+@dataclass
+class DiversityIndex:
+    """The Diversity Index of one model: ``per_pair[i, j]`` = DI_(i,j) (``nan`` on the diagonal, where
+    ``D(i,j)`` is empty, or where a domain has no bound expert), ``sizes[i, j] = |D(i,j)|``, and ``mean`` = the
+    average over the defined pairs. ``equation`` is 2 (no domain-bound experts) or 3."""
+
+    per_pair: np.ndarray
+    sizes: np.ndarray
+    equation: int
+
+    @property
+    def mean(self) -> float:
+        values = self.per_pair[np.isfinite(self.per_pair)]
+        return float(values.mean()) if values.size else float("nan")
+
+    def sorted_values(self) -> list[float]:
+        """Defined DI_(i,j) in descending order (figure 6)."""
+        values = self.per_pair[np.isfinite(self.per_pair)]
+        return sorted((float(v) for v in values), reverse=True)
+
+    def to_dict(self, domain_names: Sequence[str]) -> dict:
+        K = len(domain_names)
+        pairs = {f"{domain_names[i]}>{domain_names[j]}": (None if not np.isfinite(self.per_pair[i, j])
+                                                          else float(self.per_pair[i, j]))
+                 for i in range(K) for j in range(K) if i != j}
+        sizes = {f"{domain_names[i]}>{domain_names[j]}": int(self.sizes[i, j])
+                 for i in range(K) for j in range(K) if i != j}
+        return {"equation": self.equation, "mean": None if np.isnan(self.mean) else self.mean,
+                "per_pair": pairs, "pair_sizes": sizes, "sorted": self.sorted_values()}
+
+
+def diversity_index(sd_norms: np.ndarray, expert_norms: np.ndarray, bound: Sequence[int | None],
+                    top: float = 0.75, bottom: float = 0.25, scope: str = "per_expert",
+                    absolute: bool = False) -> DiversityIndex:
+    """Eq. (1)-(3).
+
+    Args:
+        sd_norms: ``K x N``, the Single Domain networks' output norms ``||O||^i_SD(x_k)`` on the same ``N`` rows.
+        expert_norms: ``E x N``, the analysed model's expert output norms ``||O^p(x_k)||_2``.
+        bound: per expert, the domain it is bound to or ``None`` (shared).
+        top, bottom: ``tau_t`` and ``tau_b`` - quantiles (default 0.75 and 0.25) or, with ``absolute``, norms.
+        scope: quantiles of each expert's norms (``per_expert``) or of all norms pooled (``pooled``).
+
+    ``D(i,j)`` (eq. 1) = rows where the Single Domain network of domain ``i`` is strong and that of ``j`` weak.
+    Models with domain-bound experts use eq. (3): the fraction of ``D(i,j)`` where domain ``i``'s experts are
+    strong and ``j``'s weak; others eq. (2): the fraction where some expert is strong and another one weak.
+    """
+    sd_norms = np.asarray(sd_norms, dtype=np.float64)
+    expert_norms = np.asarray(expert_norms, dtype=np.float64)
+    K, N = sd_norms.shape
+    if expert_norms.shape[1] != N:
+        raise ValueError(f"Single Domain norms cover {N} rows but the expert norms {expert_norms.shape[1]}")
+    if len(bound) != expert_norms.shape[0]:
+        raise ValueError(f"{len(bound)} bindings for {expert_norms.shape[0]} experts")
+    sd_strong, sd_weak = strong_weak(sd_norms, top, bottom, scope, absolute)
+    per_pair = np.full((K, K), np.nan)
+    sizes = np.zeros((K, K), dtype=np.int64)
+    equation = 3 if any(b is not None for b in bound) else 2
+    if equation == 3:
+        grouped = domain_norms(expert_norms, bound, K)
+        has = np.isfinite(grouped).all(axis=1)
+        strong = np.zeros_like(grouped, dtype=bool)
+        weak = np.zeros_like(grouped, dtype=bool)
+        if has.any():
+            strong[has], weak[has] = strong_weak(grouped[has], top, bottom, scope, absolute)
+    else:
+        strong, weak = strong_weak(expert_norms, top, bottom, scope, absolute)
+        # some expert p strong and another expert q != p weak (one expert cannot be both unless tau_t <= tau_b)
+        n_weak = weak.sum(axis=0)
+        any_pair = (strong & (n_weak[None, :] - weak > 0)).any(axis=0)
+    for i in range(K):
+        for j in range(K):
+            if i == j:
+                continue
+            members = sd_strong[i] & sd_weak[j]
+            sizes[i, j] = int(members.sum())
+            if sizes[i, j] == 0:
+                continue
+            if equation == 3:
+                if not (has[i] and has[j]):
+                    continue
+                hit = strong[i] & weak[j]
+            else:
+                hit = any_pair
+            per_pair[i, j] = float(hit[members].mean())
+    return DiversityIndex(per_pair, sizes, equation)
+
+
+class OutputMoments:
+    """Running first and second moments of the concatenated expert outputs ``[O^1 ... O^E]`` (``E*H`` columns),
+    in float64, fed batch by batch with ``E x B x H`` tensors/arrays.
+
+    Gives the singular values of each expert's (uncentred) ``N x H`` output, its IA, the ``E x E`` CovLoss heatmap
+    (eq. 7's block norms) and the ``E*H x E*H`` dimension-wise covariance (figure 7).
+    """
+
+    def __init__(self, num_experts: int, width: int):
+        self.E, self.H = int(num_experts), int(width)
+        self.n = 0
+        self.sum = np.zeros(self.E * self.H)
+        self.gram = np.zeros((self.E * self.H, self.E * self.H))
+
+    def update(self, outputs) -> None:
+        outputs = np.asarray(outputs, dtype=np.float64)
+        E, B, H = outputs.shape
+        flat = outputs.transpose(1, 0, 2).reshape(B, E * H)
+        self.n += B
+        self.sum += flat.sum(axis=0)
+        self.gram += flat.T @ flat
+
+    def expert_singular_values(self) -> list[np.ndarray]:
+        """Per expert, the singular values of its ``N x H`` output matrix (uncentred)."""
+        H = self.H
+        return [singular_values_from_gram(self.gram[e * H:(e + 1) * H, e * H:(e + 1) * H]) for e in range(self.E)]
+
+    def covariance(self) -> np.ndarray:
+        """``E*H x E*H`` covariance (divided by ``N``) of all dimensions of all experts."""
+        mean = self.sum / max(self.n, 1)
+        return self.gram / max(self.n, 1) - np.outer(mean, mean)
+
+    def dim_covariance(self) -> np.ndarray:
+        """Figure 7 (right): ``|cov|`` of every pair of dimensions of all experts, ``E*H x E*H``."""
+        return np.abs(self.covariance())
+
+    def cov_block_norms(self) -> np.ndarray:
+        """Figure 7 (left): ``E x E``, ``||cov block (p, q)||_1 / H^2`` - eq. (7)'s term for the pair ``(p, q)``,
+        with the covariance divided by ``N`` so that the number does not grow with the rows analysed."""
+        E, H = self.E, self.H
+        return self.dim_covariance().reshape(E, H, E, H).sum(axis=(1, 3)) / (H * H)

@@ -1,0 +1,222 @@
+"""What the analysis reads from a trained model: its expert outputs on a fixed set of rows, and its embedding
+tables (as views of the weights, one table at a time), with the training-data frequency of every row.
+
+Expert outputs come from ``MultiDomainModel.expert_outputs_for_analysis`` (``E x B x H`` and, per expert, the
+domain it is bound to or ``None``). Two adapters cover what the zoo's model files leave open:
+
+* **Single Domain** keeps no experts, yet eq. (1) needs "the output norm of domain-specific experts" of the Single
+  Domain models. Chosen: the expert output of domain ``s``'s network on a row is DNN_s's last hidden layer
+  (the ``H = 64`` wide input of its logit layer) computed on the row's embeddings from table ``s`` - the
+  representation the network's prediction is a linear function of. Every domain's network runs on every row
+  (also rows of other domains), since ``D(i,j)`` compares two networks on the same sample.
+* **Domain-specific tables**: a model may say which of its tables belongs to which domain with an attribute
+  ``embedding_table_domains`` (a list, ``None`` for shared tables); Single Domain (table s = domain s), SDEM and
+  ME-PLE (tables ``0..K-1`` = domains, table ``K`` shared) are known here. Other models' tables are shared.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .measures import OutputMoments
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def load_model(params: dict, checkpoint: str | None = None):
+    """The model of a resolved config on CPU, with the weights of ``checkpoint`` when given (else as built)."""
+    from mdl_bench.model_zoo import get_model
+    from ..data.build import ensure_dataset
+    from ..runner import load_feature_map
+
+    params = {**params, "gpu": -1, "verbose": 0}
+    ensure_dataset(params)
+    feature_map = load_feature_map(params)
+    model = get_model(params["model"])(feature_map, **params)
+    if checkpoint is not None:
+        try:
+            model.load_weights(checkpoint)
+        except FileNotFoundError:
+            raise UserError(f"checkpoint {checkpoint} does not exist; rerun the run (mdl-bench rerun RUN_ID) or pass "
+                            f"--checkpoint with an existing file") from None
+        except RuntimeError as exc:
+            raise UserError(f"checkpoint {checkpoint} does not fit model {params['model']} with this config "
+                            f"({str(exc).splitlines()[0]}); pass the config it was trained with") from None
+    model.eval()
+    return model
+
+
+def _single_domain_outputs(model, X):
+    emb = model.embedding.flat(X)  # K x B x F*D, table s in slot s
+    outputs = []
+    for s, dnn in enumerate(model.dnns):
+        layers = list(dnn.mlp)
+        if not isinstance(layers[-1], torch.nn.Linear):
+            raise ValueError("SingleDomain's DNN no longer ends with its logit layer; update the analysis adapter")
+        hidden = emb[s]
+        for layer in layers[:-1]:
+            hidden = layer(hidden)
+        outputs.append(hidden)
+    return torch.stack(outputs), list(range(model.num_domains))
+
+
+EXPERT_ADAPTERS = {"SingleDomain": _single_domain_outputs}
+
+
+def expert_outputs(model, X):
+    """``(O, bound)`` with ``O`` of shape ``E x B x H``, or ``None`` for a model without experts."""
+    adapter = EXPERT_ADAPTERS.get(type(model).__name__)
+    if adapter is not None:
+        return adapter(model, X)
+    return model.expert_outputs_for_analysis(X)
+
+
+def _specific_plus_shared(model):
+    return list(range(model.num_domains)) + [None]
+
+
+TABLE_DOMAINS = {
+    "SingleDomain": lambda model: list(range(model.num_domains)),
+    "SDEM": _specific_plus_shared,
+    "ME_PLE": _specific_plus_shared,
+}
+
+
+def table_domains(model, module_name: str, num_tables: int) -> list:
+    """Per table of the multi-embedding ``module_name``, the domain it belongs to or ``None``."""
+    declared = getattr(model, "embedding_table_domains", None)
+    known = TABLE_DOMAINS.get(type(model).__name__)
+    if module_name == "embedding" and declared is not None:
+        domains = list(declared)
+    elif module_name == "embedding" and known is not None:
+        domains = known(model)
+    else:
+        domains = [None] * num_tables
+    if len(domains) != num_tables:
+        raise ValueError(f"{type(model).__name__}: {len(domains)} table domains for {num_tables} tables")
+    return domains
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+def analysis_rows(num_rows: int, wanted: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``wanted`` rows drawn without replacement (all rows when ``wanted`` is 0 or more)."""
+    if not wanted or wanted >= num_rows:
+        return np.arange(num_rows)
+    return np.sort(np.random.default_rng(seed).choice(num_rows, size=wanted, replace=False))
+
+
+def batches(feature_map, columns: dict[str, torch.Tensor], rows: np.ndarray, batch_size: int = 4096
+            ) -> Iterator[dict[str, torch.Tensor]]:
+    """The chosen rows of in-memory split columns, in order, as model input batches."""
+    index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    for start in range(0, len(index), batch_size):
+        part = index[start:start + batch_size]
+        yield {name: column.index_select(0, part) for name, column in columns.items()}
+
+
+@dataclass
+class ExpertStats:
+    """A model's experts on the analysis rows: ``norms`` ``E x N``, ``bound`` per expert, running moments."""
+
+    norms: np.ndarray
+    bound: list
+    moments: OutputMoments
+
+
+@torch.no_grad()
+def collect_experts(model, batch_iter) -> ExpertStats | None:
+    """Expert output norms and moments over all batches; ``None`` when the model has no experts."""
+    model.eval()
+    norms, bound, moments = [], None, None
+    for batch in batch_iter:
+        X = model.get_inputs(batch)
+        got = expert_outputs(model, X)
+        if got is None:
+            return None
+        O, bound = got
+        O = O.detach().float().cpu()
+        if moments is None:
+            moments = OutputMoments(O.shape[0], O.shape[2])
+        moments.update(O.numpy())
+        norms.append(torch.linalg.vector_norm(O, dim=2).double().numpy())
+    if moments is None:
+        return None
+    return ExpertStats(np.concatenate(norms, axis=1), list(bound), moments)
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+@dataclass
+class TableRef:
+    """One embedding table of one field: columns ``[index*D, (index+1)*D)`` of a field's weight.
+
+    ``view()`` returns those columns as a numpy view sharing the weight's memory (CPU weights; a CUDA weight is
+    copied one table at a time)."""
+
+    module: str
+    field: str
+    index: int
+    domain: int | None
+    weight: torch.nn.Parameter
+    dim: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.field}[{self.index}]"
+
+    def view(self) -> np.ndarray:
+        columns = slice(self.index * self.dim, (self.index + 1) * self.dim)
+        weight = self.weight.detach()
+        if weight.device.type != "cpu":
+            return weight[:, columns].cpu().numpy()  # one table's copy, freed by the caller
+        return weight.numpy()[:, columns]
+
+
+def embedding_tables(model, fields: list[str] | None = None) -> list[TableRef]:
+    """Every table of every categorical field of every multi-embedding of the model (the main ``embedding``
+    first), as :class:`TableRef`; ``fields`` restricts the fields."""
+    from mdl_bench.model_zoo.layers import MultiEmbedding
+
+    refs = []
+    modules = sorted(((n, m) for n, m in model.named_modules() if isinstance(m, MultiEmbedding)),
+                     key=lambda item: (item[0] != "embedding", item[0]))
+    for name, module in modules:
+        domains = table_domains(model, name, module.num_tables)
+        layers = module.embedding.embedding_layer.embedding_layers
+        for field in module.fields:
+            layer = layers[field] if field in layers else None
+            if not isinstance(layer, torch.nn.Embedding) or (fields is not None and field not in fields):
+                continue
+            for index in range(module.num_tables):
+                refs.append(TableRef(name, field, index, domains[index], layer.weight, module.embedding_dim))
+    return refs
+
+
+def train_frequencies(columns: dict[str, torch.Tensor], fields: list[str], vocab_sizes: dict[str, int],
+                      domain: np.ndarray | None = None, num_domains: int = 0) -> dict:
+    """``{field: {"all": counts, s: counts of domain s}}``: how often each embedding row occurs in training."""
+    out = {}
+    for field in fields:
+        values = columns[field].numpy().astype(np.int64)
+        size = vocab_sizes[field]
+        per = {"all": np.bincount(values, minlength=size)[:size]}
+        if domain is not None:
+            for s in range(num_domains):
+                per[s] = np.bincount(values[domain == s], minlength=size)[:size]
+        out[field] = per
+    return out
+
+
+def frequency_groups(counts: np.ndarray, groups: int = 5) -> list[np.ndarray]:
+    """Rows seen in training, most frequent first, cut into ``groups`` groups of equal size (figure 2b's
+    exposure groups; group 0 = the highest frequencies). Rows never seen are left out."""
+    seen = np.flatnonzero(counts > 0)
+    order = seen[np.argsort(-counts[seen], kind="stable")]
+    return [part for part in np.array_split(order, groups) if len(part)]
+
+
+def log_skip(what: str, why: str) -> None:
+    logging.getLogger(__name__).info(f"analysis: {what} skipped ({why})")

@@ -1,0 +1,296 @@
+"""Analyse a set of trained runs: Diversity Index, Information Abundance, spectra, covariance heatmaps.
+
+:func:`analyze_runs` loads each run's model from its config and checkpoint, measures it on a fixed sample of
+rows of one split (the same rows for every model of a dataset, and for its Single Domain reference), and writes
+into ``out_dir``:
+
+* ``analysis.json``: every number (per run, and per method averaged over seeds);
+* ``fig1a_di_vs_ia.png``, ``fig5_spectra_<field>.png``, ``fig6_di_sorted.png``, ``fig7_cov_<method>.png``
+  (+ ``.npz`` with the full matrices), ``fig2_ia_epochs_<method>.png`` for runs recorded with ``record_ia``.
+
+Defaults, each an option: 20,000 random rows of the test split (seed 0); ``tau_t`` / ``tau_b`` = the 0.75 / 0.25
+quantiles of each expert's (each Single Domain network's) output norms on those rows; 5 exposure groups; the IA
+of a model in figure 1a = the mean IA over its user-id and item-id tables (all rows, every table of the main
+multi-embedding).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from . import figures
+from .epochs import read_ia_epochs
+from .measures import diversity_index, information_abundance, singular_values
+from .probe import (analysis_rows, batches, collect_experts, embedding_tables, frequency_groups, load_model,
+                    train_frequencies)
+
+JSON_NAME = "analysis.json"
+
+
+@dataclass
+class RunRef:
+    """A trained run to analyse: its resolved config and checkpoint, and how to show it."""
+
+    label: str
+    params: dict
+    checkpoint: str
+    run_id: str | None = None
+    seed: int | None = None
+    group: str | None = None
+
+    @property
+    def dataset_id(self) -> str:
+        return str(self.params["dataset_id"])
+
+
+@dataclass
+class AnalysisOptions:
+    """Choices of the analysis (see the module docstring for the defaults)."""
+
+    rows: int = 20000
+    split: str = "test"
+    seed: int = 0
+    tau_top: float = 0.75
+    tau_bottom: float = 0.25
+    tau_scope: str = "per_expert"
+    tau_absolute: bool = False
+    groups: int = 5
+    summary_fields: Sequence[str] = ("user_id", "item_id")
+    batch_size: int = 4096
+
+    def check(self) -> None:
+        if self.split not in ("train", "valid", "test"):
+            raise UserError(f"--split must be train, valid or test, got {self.split!r}")
+        if self.tau_scope not in ("per_expert", "pooled"):
+            raise UserError(f"--tau-scope must be per_expert or pooled, got {self.tau_scope!r}")
+        if not self.tau_absolute and not (0.0 <= self.tau_bottom < self.tau_top <= 1.0):
+            raise UserError(f"thresholds are quantiles: need 0 <= --tau-bottom < --tau-top <= 1, got "
+                            f"{self.tau_bottom} and {self.tau_top} (or pass --tau-absolute for norms)")
+        if self.tau_absolute and not self.tau_bottom < self.tau_top:
+            raise UserError(f"need --tau-bottom < --tau-top, got {self.tau_bottom} and {self.tau_top}")
+        if self.rows < 0 or self.groups < 1:
+            raise UserError("--rows must be >= 0 and --groups >= 1")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "run"
+
+
+def _num(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class _Dataset:
+    """Per dataset: the analysis rows of the chosen split and the training frequencies of every table row."""
+
+    def __init__(self, params: dict, options: AnalysisOptions):
+        from ..data.build import ensure_dataset
+        from ..data.loader import load_columns
+        from ..runner import load_feature_map
+
+        paths = ensure_dataset(params)
+        self.feature_map = load_feature_map(params)
+        self.columns = load_columns(self.feature_map, paths[options.split])
+        n = int(next(iter(self.columns.values())).shape[0])
+        self.rows = analysis_rows(n, options.rows, options.seed)
+        self.train = load_columns(self.feature_map, paths["train"])
+        self._frequencies: dict = {}
+        self.domain_rows: np.ndarray | None = None
+
+    def frequencies(self, model) -> dict:
+        """Training counts of every categorical field's rows, overall and per domain (cached per dataset)."""
+        if not self._frequencies:
+            domain = model.domain_lookup.cpu()[self.train[model.domain_field].long()].numpy()
+            self.domain_rows = np.bincount(domain, minlength=model.num_domains)
+            fields = [n for n, s in self.feature_map.features.items() if s.get("type") == "categorical"]
+            vocab = {f: int(self.feature_map.features[f]["vocab_size"]) for f in fields}
+            self._frequencies = train_frequencies(self.train, fields, vocab, domain, model.num_domains)
+        return self._frequencies
+
+    def batches(self, batch_size: int):
+        return batches(self.feature_map, self.columns, self.rows, batch_size)
+
+
+def table_information(model, frequencies: dict, groups: int, spectra_fields: Sequence[str]) -> list[dict]:
+    """IA of every embedding table (all rows; per exposure group for the main embedding), one table at a time:
+    each table is a view of its field's weight, reduced to a ``D x D`` Gram matrix chunk by chunk, so at most one
+    table-sized buffer (a CUDA table's copy) exists at any moment."""
+    out = []
+    cached_groups: dict = {}  # the groups depend on (field, domain), not on the table
+    for ref in embedding_tables(model):
+        view = ref.view()
+        sigma = singular_values(view)
+        entry = {"table": ref.name, "module": ref.module, "field": ref.field, "index": ref.index,
+                 "domain": ref.domain, "rows": int(view.shape[0]), "ia": _num(information_abundance(sigma))}
+        per = frequencies.get(ref.field)
+        if per is not None and ref.module == "embedding":
+            key = (ref.field, "all" if ref.domain is None else ref.domain)
+            if key not in cached_groups:
+                cached_groups[key] = frequency_groups(per[key[1]], groups)
+            parts = cached_groups[key]
+            entry["group_rows"] = [int(len(p)) for p in parts]
+            entry["ia_groups"] = [_num(information_abundance(singular_values(view, p))) for p in parts]
+        if ref.field in spectra_fields:
+            entry["sigma"] = [float(s) for s in sigma]
+        out.append(entry)
+        del view, sigma
+    return out
+
+
+def _spectrum(tables: list[dict], field: str, smallest_domain: int | None):
+    """Figure 5's curve of one model: the smallest domain's table if it has one, else the geometric mean over
+    the main embedding's tables of ``field``."""
+    chosen = [t for t in tables if t["module"] == "embedding" and t["field"] == field and "sigma" in t]
+    if not chosen:
+        return None, None
+    own = [t for t in chosen if t["domain"] is not None and t["domain"] == smallest_domain]
+    if own:
+        return own[0]["sigma"], own[0]["table"]
+    logs = np.log(np.clip(np.array([t["sigma"] for t in chosen]), 1e-30, None)).mean(axis=0)
+    return [float(v) for v in np.exp(logs)], f"mean of {len(chosen)} table(s)"
+
+
+def analyze_model(model, dataset: _Dataset, options: AnalysisOptions, sd_norms: np.ndarray | None) -> dict:
+    """Every measure of one loaded model (numbers only; the caller adds figures)."""
+    result: dict = {}
+    stats = collect_experts(model, dataset.batches(options.batch_size))
+    if stats is None:
+        result["diversity_index"] = None
+        result["di_note"] = "the model exposes no experts (expert_outputs_for_analysis returns None)"
+        result["experts"] = None
+    else:
+        sigmas = stats.moments.expert_singular_values()
+        blocks = stats.moments.cov_block_norms()
+        result["experts"] = {"count": len(stats.bound), "bound": stats.bound, "width": stats.moments.H,
+                             "ia": [_num(information_abundance(s)) for s in sigmas],
+                             "sigma": [[float(v) for v in s] for s in sigmas],
+                             "cov_blocks": blocks.tolist(),
+                             "norm_quantiles": {q: np.quantile(stats.norms, float(q), axis=1).tolist()
+                                                for q in ("0.25", "0.5", "0.75")}}
+        result["_moments"] = stats.moments
+        if sd_norms is None:
+            result["diversity_index"] = None
+            result["di_note"] = "no Single Domain run of this dataset to define D(i,j)"
+        else:
+            di = diversity_index(sd_norms, stats.norms, stats.bound, options.tau_top, options.tau_bottom,
+                                 options.tau_scope, options.tau_absolute)
+            result["diversity_index"] = di.to_dict(model.domain_names)
+    frequencies = dataset.frequencies(model)
+    tables = table_information(model, frequencies, options.groups, options.summary_fields)
+    result["tables"] = tables
+    summary = [t["ia"] for t in tables if t["module"] == "embedding" and t["field"] in options.summary_fields
+               and t["ia"] is not None]
+    result["ia_summary"] = float(np.mean(summary)) if summary else None
+    return result
+
+
+def analyze_runs(runs: Sequence[RunRef], single_domain: dict[str, RunRef], out_dir,
+                 options: AnalysisOptions | None = None, log=print) -> dict:
+    """Analyse ``runs`` (Single Domain references per dataset id in ``single_domain``) into ``out_dir``."""
+    options = options or AnalysisOptions()
+    options.check()
+    if not runs:
+        raise UserError("nothing to analyse: no finished runs were found; run the suite first")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets: dict[str, _Dataset] = {}
+    sd_norms: dict[str, np.ndarray | None] = {}
+    report = {"options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+              "datasets": {}, "runs": [], "methods": [], "figures": []}
+    for ds_id in sorted({r.dataset_id for r in runs}):
+        first = next(r for r in runs if r.dataset_id == ds_id)
+        datasets[ds_id] = _Dataset(first.params, options)
+        entry = {"split": options.split, "rows": int(len(datasets[ds_id].rows)), "single_domain": None}
+        sd = single_domain.get(ds_id)
+        sd_norms[ds_id] = None
+        if sd is not None:
+            log(f"analysis: Single Domain reference {sd.label} ({sd.run_id or sd.checkpoint})")
+            sd_model = load_model(sd.params, sd.checkpoint)
+            stats = collect_experts(sd_model, datasets[ds_id].batches(options.batch_size))
+            sd_norms[ds_id] = stats.norms
+            entry["single_domain"] = {"label": sd.label, "run_id": sd.run_id, "checkpoint": sd.checkpoint,
+                                      "expert_output": "last hidden layer of each domain's DNN, on every row",
+                                      "norm_quantiles": {q: np.quantile(stats.norms, float(q), axis=1).tolist()
+                                                         for q in ("0.25", "0.5", "0.75")}}
+            del sd_model
+        report["datasets"][ds_id] = entry
+    moments_by_label: dict[str, object] = {}
+    smallest: dict[str, int | None] = {}
+    for run in runs:
+        log(f"analysis: {run.label} ({run.params['model']}, seed {run.seed}, {run.run_id or run.checkpoint})")
+        model = load_model(run.params, run.checkpoint)
+        dataset = datasets[run.dataset_id]
+        measured = analyze_model(model, dataset, options, sd_norms[run.dataset_id])
+        moments = measured.pop("_moments", None)
+        if moments is not None and run.label not in moments_by_label:
+            moments_by_label[run.label] = moments
+        if dataset.domain_rows is not None:
+            smallest[run.dataset_id] = int(np.argmin(dataset.domain_rows))
+        record = read_ia_epochs(run.checkpoint)
+        report["runs"].append({"label": run.label, "run_id": run.run_id, "seed": run.seed, "model": run.params["model"],
+                               "group": run.group, "dataset_id": run.dataset_id, "checkpoint": run.checkpoint,
+                               "domain_names": list(model.domain_names), **measured,
+                               "ia_epochs": record})
+        del model
+    report["methods"] = _methods(report["runs"])
+    report["figures"] = _figures(report, moments_by_label, smallest, options, out)
+    (out / JSON_NAME).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _methods(runs: list[dict]) -> list[dict]:
+    """Per label: DI and IA averaged over its runs (seeds)."""
+    methods = []
+    for label in dict.fromkeys(r["label"] for r in runs):
+        mine = [r for r in runs if r["label"] == label]
+        di = [r["diversity_index"]["mean"] for r in mine if r.get("diversity_index") and
+              r["diversity_index"]["mean"] is not None]
+        ia = [r["ia_summary"] for r in mine if r.get("ia_summary") is not None]
+        expert_ia = [np.mean([v for v in r["experts"]["ia"] if v is not None]) for r in mine if r.get("experts")]
+        methods.append({"label": label, "model": mine[0]["model"], "group": mine[0]["group"], "runs": len(mine),
+                        "di": float(np.mean(di)) if di else None, "ia": float(np.mean(ia)) if ia else None,
+                        "expert_ia": float(np.mean(expert_ia)) if expert_ia else None,
+                        "di_note": None if di else mine[0].get("di_note")})
+    return methods
+
+
+def _figures(report: dict, moments_by_label: dict, smallest: dict, options: AnalysisOptions, out: Path) -> list[str]:
+    written = []
+    methods = report["methods"]
+    written.append(figures.di_vs_ia([{"label": m["label"], "di": m["di"], "ia": m["ia"]} for m in methods],
+                                    out / "fig1a_di_vs_ia.png").name)
+    firsts = {}
+    for r in report["runs"]:
+        firsts.setdefault(r["label"], r)
+    curves = {label: r["diversity_index"]["sorted"] for label, r in firsts.items() if r.get("diversity_index")}
+    if curves:
+        written.append(figures.di_sorted(curves, out / "fig6_di_sorted.png").name)
+    for field_name in options.summary_fields:
+        spectra, sources = {}, {}
+        for label, r in firsts.items():
+            sigma, source = _spectrum(r["tables"], field_name, smallest.get(r["dataset_id"]))
+            if sigma is not None:
+                spectra[label] = sigma
+                sources[label] = source
+        if spectra:
+            written.append(figures.spectra(spectra, field_name, out / f"fig5_spectra_{slug(field_name)}.png").name)
+            report.setdefault("spectra_sources", {})[field_name] = sources
+    for label, moments in moments_by_label.items():
+        name = f"fig7_cov_{slug(label)}"
+        blocks, dims = moments.cov_block_norms(), moments.dim_covariance()
+        written.append(figures.cov_heatmaps(blocks, dims, label, out / f"{name}.png").name)
+        np.savez_compressed(out / f"{name}.npz", cov_blocks=blocks, dim_covariance=dims)
+    for label, r in firsts.items():
+        if r.get("ia_epochs"):
+            written.append(figures.ia_epochs(r["ia_epochs"], label, out / f"fig2_ia_epochs_{slug(label)}.png").name)
+    return written

@@ -1,0 +1,207 @@
+"""The analysis tools: IA and spectra, the Diversity Index, covariance heatmaps, memory of the table SVDs, the
+model adapters, the per-epoch IA recorder and ``mdl-bench analyze``."""
+import json
+import tracemalloc
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from mdl_bench.benchmark.analysis.measures import (OutputMoments, diversity_index, domain_norms, gram,
+                                                   information_abundance, singular_values)
+from mdl_bench.benchmark.analysis.probe import (embedding_tables, expert_outputs, frequency_groups, table_domains)
+from mdl_bench.benchmark.analysis.report import table_information
+from mdl_bench.model_zoo.layers import CovLoss, MultiEmbedding
+from conftest import build_model
+
+
+def matrix_with_singular_values(s, rows=40, seed=0):
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.normal(size=(rows, len(s))))
+    V, _ = np.linalg.qr(rng.normal(size=(len(s), len(s))))
+    return (U * np.asarray(s)) @ V.T
+
+
+# ------------------------------------------------------------------ IA and singular values
+def test_singular_values_and_ia_of_a_known_spectrum():
+    s = [5.0, 3.0, 2.0, 1.0, 0.5, 0.0]
+    A = matrix_with_singular_values(s).astype(np.float32)
+    np.testing.assert_allclose(singular_values(A), s, atol=1e-5)
+    assert information_abundance(singular_values(A)) == pytest.approx(11.5 / 5.0, rel=1e-6)
+    assert information_abundance(np.ones(8)) == 8.0  # a perfectly balanced spectrum: IA = D
+    assert information_abundance([4.0, 0.0, 0.0]) == 1.0  # rank one: IA = 1
+    assert np.isnan(information_abundance(np.zeros(3)))
+
+
+def test_gram_of_a_strided_view_and_of_selected_rows_in_chunks():
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(1000, 12)).astype(np.float32)
+    view = W[:, 4:8]  # one table of a wider weight, not contiguous
+    np.testing.assert_allclose(gram(view, chunk=37), view.astype(np.float64).T @ view.astype(np.float64), rtol=1e-10)
+    rows = np.array([3, 999, 10, 500])
+    sub = view[rows].astype(np.float64)
+    np.testing.assert_allclose(gram(view, rows, chunk=3), sub.T @ sub, rtol=1e-10)
+    np.testing.assert_allclose(singular_values(view, rows), np.linalg.svd(sub, compute_uv=False), rtol=1e-6)
+
+
+def test_frequency_groups_most_frequent_first_and_unseen_rows_left_out():
+    counts = np.array([0, 5, 1, 9, 0, 3, 7, 2])
+    groups = frequency_groups(counts, 3)
+    assert [g.tolist() for g in groups] == [[3, 6], [1, 5], [7, 2]]
+
+
+# ------------------------------------------------------------------ Diversity Index
+SD = np.array([[2, 2, 2, 2, 0, 0, 0, 0],  # domain 0's network strong on rows 0-3
+               [0, 0, 0, 0, 2, 2, 2, 2]], dtype=float)  # domain 1's strong on rows 4-7
+
+
+def test_diversity_index_eq3_bound_experts_known_answer():
+    experts = np.array([[2, 2, 0, 0, 0, 0, 0, 2],   # domain 0's expert
+                        [0, 0, 0, 2, 2, 0, 2, 2]],  # domain 1's expert
+                       dtype=float)
+    di = diversity_index(SD, experts, [0, 1], top=1.0, bottom=0.5, absolute=True)
+    assert di.equation == 3
+    # D(0,1) = rows 0-3: expert 0 strong and expert 1 weak on rows 0, 1 -> 2/4
+    # D(1,0) = rows 4-7: expert 1 strong and expert 0 weak on rows 4, 6 -> 2/4
+    assert di.per_pair[0, 1] == 0.5 and di.per_pair[1, 0] == 0.5
+    assert di.sizes[0, 1] == 4 and di.sizes[1, 0] == 4
+    assert np.isnan(di.per_pair[0, 0]) and di.mean == 0.5
+    assert di.to_dict(["S0", "S1"])["per_pair"] == {"S0>S1": 0.5, "S1>S0": 0.5}
+
+
+def test_diversity_index_eq2_shared_experts_known_answer():
+    experts = np.array([[2, 0, 2, 0, 2, 0, 2, 2],
+                        [0, 0, 2, 0, 0, 0, 2, 0],
+                        [1, 1, 1, 1, 1, 1, 1, 1]], dtype=float)  # never strong nor weak
+    di = diversity_index(SD, experts, [None, None, None], top=1.5, bottom=0.5, absolute=True)
+    assert di.equation == 2
+    # a strong expert and another weak one: rows 0, 4, 7 (not 2, 6: both strong; not 1, 3, 5: none strong)
+    assert di.per_pair[0, 1] == pytest.approx(1 / 4) and di.per_pair[1, 0] == pytest.approx(2 / 4)
+
+
+def test_diversity_index_one_expert_is_never_both_strong_and_weak():
+    dead = np.zeros((1, 8))  # quantile thresholds 0 and 0: strong and weak at once, but it is one expert
+    assert diversity_index(SD, dead, [None]).per_pair[0, 1] == 0.0
+
+
+def test_diversity_index_missing_domain_expert_and_empty_sets():
+    experts = np.ones((2, 8))
+    di = diversity_index(SD, experts, [0, None], top=1.0, bottom=0.5, absolute=True)
+    assert np.isnan(di.per_pair).all() and np.isnan(di.mean)  # domain 1 has no bound expert
+    flat = np.ones((2, 8))
+    di = diversity_index(flat, experts, [None, None], top=1.5, bottom=0.5, absolute=True)
+    assert (di.sizes == 0).all() and np.isnan(di.mean)  # no row is strong for one SD network and weak for another
+
+
+def test_per_expert_quantiles_ignore_the_scale_of_an_expert_pooled_do_not():
+    rng = np.random.default_rng(4)
+    sd = rng.gamma(2.0, size=(3, 500))
+    experts = rng.gamma(2.0, size=(3, 500))
+    scaled = experts * np.array([[10.0], [1.0], [1.0]])
+    bound = [None] * 3
+    assert diversity_index(sd, experts, bound).mean == diversity_index(sd, scaled, bound).mean
+    assert diversity_index(sd, experts, bound, scope="pooled").mean != diversity_index(sd, scaled, bound,
+                                                                                       scope="pooled").mean
+
+
+def test_domain_norms_concatenate_the_experts_of_a_domain():
+    norms = np.array([[3.0, 0.0], [4.0, 1.0], [7.0, 7.0]])
+    grouped = domain_norms(norms, [0, 0, None], 2)
+    np.testing.assert_allclose(grouped[0], [5.0, 1.0])
+    assert np.isnan(grouped[1]).all()
+
+
+# ------------------------------------------------------------------ heatmaps
+def test_heatmaps_match_covloss_and_numpy_over_batches():
+    g = torch.Generator().manual_seed(5)
+    O = torch.randn(3, 90, 4, generator=g, dtype=torch.float64) + torch.arange(4, dtype=torch.float64)
+    O[1] += 0.7 * O[0]  # experts 0 and 1 correlated
+    moments = OutputMoments(3, 4)
+    for part in torch.split(O, 40, dim=1):  # batches of 40, 40, 10 rows
+        moments.update(part.numpy())
+    np.testing.assert_allclose(moments.cov_block_norms(), CovLoss().block_norms(O).numpy() / 90, rtol=1e-10)
+    flat = O.permute(1, 0, 2).reshape(90, 12).numpy()
+    np.testing.assert_allclose(moments.dim_covariance(), np.abs(np.cov(flat.T, bias=True)), rtol=1e-8, atol=1e-12)
+    for e, sigma in enumerate(moments.expert_singular_values()):
+        np.testing.assert_allclose(sigma, np.linalg.svd(O[e].numpy(), compute_uv=False), rtol=1e-8)
+    blocks = moments.cov_block_norms()
+    assert blocks[0, 1] > 2 * blocks[0, 2]
+
+
+# ------------------------------------------------------------------ memory: 5 tables of 200k x 16
+class FiveTables(torch.nn.Module):
+    def __init__(self, rows=200_000, dim=16, tables=5):
+        super().__init__()
+        feature_map = SimpleNamespace(features={"item_id": {"type": "categorical", "vocab_size": rows}})
+        self.embedding = MultiEmbedding(feature_map, dim, tables)
+
+
+def test_table_analysis_never_holds_a_second_copy_of_a_table():
+    torch.manual_seed(0)
+    model = FiveTables()
+    weight = model.embedding.embedding.embedding_layer.embedding_layers["item_id"].weight
+    assert tuple(weight.shape) == (200_000, 80)
+    table_bytes = 200_000 * 16 * 4
+    counts = np.random.default_rng(0).zipf(1.5, size=200_000) % 1000
+    frequencies = {"item_id": {"all": counts}}
+    assert len(embedding_tables(model)) == 5
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = table_information(model, frequencies, groups=5, spectra_fields=("item_id",))
+        _, peak = tracemalloc.get_traced_memory()
+        # the measurement sees numpy buffers: a naive SVD of one table copy exceeds the bound
+        tracemalloc.reset_peak()
+        naive = np.linalg.svd(np.array(weight.detach().numpy()[:, 16:32]), compute_uv=False)
+        _, naive_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < table_bytes, f"analysis peaked at {peak / 1e6:.1f} MB, a table is {table_bytes / 1e6:.1f} MB"
+    assert naive_peak >= table_bytes
+    assert len(result) == 5 and all(len(t["ia_groups"]) == 5 for t in result)
+    np.testing.assert_allclose(result[1]["sigma"], naive, rtol=1e-5)
+    assert result[1]["ia"] == pytest.approx(information_abundance(naive), rel=1e-6)
+
+
+# ------------------------------------------------------------------ model adapters
+def test_single_domain_expert_output_is_the_input_of_each_logit_layer(tiny, tiny_batch):
+    model = build_model(tiny, "SingleDomain_test")
+    model.eval()
+    X = model.get_inputs(tiny_batch)
+    with torch.no_grad():
+        O, bound = expert_outputs(model, X)
+        logit, _ = model.logits(X, model.domain_of(X))
+    assert O.shape[0] == model.num_domains and bound == list(range(model.num_domains))
+    domain = model.domain_of(X)
+    for s, dnn in enumerate(model.dnns):
+        rows = domain == s
+        torch.testing.assert_close(dnn.mlp[-1](O[s][rows]).view(-1), logit[rows])
+
+
+@pytest.mark.parametrize("expid, overrides", [("SDEM_test", {}), ("SingleDomain_test", {}),
+                                               ("ME_PLE_test", {"num_levels": 1})])
+def test_domain_tables_learn_only_from_their_domain(tiny, tiny_batch, expid, overrides):
+    # (ME-PLE with two levels lets its level-1 shared gate mix every domain's experts, so only its CGC form,
+    # one level, keeps table s to domain s's rows; the binding is the same at any depth)
+    model = build_model(tiny, expid, **overrides)
+    domains = table_domains(model, "embedding", model.embedding.num_tables)
+    X = model.get_inputs(tiny_batch)
+    domain = model.domain_of(X)
+    rows = domain == 3
+    X3 = {k: v[rows] for k, v in X.items()}
+    model.train()
+    logit, _ = model.logits(X3, domain[rows])
+    logit.sum().backward()
+    weight = model.embedding.embedding.embedding_layer.embedding_layers["item_id"].weight
+    D = model.embedding.embedding_dim
+    for index, dom in enumerate(domains):
+        grad = weight.grad[:, index * D:(index + 1) * D].abs().sum()
+        assert (grad > 0) == (dom in (3, None)), (index, dom)
+
+
+def test_shared_tables_by_default(tiny):
+    model = build_model(tiny, "Crocodile_test")
+    refs = embedding_tables(model, ["item_id"])
+    assert [(r.module, r.index, r.domain) for r in refs] == [("embedding", i, None) for i in range(5)] + [
+        ("prior_embedding", 0, None)]
