@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", dest="n_test", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any generator option (YAML value)")
     p.set_defaults(func=cmd_data_synth)
+    from .analysis.command import add_parser as add_analyze_parser
+
+    add_analyze_parser(sub)  # `mdl-bench analyze` (issue 6)
     return parser
 
 

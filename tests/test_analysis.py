@@ -205,3 +205,82 @@ def test_shared_tables_by_default(tiny):
     refs = embedding_tables(model, ["item_id"])
     assert [(r.module, r.index, r.domain) for r in refs] == [("embedding", i, None) for i in range(5)] + [
         ("prior_embedding", 0, None)]
+
+
+# ------------------------------------------------------------------ runs, the recorder and the command
+@pytest.fixture(scope="module")
+def tiny_runs(tiny, tmp_path_factory):
+    """SingleDomain_test and Crocodile_test trained on the tiny data (Crocodile with the IA recorder)."""
+    from mdl_bench.benchmark.runner import run_expid
+
+    root = tmp_path_factory.mktemp("analysis_runs")
+    common = {"verbose": 0, "model_root": str(root), "epochs": 2}
+    sd = run_expid("SingleDomain_test", overrides=common, quiet=True)
+    croc = run_expid("Crocodile_test", overrides={**common, "record_ia": True}, quiet=True)
+    return SimpleNamespace(sd=sd, croc=croc)
+
+
+def test_ia_recorder_writes_a_snapshot_per_epoch(tiny_runs):
+    from mdl_bench.benchmark.analysis.epochs import read_ia_epochs
+
+    record = read_ia_epochs(tiny_runs.croc.checkpoint)
+    assert [s["epoch"] for s in record["snapshots"]] == list(range(tiny_runs.croc.epochs_run + 1))
+    last = record["snapshots"][-1]
+    item_tables = [t for t in last["tables"] if t["field"] == "item_id" and t["module"] == "embedding"]
+    assert len(item_tables) == 5 and all(len(t["ia_groups"]) == 5 for t in item_tables)
+    assert len(last["experts"]) == 5 and all(1.0 <= e["ia"] <= 8.0 for e in last["experts"])
+    assert record["snapshots"][0]["tables"][0]["ia"] != last["tables"][0]["ia"]  # training moved the tables
+
+
+def test_analyze_checkpoints_writes_numbers_and_figures(tiny_runs, tmp_path, capsys):
+    from mdl_bench.benchmark.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["analyze", "--checkpoint", tiny_runs.croc.checkpoint, "--single-domain", tiny_runs.sd.checkpoint,
+               "--out", str(out), "--rows", "1500"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Crocodile_test" in printed and "fig1a_di_vs_ia.png" in printed
+    report = json.loads((out / "analysis.json").read_text())
+    run = report["runs"][0]
+    di = run["diversity_index"]
+    assert di["equation"] == 2 and len(di["per_pair"]) == 20 and 0.0 <= di["mean"] <= 1.0
+    assert sum(di["pair_sizes"].values()) > 0
+    assert report["datasets"]["tiny_synth"]["rows"] == 1500
+    tables = [t for t in run["tables"] if t["module"] == "embedding"]
+    assert len(tables) == 5 * len(tiny_runs.croc.params["feature_cols"][0]["name"] +
+                                  tiny_runs.croc.params["feature_cols"][1]["name"] +
+                                  tiny_runs.croc.params["feature_cols"][2]["name"])
+    assert all(1.0 <= t["ia"] <= 4.0 for t in tables if t["ia"] is not None)  # D = 4 in the test config
+    assert np.array(run["experts"]["cov_blocks"]).shape == (5, 5)
+    names = set(report["figures"])
+    assert {"fig1a_di_vs_ia.png", "fig6_di_sorted.png", "fig5_spectra_user_id.png", "fig5_spectra_item_id.png",
+            "fig7_cov_Crocodile_test.png", "fig2_ia_epochs_Crocodile_test.png"} <= names
+    assert all((out / n).stat().st_size > 1000 for n in names)
+
+    from mdl_bench.benchmark.analysis.html import figures_section
+
+    section = figures_section(out)
+    assert section.count("<figure>") == len(list(out.glob("*.png")))
+    assert section.count("data:image/png;base64,") == len(names) and "Crocodile_test" in section
+    assert figures_section(tmp_path / "nothing") == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["analyze"], "exactly one of --suite NAME, --run RUN_ID or --checkpoint PATH"),
+    (["analyze", "--checkpoint", "/nonexistent/x.model"], "checkpoint /nonexistent/x.model does not exist"),
+    (["analyze", "--checkpoint", "X", "--tau-top", "0.2", "--tau-bottom", "0.5"], "0 <= --tau-bottom < --tau-top"),
+])
+def test_analyze_bad_input_is_one_line(argv, message, capsys):
+    from mdl_bench.benchmark.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_analyze_single_domain_must_be_a_single_domain_run(tiny_runs, capsys):
+    from mdl_bench.benchmark.cli import main
+
+    rc = main(["analyze", "--checkpoint", tiny_runs.croc.checkpoint, "--single-domain", tiny_runs.croc.checkpoint])
+    assert rc == 2 and "is a Crocodile run, not SingleDomain" in capsys.readouterr().err
