@@ -96,11 +96,12 @@ def _group(model_name) -> str | None:
 
 
 # ------------------------------------------------------------------ runs from the results store
-def store_runs(store_path, suite: str | None = None, run_ids=None) -> list:
-    """Finished runs of the results store as :class:`RunRef` (via :mod:`..store`'s reader)."""
+def store_runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, model: str | None = None
+               ) -> list:
+    """Finished runs of the results store as :class:`RunRef` (via :mod:`.store_bridge`)."""
     from . import store_bridge
 
-    return store_bridge.runs(store_path, suite=suite, run_ids=run_ids)
+    return store_bridge.runs(store_path, suite=suite, run_ids=run_ids, config_dir=config_dir, model=model)
 
 
 def _single_domain(args, runs: list) -> dict:
@@ -123,7 +124,7 @@ def _single_domain(args, runs: list) -> dict:
     missing = {r.dataset_id for r in runs} - set(found)
     if missing and (args.suite or args.run):
         try:
-            stored = store_runs(args.store)
+            stored = store_runs(args.store, model=SINGLE_DOMAIN_MODEL)
         except UserError:
             stored = []
         for run in reversed(stored):  # newest first
@@ -146,7 +147,11 @@ def run_command(args) -> int:
         runs = [run_from_checkpoint(p, args.expid, args.config, parse_set(args.set)) for p in args.checkpoint]
         name = slug(runs[0].label if len(runs) == 1 else "checkpoints")
     else:
-        runs = store_runs(args.store, suite=args.suite, run_ids=args.run)
+        if args.suite and not args.store:  # the suite's own store (its `store:` key), else the default
+            from ..suite import load_suite
+
+            args.store = load_suite(args.suite, args.config).store
+        runs = store_runs(args.store, suite=args.suite, run_ids=args.run, config_dir=args.config)
         if not runs:
             what = f"suite {args.suite!r}" if args.suite else "those run ids"
             raise UserError(f"the results store has no finished run of {what}; run `mdl-bench run --suite "
@@ -173,7 +178,7 @@ def default_out_dir(args, name: str) -> Path:
     if args.suite:
         from . import store_bridge
 
-        return store_bridge.suite_analysis_dir(args.store, args.suite)
+        return store_bridge.suite_analysis_dir(args.store, args.suite, args.config)
     return bench_home() / "analysis" / name
 
 

@@ -1,4 +1,11 @@
-"""Reading finished runs from the results store (issue 4's SQLite store) for the analysis."""
+"""Finished runs of the results store (:mod:`..store`) as the analysis's :class:`~.report.RunRef`, and the folder
+where a suite's analysis goes: ``<store folder>/analysis/<suite name>/``, beside the store the suite writes to,
+which is where the HTML leaderboard of the suite looks for the figures (:func:`suite_analysis_dir`).
+
+A suite's runs are the ``(config hash, seed)`` pairs its plan defines (the suite machinery expands it, as the
+leaderboard does), so a run stored earlier by another suite with the same config counts too; rows keep the
+suite's labels and groups.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +13,61 @@ from pathlib import Path
 from ..errors import UserError
 
 
-def runs(store_path, suite: str | None = None, run_ids=None) -> list:
-    raise UserError("the results store is not available in this version; analyse checkpoints with --checkpoint")
+def _plan(suite: str, config_dir=None):
+    from ..suite import load_suite
+
+    suite_obj = load_suite(suite, config_dir)
+    return suite_obj, suite_obj.plan(config_dir, strict=False)
 
 
-def suite_analysis_dir(store_path, suite: str) -> Path:
-    from ..paths import bench_home
+def runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, model: str | None = None) -> list:
+    """Stored runs (in store order): those of ``suite``, or the given ``run_ids``, or all of them (of ``model``
+    only, when given)."""
+    from ..store import Store, local_config
+    from .command import _group
+    from .report import RunRef
 
-    return bench_home() / "analysis" / suite
+    labels: dict = {}
+    if suite is not None:
+        suite_obj, plan = _plan(suite, config_dir)
+        store_path = store_path or suite_obj.store
+    with Store(store_path, create=False) as store:
+        if suite is not None:
+            for run in plan.unique_runs():
+                run_id = store.run_id(*run.key)
+                if run_id is not None:
+                    labels[run_id] = (run.variant.label, run.variant.group)
+            rows = store.list_runs(sorted(labels))
+        elif run_ids:
+            try:
+                ids = [int(r) for r in run_ids]
+            except ValueError:
+                raise UserError(f"run ids are integers (`mdl-bench runs` lists them), got {', '.join(run_ids)}") \
+                    from None
+            rows = store.list_runs(ids)
+            missing = sorted(set(ids) - {r["run_id"] for r in rows})
+            if missing:
+                raise UserError(f"no run {missing[0]} in {store.path}; `mdl-bench runs` lists the stored runs")
+        else:
+            rows = store.list_runs()
+        if model is not None:
+            rows = [r for r in rows if r["model"] == model]
+        out = []
+        for row in rows:
+            run = store.get_run(row["run_id"])
+            label, group = labels.get(row["run_id"], (run["expid"], _group(run["model"])))
+            out.append(RunRef(label=str(label), params=local_config(run["config"]), checkpoint=run["checkpoint"],
+                              run_id=str(row["run_id"]), seed=run["seed"], group=group))
+    return out
+
+
+def suite_analysis_dir(store_path, suite: str, config_dir=None) -> Path:
+    """``<store folder>/analysis/<suite name>/``: where ``analyze --suite`` writes and the leaderboard looks.
+
+    ``store_path`` ``None`` means the suite's own store (its ``store:`` key), else the default store."""
+    from ..store import store_path as resolve_store
+    from ..suite import load_suite
+    from .report import slug
+
+    suite_obj = load_suite(suite, config_dir)
+    return resolve_store(store_path or suite_obj.store).parent / "analysis" / slug(suite_obj.name)
