@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.command import add_parser as add_analyze_parser
 
     add_analyze_parser(sub)  # `mdl-bench analyze` (issue 6)
+    from .suite_cli import add_commands as add_suite_commands
+
+    add_suite_commands(sub)  # `mdl-bench run`, `leaderboard`, `runs`, `rerun` (issue 4)
     return parser
 
 

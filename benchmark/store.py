@@ -1,0 +1,398 @@
+"""The results store: one SQLite file, one row per finished run, written in one transaction.
+
+Design (issue 4):
+
+* **Identity.** A run is ``(config_hash, seed)``: the hash of its fully resolved config (see
+  :func:`config_hash` for the keys left out) plus the seed. ``UNIQUE(config_hash, seed)`` makes a duplicate
+  impossible, even when several processes finish the same run at once (the second insert is dropped).
+* **Crash safety.** Everything a run stores (its ``runs`` row and all its ``metrics`` rows) goes in one
+  ``BEGIN IMMEDIATE ... COMMIT``; SQLite's journal makes that all-or-nothing, so a process killed at any moment
+  (SIGKILL included) leaves either the whole run or nothing.
+* **Several writers.** WAL journal mode (readers never block the writer) and a busy timeout, so several suites
+  (or ``--jobs`` workers) can write to one store at once; each holds the write lock only for its short commit.
+* **Not ours, never touched.** The file carries ``PRAGMA application_id`` (:data:`APPLICATION_ID`) and
+  ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`). A file that is not SQLite, an SQLite database of another
+  application (any other id, or tables without our id), or one written by a newer schema is refused with a
+  one-line :class:`UserError`; nothing is written to it.
+* **Claims.** ``claims`` says which process is running which run, so a second suite on the same store waits for
+  a run in flight elsewhere instead of doing it twice. A claim whose process is gone (killed) is stale and is
+  taken over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable
+
+from .errors import UserError
+from .paths import bench_home, expand_path
+
+APPLICATION_ID = 0x4D444C42  # "MDLB"
+SCHEMA_VERSION = 1
+DEFAULT_STORE = "${MDL_BENCH_HOME}/results.sqlite"
+BUSY_TIMEOUT_S = 120.0
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# Keys of a resolved config that do not change a run's results, so they are left out of its hash:
+#   verbose          - console output only;
+#   model_id         - the run's file name; the suite derives it from the hash itself;
+#   model_root       - where checkpoints and logs go;
+#   data_root        - where the built dataset goes;
+#   train_data, valid_data, test_data - where the raw files are (the data itself is identified by the dataset
+#                      id and its config: feature columns, filters, the generator options of synthetic data);
+#   rebuild_dataset  - forces a rebuild of the same data;
+#   seed             - the seed is the second half of a run's identity, so the replicates of one config share
+#                      a hash (the leaderboard averages over them).
+HASH_EXCLUDED = ("verbose", "model_id", "model_root", "data_root", "train_data", "valid_data", "test_data",
+                 "rebuild_dataset", "seed")
+# Path keys stored with ${MDL_BENCH_HOME} in place of the working area, so a stored config reruns elsewhere.
+PORTABLE_PATH_KEYS = ("model_root", "data_root", "train_data", "valid_data", "test_data")
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    config_hash TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    expid TEXT NOT NULL,
+    model TEXT NOT NULL,
+    dataset_id TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    suite TEXT,
+    config_json TEXT NOT NULL,
+    best_epoch INTEGER,
+    epochs_run INTEGER,
+    train_seconds REAL,
+    train_samples_per_second REAL,
+    wall_seconds REAL,
+    num_parameters INTEGER,
+    peak_rss_bytes INTEGER,
+    peak_rss_children_bytes INTEGER,
+    peak_rss_scope TEXT,
+    torch_threads INTEGER,
+    versions_json TEXT NOT NULL,
+    git_commit TEXT,
+    hostname TEXT,
+    checkpoint TEXT,
+    log_file TEXT,
+    result_json TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    UNIQUE (config_hash, seed)
+);
+CREATE TABLE metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    split TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, split, metric, domain)
+);
+CREATE TABLE claims (
+    config_hash TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    hostname TEXT NOT NULL,
+    claimed_at REAL NOT NULL,
+    PRIMARY KEY (config_hash, seed)
+);
+"""
+
+
+# ---------------------------------------------------------------------------------------------- identity
+def hashed_config(params: dict) -> dict:
+    """The part of a resolved config that defines a run's results (everything but :data:`HASH_EXCLUDED`)."""
+    return {k: v for k, v in params.items() if k not in HASH_EXCLUDED}
+
+
+def config_hash(params: dict) -> str:
+    """SHA-256 (hex) of the canonical JSON of :func:`hashed_config`; key order does not matter."""
+    payload = json.dumps(hashed_config(params), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def portable_config(params: dict) -> dict:
+    """``params`` with the working area in path keys written as ``${MDL_BENCH_HOME}`` (see :func:`local_config`)."""
+    home = str(bench_home())
+    out = dict(params)
+    for key in PORTABLE_PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and (value == home or value.startswith(home + os.sep)):
+            out[key] = "${MDL_BENCH_HOME}" + value[len(home):]
+    return out
+
+
+def local_config(params: dict) -> dict:
+    """Inverse of :func:`portable_config` under the current ``$MDL_BENCH_HOME``."""
+    return {k: (expand_path(v) if k in PORTABLE_PATH_KEYS else v) for k, v in params.items()}
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+def library_versions() -> dict:
+    """Versions of what a run's numbers depend on."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("torch", "fuxictr", "numpy", "polars", "scipy", "mdl-bench"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+_GIT: dict | None = None
+
+
+def git_state() -> dict:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the package's source tree.
+
+    Only when the package is imported from a git checkout (an editable install): ``git rev-parse`` runs in the
+    package's own folder and the answer counts only if that folder's parent is the repository's top level, so
+    a wheel installed into a venv that happens to sit inside some clone does not report that clone's commit.
+    """
+    global _GIT
+    if _GIT is None:
+        import subprocess
+
+        _GIT = {"commit": None, "dirty": None}
+        source = Path(__file__).resolve().parent
+        try:
+            run = lambda *a: subprocess.run(["git", "-C", str(source), *a], capture_output=True, text=True,
+                                            timeout=10)
+            top = run("rev-parse", "--show-toplevel")
+            if top.returncode == 0 and Path(top.stdout.strip()).resolve() == source.parent:
+                head = run("rev-parse", "HEAD")
+                if head.returncode == 0:
+                    _GIT["commit"] = head.stdout.strip()
+                    status = run("status", "--porcelain", "--untracked-files=no")
+                    _GIT["dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return dict(_GIT)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- the store
+def store_path(path: str | os.PathLike | None) -> Path:
+    """The store file: ``path`` (``~`` and ``${MDL_BENCH_HOME}`` expanded) or the default."""
+    return Path(expand_path(str(path or DEFAULT_STORE))).resolve()
+
+
+class Store:
+    """An open results store. ``create=False`` refuses a missing file instead of creating it."""
+
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = True):
+        self.path = store_path(path)
+        if not self.path.exists():
+            if not create:
+                raise UserError(f"no results store at {self.path}; run a suite first (`mdl-bench run --suite NAME`) "
+                                f"or pass the right --store")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif self.path.is_dir():
+            raise UserError(f"results store {self.path} is a folder; pass a file path to --store")
+        else:
+            self._check_magic()
+        self.conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._check_or_create()
+            self.conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise UserError(f"{self.path} is not a usable SQLite results store ({exc}); pass another --store") from None
+
+    def _check_magic(self) -> None:
+        with open(self.path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            raise UserError(f"{self.path} is not an SQLite database, so not an mdl-bench results store; it was left "
+                            f"untouched - pass another --store")
+
+    def _ids(self) -> tuple[int, int, list[str]]:
+        app = self.conn.execute("PRAGMA application_id").fetchone()[0]
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                                  "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return app, version, tables
+
+    def _refuse_foreign(self, app: int, version: int, tables: list[str]) -> None:
+        if app != APPLICATION_ID:
+            what = f"application_id {app:#x}" if app else "no mdl-bench application_id"
+            raise UserError(f"{self.path} is an SQLite database of another application ({what}, tables: "
+                            f"{', '.join(tables[:6]) or 'none'}); it was left untouched - pass another --store")
+        if version > SCHEMA_VERSION:
+            raise UserError(f"results store {self.path} has schema version {version}, newer than this mdl-bench "
+                            f"reads ({SCHEMA_VERSION}); upgrade mdl-bench or pass another --store (the file was "
+                            f"left untouched)")
+
+    def _check_or_create(self) -> None:
+        app, version, tables = self._ids()
+        if app == APPLICATION_ID and version == SCHEMA_VERSION:
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            return
+        if app != 0 or tables:
+            self._refuse_foreign(app, version, tables)
+            # ours, older schema: no older schema exists yet (version 1 is the first)
+            raise UserError(f"results store {self.path} has schema version {version}, which this mdl-bench cannot "
+                            f"upgrade; pass another --store")
+        # An empty database (new file): create the schema, unless another process is doing it right now.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            app, version, tables = self._ids()
+            if app == 0 and not tables:
+                for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT first
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self.conn.execute("INSERT INTO meta VALUES ('created_at', ?), ('created_by', ?)",
+                                  (str(time.time()), json.dumps(library_versions())))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        app, version, tables = self._ids()
+        if app != APPLICATION_ID or version != SCHEMA_VERSION:
+            self._refuse_foreign(app, version, tables)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -------------------------------------------------------------------------------------- reading
+    def stored_keys(self) -> dict[tuple[str, int], int]:
+        """``{(config_hash, seed): run_id}`` of every stored run."""
+        return {(h, s): r for r, h, s in self.conn.execute("SELECT run_id, config_hash, seed FROM runs")}
+
+    def run_id(self, config_hash: str, seed: int) -> int | None:
+        row = self.conn.execute("SELECT run_id FROM runs WHERE config_hash=? AND seed=?",
+                                (config_hash, int(seed))).fetchone()
+        return row[0] if row else None
+
+    def get_run(self, run_id: int) -> dict:
+        """A stored run: every column (JSON columns decoded) and ``metrics[split][metric@domain or metric]``."""
+        cur = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (int(run_id),))
+        row = cur.fetchone()
+        if row is None:
+            raise UserError(f"no run {run_id} in {self.path}; `mdl-bench runs` lists the stored runs")
+        run = dict(zip([c[0] for c in cur.description], row))
+        for key in ("config_json", "versions_json", "result_json"):
+            run[key[:-5]] = json.loads(run.pop(key))
+        run["metrics"] = self.metrics_of([run_id])[int(run_id)]
+        return run
+
+    def metrics_of(self, run_ids: Iterable[int]) -> dict[int, dict[str, dict[str, float]]]:
+        """``{run_id: {split: {"AUC": v, "AUC@S0": v, ...}}}``."""
+        ids = [int(r) for r in run_ids]
+        out: dict[int, dict[str, dict[str, float]]] = {r: {} for r in ids}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for run_id, split, metric, domain, value in self.conn.execute(
+                    f"SELECT run_id, split, metric, domain, value FROM metrics WHERE run_id IN ({marks})", chunk):
+                name = metric if domain == "Overall" else f"{metric}@{domain}"
+                out[run_id].setdefault(split, {})[name] = float("nan") if value is None else value
+        return out
+
+    def list_runs(self, run_ids: Iterable[int] | None = None) -> list[dict]:
+        sql = ("SELECT run_id, expid, model, dataset_id, seed, config_hash, suite, best_epoch, train_seconds, "
+               "wall_seconds, finished_at FROM runs")
+        args: list = []
+        if run_ids is not None:
+            ids = [int(r) for r in run_ids]
+            if not ids:
+                return []
+            sql += f" WHERE run_id IN ({','.join('?' * len(ids))})"
+            args = ids
+        cur = self.conn.execute(sql + " ORDER BY run_id", args)
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur]
+
+    # -------------------------------------------------------------------------------------- claims
+    def claim(self, config_hash: str, seed: int) -> dict | None:
+        """Claim a run for this process. Returns ``None`` when claimed (or already ours), else the live claim of
+        another process. A claim of a process that no longer exists (on this host) is taken over."""
+        me, host = os.getpid(), socket.gethostname()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.conn.execute("SELECT pid, hostname, claimed_at FROM claims WHERE config_hash=? AND seed=?",
+                                    (config_hash, int(seed))).fetchone()
+            if row is not None:
+                pid, other_host, claimed_at = row
+                live = (pid != me or other_host != host) and (
+                    _pid_alive(pid) if other_host == host else time.time() - claimed_at < 24 * 3600)
+                if live:
+                    self.conn.execute("COMMIT")
+                    return {"pid": pid, "hostname": other_host, "claimed_at": claimed_at}
+            self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                              (config_hash, int(seed), me, host, time.time()))
+            self.conn.execute("COMMIT")
+            return None
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def release(self, config_hash: str, seed: int) -> None:
+        """Drop this process's claim (a run that failed); stored runs drop theirs in the same transaction."""
+        self.conn.execute("DELETE FROM claims WHERE config_hash=? AND seed=? AND pid=? AND hostname=?",
+                          (config_hash, int(seed), os.getpid(), socket.gethostname()))
+
+    # -------------------------------------------------------------------------------------- writing
+    def insert_run(self, record: dict) -> int | None:
+        """Store one finished run and all its metrics in ONE transaction; ``None`` if that (hash, seed) is stored
+        already (then nothing is written).
+
+        ``record`` holds the ``runs`` columns (``config``, ``versions`` and ``result`` as objects) and
+        ``metrics``: ``{split: {"AUC": v, "AUC@S0": v, ...}}``.
+        """
+        cols = dict(record)
+        metrics = cols.pop("metrics")
+        for key in ("config", "versions", "result"):
+            cols[f"{key}_json"] = json.dumps(cols.pop(key), sort_keys=True, default=str)
+        names = list(cols)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                cur = self.conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                        [cols[n] for n in names])
+            except sqlite3.IntegrityError:
+                self.conn.execute("ROLLBACK")
+                return None
+            run_id = cur.lastrowid
+            rows = []
+            for split, values in metrics.items():
+                for name, value in values.items():
+                    metric, _, domain = name.partition("@")
+                    value = None if value is None or value != value else float(value)
+                    rows.append((run_id, split, metric, domain or "Overall", value))
+            self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+            self.conn.execute("DELETE FROM claims WHERE config_hash=? AND seed=?",
+                              (cols["config_hash"], int(cols["seed"])))
+            self.conn.execute("COMMIT")
+            return run_id
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,926 @@
+"""Benchmark suites: a YAML file naming datasets, expids, seeds and overrides, run into the results store.
+
+A suite file (``config/suites/<name>.yaml``; ``--suite`` takes a name or a path)::
+
+    name: quick                      # defaults to the file name
+    description: one line
+    datasets: [kuairand_like]        # optional; each expid runs on each (default: the expid's own dataset)
+    seeds: [2024]                    # the replicates of every row
+    overrides: {epochs: 1}           # global overrides of the resolved configs
+    tuner_space: {}                  # optional, FuxiCTR autotuner semantics (a list = grid values, a scalar = fixed)
+    store: path/to/results.sqlite    # optional; relative to the suite file; default ${MDL_BENCH_HOME}/results.sqlite
+    expids:                          # rows; a name, or a mapping:
+      - MMoE_default
+      - expid: Crocodile_default
+        label: Crocodile (M=2)       # row name (default: the model's display_name)
+        group: Crocodile             # row group (default: the model class's `group`)
+        info: {Embedding: ME}        # extra leading columns (table 5's components)
+        overrides: {num_embeddings: 2}
+        tuner_space: {cov_alpha: [1.e-5, 1.e-4]}
+        seeds: [1, 2]
+    leaderboard:
+      metrics: [AUC, gAUC]           # column metrics (per domain and Overall)
+      split: test                    # test | valid
+      domains: all                   # all, or a list of domain names and/or Overall
+      std: false                     # show +- standard deviation over seeds
+      digits: 4
+      group_order: [...]             # default: the paper's (Single Domain, MTL (SE), MTL (ME), MDL, Crocodile)
+      lift: [{base: <row label or expid>, metrics: [AUC, gAUC], domain: Overall, title: ...}]
+      plots: [{name, x, metrics, series, lift_over, xscale, title}]   # PNG line plots (figure 8)
+
+Every (expid, dataset, tuner point) is one leaderboard row, a *variant*, identified by the hash of its fully
+resolved config (:func:`~mdl_bench.benchmark.store.config_hash`); each seed of a variant is one *run*
+``(hash, seed)``. Running a suite skips the runs already in the store; a changed config has a new hash and runs.
+
+Everything is checked before the first run starts: unknown suite keys, expids, datasets, models, config keys
+and metrics are one-line errors naming the offender and the known names.
+
+Execution: runs go one after another in this process (``jobs=1``), or in ``jobs`` worker processes, each
+storing its own runs (:class:`~mdl_bench.benchmark.store.Store` commits one transaction per run). One progress
+bar spans the suite (epochs of all pending runs), showing the current run, its epoch and the ETA; each run's
+FuxiCTR log goes to its log file ``<model_root>/<dataset_id>/<model_id>.log``. A run's ``model_id`` is
+``<expid>__s<seed>__<hash8>``, so seeds and configs of one expid never share a checkpoint or log.
+
+Extension points kept small on purpose: external models (a later ``models_from:`` key) only need to be
+registered before :meth:`Suite.plan` resolves the expids; another launcher (``--nproc``) only replaces
+:func:`execute_run`'s call of :func:`run_resolved` for one run.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import itertools
+import logging
+import math
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import UserError, close_matches
+from .paths import expand_path, packaged_config_dir
+from .store import Store, config_hash, git_state, library_versions, portable_config, store_path
+
+SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "store",
+              "leaderboard")
+ENTRY_KEYS = ("expid", "label", "group", "info", "overrides", "tuner_space", "seeds")
+LEADERBOARD_KEYS = ("metrics", "split", "domains", "std", "digits", "group_order", "lift", "plots", "title")
+LIFT_KEYS = ("base", "metrics", "domain", "title")
+PLOT_KEYS = ("name", "x", "metrics", "series", "lift_over", "xscale", "title", "domain", "xlabel")
+SPLITS = ("test", "valid")
+# Dataset keys that change the built data: a suite overriding one builds that variant in its own folder.
+BUILD_KEYS = ("feature_cols", "label_col", "min_categr_count", "domain_field", "domains", "group_id", "oracle_field")
+# Dataset keys a suite may not override (they name the raw data): make a dataset block instead.
+RAW_KEYS = ("synth", "train_data", "valid_data", "test_data", "data_format")
+
+
+# ================================================================================================ the suite
+@dataclass
+class Entry:
+    """One item of a suite's ``expids`` list."""
+
+    expid: str
+    label: str | None = None
+    group: str | None = None
+    info: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
+    tuner_space: dict = field(default_factory=dict)
+    seeds: list | None = None
+
+
+@dataclass
+class Variant:
+    """One leaderboard row: an entry on one dataset at one tuner point; its runs are its seeds."""
+
+    index: int
+    entry: Entry
+    expid: str
+    dataset_id: str
+    tuned: dict
+    params: dict
+    config_hash: str
+    seeds: list
+    model: str
+    group: str
+    display_name: str
+    series: str
+    label: str = ""
+
+    @property
+    def short_hash(self) -> str:
+        return self.config_hash[:8]
+
+
+@dataclass
+class PlannedRun:
+    """One run: a variant and a seed, with its final resolved params (seed and model_id set)."""
+
+    variant: Variant
+    seed: int
+    params: dict
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.variant.config_hash, self.seed)
+
+    @property
+    def expid(self) -> str:
+        return self.variant.expid
+
+    @property
+    def model_id(self) -> str:
+        return self.params["model_id"]
+
+    @property
+    def epochs(self) -> int:
+        return max(1, int(self.params.get("epochs") or 1))
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.params["model_root"], self.params["dataset_id"], self.model_id + ".log")
+
+    def describe(self) -> str:
+        return f"{self.variant.label} ({self.expid}, seed {self.seed})"
+
+
+@dataclass
+class Plan:
+    suite: "Suite"
+    variants: list
+    runs: list
+
+    def unique_runs(self) -> list:
+        seen, out = set(), []
+        for run in self.runs:
+            if run.key not in seen:
+                seen.add(run.key)
+                out.append(run)
+        return out
+
+
+def _as_list(value, what: str, where: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, int, float)):
+        return [value]
+    if not isinstance(value, list):
+        raise UserError(f"{where}: `{what}` must be a list; fix the suite file")
+    return value
+
+
+def _seeds(value, where: str) -> list | None:
+    if value is None:
+        return None
+    seeds = _as_list(value, "seeds", where)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"{where}: `seeds` must be a non-empty list of integers, got {value!r}; fix the suite file")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{where}: `seeds` lists a seed twice; list each once")
+    return seeds
+
+
+def _mapping(value, what: str, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: `{what}` must be a mapping of key: value; fix the suite file")
+    return dict(value)
+
+
+def _check_keys(data: dict, allowed, where: str, what: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise UserError(f"{where}: unknown {what} key {key!r}{close_matches(str(key), allowed)}; known keys: "
+                            f"{', '.join(allowed)}")
+
+
+def tuner_points(space: dict) -> list[dict]:
+    """FuxiCTR autotuner semantics: a list value is a grid axis, a scalar is fixed; the grid in key order."""
+    if not space:
+        return [{}]
+    keys = list(space)
+    axes = [v if isinstance(v, list) else [v] for v in space.values()]
+    for key, axis in zip(keys, axes):
+        if not axis:
+            raise UserError(f"tuner_space key {key!r} has an empty list; give at least one value")
+    return [dict(zip(keys, values)) for values in itertools.product(*axes)]
+
+
+class Suite:
+    """A parsed and structurally checked suite file (expids, datasets and metrics are checked by :meth:`plan`)."""
+
+    def __init__(self, data: dict, path: Path | None = None):
+        self.path = path
+        where = f"suite {path}" if path else "suite"
+        if not isinstance(data, dict):
+            raise UserError(f"{where} must be a YAML mapping (name, expids, seeds, ...); fix the file")
+        _check_keys(data, SUITE_KEYS, where, "suite")
+        self.name = str(data.get("name") or (path.stem if path else "suite"))
+        self.where = f"suite {self.name!r}" + (f" ({path})" if path else "")
+        self.description = str(data.get("description") or "")
+        self.datasets = [str(d) for d in _as_list(data.get("datasets"), "datasets", self.where)]
+        self.seeds = _seeds(data.get("seeds"), self.where)
+        self.overrides = _mapping(data.get("overrides"), "overrides", self.where)
+        self.tuner_space = _mapping(data.get("tuner_space"), "tuner_space", self.where)
+        self.store = data.get("store")
+        if self.store is not None and path is not None:
+            expanded = Path(expand_path(str(self.store)))
+            self.store = str(expanded if expanded.is_absolute() else (path.parent / expanded))
+        expids = data.get("expids")
+        if not isinstance(expids, list) or not expids:
+            raise UserError(f"{self.where}: `expids` must be a non-empty list of expids (or mappings with `expid:`); "
+                            f"fix the suite file")
+        self.entries = [self._entry(item) for item in expids]
+        self.leaderboard = self._leaderboard(_mapping(data.get("leaderboard"), "leaderboard", self.where))
+
+    def _entry(self, item) -> Entry:
+        if isinstance(item, str):
+            return Entry(expid=item)
+        if not isinstance(item, dict) or not isinstance(item.get("expid"), str):
+            raise UserError(f"{self.where}: each item of `expids` is an expid or a mapping with `expid:`, got "
+                            f"{item!r}; fix the suite file")
+        where = f"{self.where}, expid {item['expid']}"
+        _check_keys(item, ENTRY_KEYS, where, "expid entry")
+        return Entry(expid=item["expid"], label=None if item.get("label") is None else str(item["label"]),
+                     group=None if item.get("group") is None else str(item["group"]),
+                     info=_mapping(item.get("info"), "info", where),
+                     overrides=_mapping(item.get("overrides"), "overrides", where),
+                     tuner_space=_mapping(item.get("tuner_space"), "tuner_space", where),
+                     seeds=_seeds(item.get("seeds"), where))
+
+    def _leaderboard(self, data: dict) -> dict:
+        where = f"{self.where}, leaderboard"
+        _check_keys(data, LEADERBOARD_KEYS, where, "leaderboard")
+        out = {"metrics": [str(m) for m in _as_list(data.get("metrics", ["AUC", "gAUC"]), "metrics", where)],
+               "split": str(data.get("split", "test")), "std": bool(data.get("std", False)),
+               "digits": int(data.get("digits", 4)), "title": data.get("title"),
+               "group_order": [str(g) for g in _as_list(data.get("group_order"), "group_order", where)],
+               "domains": data.get("domains", "all")}
+        if out["split"] not in SPLITS:
+            raise UserError(f"{where}: split {out['split']!r} is not one of {', '.join(SPLITS)}; fix the suite file")
+        if out["domains"] != "all":
+            out["domains"] = [str(d) for d in _as_list(out["domains"], "domains", where)]
+        out["lift"] = []
+        for spec in _as_list(data.get("lift"), "lift", where):
+            spec = _mapping(spec, "lift", where)
+            _check_keys(spec, LIFT_KEYS, where + ", lift", "lift")
+            if not spec.get("base"):
+                raise UserError(f"{where}: each `lift` entry needs `base:` (the label or expid of the base row)")
+            out["lift"].append({"base": str(spec["base"]), "domain": str(spec.get("domain", "Overall")),
+                                "metrics": [str(m) for m in _as_list(spec.get("metrics", out["metrics"]),
+                                                                     "metrics", where)],
+                                "title": spec.get("title")})
+        out["plots"] = []
+        for spec in _as_list(data.get("plots"), "plots", where):
+            spec = _mapping(spec, "plots", where)
+            _check_keys(spec, PLOT_KEYS, where + ", plots", "plot")
+            for key in ("name", "x"):
+                if not spec.get(key):
+                    raise UserError(f"{where}: each `plots` entry needs `{key}:`; fix the suite file")
+            out["plots"].append({"name": str(spec["name"]), "x": str(spec["x"]),
+                                 "metrics": [str(m) for m in _as_list(spec.get("metrics", ["gAUC"]), "metrics",
+                                                                      where)],
+                                 "series": [str(s) for s in _as_list(spec.get("series"), "series", where)],
+                                 "lift_over": spec.get("lift_over"), "xscale": str(spec.get("xscale", "linear")),
+                                 "title": spec.get("title"), "domain": str(spec.get("domain", "Overall")),
+                                 "xlabel": spec.get("xlabel")})
+        return out
+
+    # -------------------------------------------------------------------------------------- the plan
+    def plan(self, config_dir=None, extra_overrides: dict | None = None, strict: bool = True) -> Plan:
+        """Resolve every variant and run. ``strict`` (for running) checks models and keys through
+        :func:`~mdl_bench.benchmark.runner.resolve`; the leaderboard uses ``strict=False`` so that rows of models
+        that are not importable now still find their stored runs."""
+        from . import metrics as metric_lib
+        from .config import ConfigSet
+        from .data.build import domain_names
+        from .runner import resolve
+
+        config = ConfigSet(config_dir)
+        for dataset in self.datasets:
+            if dataset not in config.datasets:
+                raise UserError(f"{self.where}: unknown dataset {dataset!r}{close_matches(dataset, config.datasets)}; "
+                                f"known datasets: {', '.join(sorted(config.datasets))}")
+        for entry in self.entries:
+            if entry.expid not in config.models:
+                raise UserError(f"{self.where}: unknown expid {entry.expid!r}{close_matches(entry.expid, config.models)}"
+                                f"; known expids: {', '.join(config.expids)}")
+        lb = self.leaderboard
+        wanted = set(lb["metrics"]) | {m for s in lb["lift"] for m in s["metrics"]} | {
+            m for p in lb["plots"] for m in p["metrics"]}
+        for metric in sorted(wanted):
+            if metric not in metric_lib.BASE_METRICS:
+                raise UserError(f"{self.where}: unknown metric {metric!r} in `leaderboard`"
+                                f"{close_matches(metric, metric_lib.BASE_METRICS)}; known metrics: "
+                                f"{', '.join(metric_lib.BASE_METRICS)}")
+        variants: list[Variant] = []
+        runs: list[PlannedRun] = []
+        for entry in self.entries:
+            space = dict(self.tuner_space)
+            space.update(entry.tuner_space)
+            for dataset in self.datasets or [None]:
+                for point in tuner_points(space):
+                    point = dict(point)
+                    point_seed = point.pop("seed", None)
+                    overrides = {"dataset_id": dataset} if dataset else {}
+                    overrides.update(copy.deepcopy(self.overrides))
+                    overrides.update(copy.deepcopy(entry.overrides))
+                    overrides.update(copy.deepcopy(point))
+                    overrides.update(copy.deepcopy(extra_overrides or {}))
+                    for key in RAW_KEYS:
+                        if key in overrides:
+                            raise UserError(f"{self.where}, expid {entry.expid}: a suite cannot override {key!r} (it "
+                                            f"names the raw data); add a dataset block to dataset_config.yaml and "
+                                            f"list it in `datasets`")
+                    where = f"{self.where}, expid {entry.expid}"
+                    try:
+                        if strict:
+                            params, model_class, _ = resolve(entry.expid, config_dir, overrides)
+                        else:
+                            params, model_class = config.load(entry.expid, overrides), None
+                            from mdl_bench.model_zoo import registry
+                            model_class = registry().get(str(params.get("model")))
+                        names = domain_names(params)
+                    except UserError as exc:
+                        raise UserError(f"{where}: {exc}") from None
+                    if strict:
+                        configured = {metric_lib.parse_metric(m)[0] for m in params.get("metrics") or []}
+                        for metric in sorted(wanted - configured):
+                            raise UserError(f"{where}: the leaderboard asks for {metric!r}, which the expid does not "
+                                            f"compute (its metrics: {', '.join(params.get('metrics') or [])}); add it "
+                                            f"to `metrics` or drop it from the leaderboard")
+                        for spec in lb["lift"]:
+                            if spec["domain"] != "Overall" and spec["domain"] not in names:
+                                raise UserError(f"{self.where}: lift domain {spec['domain']!r} is not a domain of "
+                                                f"{params['dataset_id']!r} ({', '.join(names)}, Overall)")
+                        if lb["domains"] != "all":
+                            for name in lb["domains"]:
+                                if name != "Overall" and name not in names:
+                                    raise UserError(f"{self.where}: leaderboard domain {name!r}"
+                                                    f"{close_matches(name, names)} is not a domain of "
+                                                    f"{params['dataset_id']!r}; its domains: {', '.join(names)}, "
+                                                    f"Overall")
+                    params["verbose"] = 0  # console output only (not hashed): logs go to the run's log file
+                    self._separate_data_variant(params, config)
+                    digest = config_hash(params)
+                    seeds = ([point_seed] if isinstance(point_seed, int) else point_seed) or entry.seeds or \
+                        self.seeds or [int(params.get("seed") or 0)]
+                    model = str(params.get("model"))
+                    tuned = {k: v for k, v in point.items() if isinstance(space.get(k), list) and len(space[k]) > 1}
+                    variant = Variant(
+                        index=len(variants), entry=entry, expid=entry.expid, dataset_id=params["dataset_id"],
+                        tuned=tuned, params=params, config_hash=digest, seeds=list(seeds), model=model,
+                        group=entry.group or (getattr(model_class, "group", None) if model_class else None) or "Other",
+                        display_name=(getattr(model_class, "display_name", None) or model_class.__name__)
+                        if model_class else model,
+                        series=entry.label or entry.expid)
+                    variants.append(variant)
+                    for seed in variant.seeds:
+                        run_params = dict(params, seed=int(seed), model_id=f"{entry.expid}__s{seed}__{digest[:8]}")
+                        runs.append(PlannedRun(variant=variant, seed=int(seed), params=run_params))
+        _label_variants(variants)
+        return Plan(suite=self, variants=variants, runs=runs)
+
+    def _separate_data_variant(self, params: dict, config) -> None:
+        """A config that changes how the data is built gets its own build folder (``data_root`` is not hashed)."""
+        block = config.dataset_params(params["dataset_id"])
+        changed = {k: params.get(k) for k in BUILD_KEYS if params.get(k) != block.get(k)}
+        if changed:
+            import hashlib
+            import json
+            tag = hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            params["data_root"] = os.path.join(params["data_root"], "variants", tag)
+
+
+def _label_variants(variants: list) -> None:
+    """Row names: the entry's label, else the model's display name, else (on a clash) the expid; tuned values
+    appended as ``[key=value]``."""
+    base = {}
+    for v in variants:
+        base[v.index] = v.entry.label or v.display_name
+    clashes: dict[tuple, set] = {}
+    for v in variants:
+        clashes.setdefault((v.dataset_id, base[v.index]), set()).add(v.expid)
+    for v in variants:
+        name = base[v.index]
+        if not v.entry.label and len(clashes[(v.dataset_id, name)]) > 1:
+            name = v.expid
+        if v.tuned:
+            name += " [" + ", ".join(f"{k}={_fmt_value(x)}" for k, x in v.tuned.items()) + "]"
+        v.label = name
+
+
+def _fmt_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def find_suite(name_or_path: str, config_dir=None) -> Path:
+    """A suite file from a name (``config/suites/<name>.yaml`` of ``--config``, then the packaged one) or a path."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if os.sep in text or text.endswith((".yaml", ".yml")):
+        raise UserError(f"suite file {path} not found; pass an existing file or a suite name "
+                        f"({', '.join(known_suites(config_dir))})")
+    folders = ([Path(config_dir).expanduser() / "suites"] if config_dir else []) + [packaged_config_dir() / "suites"]
+    for folder in folders:
+        for ext in (".yaml", ".yml"):
+            if (folder / f"{text}{ext}").is_file():
+                return folder / f"{text}{ext}"
+    known = known_suites(config_dir)
+    raise UserError(f"unknown suite {text!r}{close_matches(text, known)}; known suites: {', '.join(known)} (or pass "
+                    f"a path to a suite file)")
+
+
+def known_suites(config_dir=None) -> list[str]:
+    folders = ([Path(config_dir).expanduser() / "suites"] if config_dir else []) + [packaged_config_dir() / "suites"]
+    names = set()
+    for folder in folders:
+        if folder.is_dir():
+            names.update(p.stem for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
+    return sorted(names)
+
+
+def load_suite(name_or_path: str, config_dir=None) -> Suite:
+    path = find_suite(name_or_path, config_dir)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"suite file {path}{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix it") from None
+    return Suite(data, path)
+
+
+# ================================================================================================ one run
+def run_resolved(expid: str, params: dict, step_callback=None, quiet: bool = True):
+    """Run one experiment from its fully resolved params alone (no config files involved).
+
+    The params are written as a one-expid config folder and handed to
+    :func:`~mdl_bench.benchmark.runner.run_expid`, the package's one run function; suites and ``rerun`` both
+    come here, so a rerun takes exactly the path of the original run. Console output of the run (FuxiCTR's
+    stream handler, warnings) is captured and appended to the run's log file.
+    """
+    from .config import DATASET_KEYS, ConfigSet
+    from .runner import run_expid
+
+    folder = Path(tempfile.mkdtemp(prefix="mdl-bench-run-"))
+    console = io.StringIO()
+    try:
+        dataset_block = {k: v for k, v in params.items() if k in DATASET_KEYS and k != "dataset_id"}
+        (folder / "model_config.yaml").write_text(yaml.safe_dump({"Base": {}, expid: dict(params)}))
+        (folder / "dataset_config.yaml").write_text(yaml.safe_dump({params["dataset_id"]: dataset_block}))
+        over = {"model_id": params["model_id"]}
+        if ConfigSet(folder).load(expid, over) != params:  # YAML round trip must be lossless
+            raise RuntimeError(f"the resolved config of {expid} does not survive a YAML round trip")
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+            try:
+                return run_expid(expid, folder, over, step_callback=step_callback, quiet=quiet)
+            except BaseException:
+                logging.getLogger().error("Run failed:\n" + traceback.format_exc())
+                raise
+    finally:
+        _close_run_logging()
+        text = console.getvalue()
+        log_file = os.path.join(params["model_root"], params["dataset_id"], params["model_id"] + ".log")
+        if text.strip() and os.path.isdir(os.path.dirname(log_file)):
+            with open(log_file, "a", encoding="utf-8") as fh:
+                fh.write("---- console output ----\n" + text)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _close_run_logging() -> None:
+    """Detach the handlers FuxiCTR's ``set_logger`` installed, so later output does not land in a past run's log."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        with contextlib.suppress(Exception):
+            handler.close()
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux ``clear_refs`` 5); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _maxrss_bytes(who) -> int:
+    import resource
+
+    value = resource.getrusage(who).ru_maxrss
+    return int(value if sys.platform == "darwin" else value * 1024)
+
+
+def execute_run(run: PlannedRun, store: Store, suite_name: str | None, step_callback=None) -> tuple[int | None, Any]:
+    """Train, evaluate and store one planned run (one transaction). Returns ``(run_id or None if it was stored
+    meanwhile by another process, RunResult)``."""
+    import resource
+
+    import torch
+
+    scope = "run" if _reset_peak_rss() else "process"
+    started = time.time()
+    result = run_resolved(run.expid, run.params, step_callback=step_callback, quiet=True)
+    finished = time.time()
+    digest = config_hash(result.params)
+    if digest != run.variant.config_hash:  # run_expid resolved something else than planned: a bug, not input
+        raise RuntimeError(f"{run.describe()}: the config that ran hashes to {digest[:8]}, not {run.variant.short_hash}")
+    git = git_state()
+    versions = library_versions()
+    versions["git_dirty"] = git["dirty"]
+    outcome = result.to_dict()
+    outcome.pop("params", None)
+    record = dict(
+        config_hash=digest, seed=run.seed, expid=run.expid, model=result.model, dataset_id=result.dataset_id,
+        model_id=run.model_id, suite=suite_name, config=portable_config(result.params),
+        best_epoch=result.best_epoch, epochs_run=result.epochs_run, train_seconds=result.train_seconds,
+        train_samples_per_second=result.train_samples_per_second, wall_seconds=result.wall_seconds,
+        num_parameters=result.num_parameters, peak_rss_bytes=_maxrss_bytes(resource.RUSAGE_SELF),
+        peak_rss_children_bytes=_maxrss_bytes(resource.RUSAGE_CHILDREN), peak_rss_scope=scope,
+        torch_threads=torch.get_num_threads(), versions=versions, git_commit=git["commit"],
+        hostname=socket.gethostname(), checkpoint=result.checkpoint, log_file=run.log_file, result=outcome,
+        started_at=started, finished_at=finished,
+        metrics={"valid": result.valid, "test": result.test, "oracle": result.oracle})
+    return store.insert_run(record), result
+
+
+# ================================================================================================ progress
+class SuiteProgress:
+    """One tqdm bar over every pending run's epochs: the current run(s), the epoch, elapsed and ETA."""
+
+    def __init__(self, runs: list, stream=None, disable: bool = False):
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no monitor thread (worker processes are started while the bar exists)
+        self.runs = {r.key: (i + 1, r) for i, r in enumerate(runs)}
+        self.count = len(runs)
+        self.done_units = 0.0
+        self.current: dict[tuple, float] = {}
+        self.epoch_of: dict[tuple, int] = {}
+        self.stream = stream or sys.stderr
+        self.bar = tqdm(total=float(sum(r.epochs for r in runs)) or 1.0, file=self.stream, disable=disable,
+                        dynamic_ncols=True, mininterval=0.5, smoothing=0.05,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} epochs "
+                                   "[{elapsed}<{remaining}]")
+        self._refresh()
+
+    def _refresh(self) -> None:
+        n = min(self.done_units + sum(self.current.values()), self.bar.total)
+        if self.current:
+            parts = []
+            for key in self.current:
+                i, run = self.runs[key]
+                epoch = self.epoch_of.get(key)
+                stage = f"epoch {epoch + 1}/{run.epochs}" if epoch is not None else "loading"
+                parts.append(f"run {i}/{self.count} {run.expid} seed {run.seed} {stage}")
+            desc = "; ".join(parts)
+        else:
+            desc = f"{self.count} runs"
+        self.bar.set_description_str(desc, refresh=False)
+        self.bar.update(n - self.bar.n)
+        self.bar.refresh()
+
+    def started(self, key) -> None:
+        self.current[key] = 0.0
+        self._refresh()
+
+    def step(self, key, info: dict) -> None:
+        _, run = self.runs[key]
+        batches = max(1, int(info.get("batches") or 1))
+        self.epoch_of[key] = int(info["epoch"])
+        self.current[key] = min(float(run.epochs), info["epoch"] + (info["batch"] + 1) / batches)
+        if info["batch"] % 5 == 0 or info["batch"] + 1 == batches:
+            self._refresh()
+
+    def finished(self, key, line: str | None = None) -> None:
+        _, run = self.runs[key]
+        self.current.pop(key, None)
+        self.done_units += run.epochs
+        if line:
+            self.bar.write(line, file=self.stream)
+        self._refresh()
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=self.stream)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ================================================================================================ the loop
+@dataclass
+class SuiteOutcome:
+    plan: Plan
+    store_path: Path
+    stored_before: int = 0
+    stored_now: list = field(default_factory=list)
+    stored_elsewhere: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+
+
+def _result_line(index: int, count: int, run: PlannedRun, run_id, result, split: str = "test") -> str:
+    logs = getattr(result, split)
+    values = " ".join(f"{m} {logs[m]:.4f}" for m in ("AUC", "gAUC") if m in logs)
+    where = f"stored as run {run_id}" if run_id is not None else "already stored by another process"
+    return (f"[{index}/{count}] {run.variant.label} ({run.expid}) seed {run.seed}: {split} {values}; "
+            f"{result.wall_seconds:.0f}s; {where}")
+
+
+def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int = 1,
+              extra_overrides: dict | None = None, dry_run: bool = False, out=print,
+              progress_stream=None, poll_seconds: float = 2.0) -> SuiteOutcome:
+    """Run every run of ``suite`` that the store does not hold yet. Checks everything before the first run."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise UserError(f"--jobs must be a positive integer, got {jobs!r}")
+    plan = suite.plan(config_dir, extra_overrides, strict=True)
+    db = Store(store or suite.store)
+    outcome = SuiteOutcome(plan=plan, store_path=db.path)
+    try:
+        stored = db.stored_keys()
+        unique = plan.unique_runs()
+        pending = [r for r in unique if r.key not in stored]
+        outcome.stored_before = len(unique) - len(pending)
+        out(f"Suite {suite.name}: {len(plan.variants)} rows, {len(unique)} runs ({outcome.stored_before} stored "
+            f"already, {len(pending)} to run{f', {jobs} at a time' if jobs > 1 and pending else ''}); store "
+            f"{db.path}")
+        if dry_run:
+            for run in unique:
+                state = f"stored (run {stored[run.key]})" if run.key in stored else "to run"
+                out(f"  {run.variant.short_hash} seed {run.seed:<6} {run.variant.label:<34} {run.expid:<32} {state}")
+            return outcome
+        if not pending:
+            return outcome
+        progress = SuiteProgress(pending, stream=progress_stream)
+        try:
+            if jobs == 1:
+                _run_here(pending, db, suite.name, progress, outcome, poll_seconds)
+            else:
+                _run_workers(pending, db, suite.name, progress, outcome, jobs, poll_seconds)
+        finally:
+            progress.close()
+    finally:
+        db.close()
+    return outcome
+
+
+def _run_here(pending: list, db: Store, suite_name: str, progress: SuiteProgress, outcome: SuiteOutcome,
+              poll_seconds: float) -> None:
+    """Sequential runs in this process; runs claimed by another live process are waited for, then skipped."""
+    queue = list(pending)
+    waiting: dict[tuple, PlannedRun] = {}
+    count = len(pending)
+    while queue or waiting:
+        if not queue:
+            time.sleep(poll_seconds)
+            for key, run in list(waiting.items()):
+                if db.run_id(*key) is not None:
+                    waiting.pop(key)
+                    outcome.stored_elsewhere.append(run)
+                    progress.finished(key, f"[{progress.runs[key][0]}/{count}] {run.describe()}: stored by another "
+                                           f"process")
+                elif db.claim(*key) is None:  # the other process is gone: take it over
+                    queue.append(waiting.pop(key))
+            continue
+        run = queue.pop(0)
+        if db.run_id(*run.key) is not None:
+            outcome.stored_elsewhere.append(run)
+            progress.finished(run.key)
+            continue
+        other = db.claim(*run.key)
+        if other is not None:
+            waiting[run.key] = run
+            progress.write(f"{run.describe()} is running in process {other['pid']} on {other['hostname']}; "
+                           f"waiting for it")
+            continue
+        index = progress.runs[run.key][0]
+        progress.started(run.key)
+        try:
+            run_id, result = execute_run(run, db, suite_name, step_callback=lambda info, k=run.key:
+                                         progress.step(k, info))
+        except KeyboardInterrupt:
+            db.release(*run.key)
+            raise
+        except Exception as exc:  # a failing run is reported; the suite goes on with the others
+            db.release(*run.key)
+            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            outcome.failed.append((run, message))
+            progress.finished(run.key, f"[{index}/{count}] FAILED {run.describe()}: {message} (log: {run.log_file})")
+            continue
+        (outcome.stored_now if run_id is not None else outcome.stored_elsewhere).append(run)
+        progress.finished(run.key, _result_line(index, count, run, run_id, result))
+
+
+# ------------------------------------------------------------------------------------------------ workers
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the suite process is gone (e.g. SIGKILLed): the run in flight is lost, nothing half-stored."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(3)
+
+
+def _worker_main(worker_id: int, tasks, results, store_file: str, suite_name: str, threads: int,
+                 parent_pid: int, home: str | None) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if home:
+        os.environ["MDL_BENCH_HOME"] = home
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    import torch
+
+    torch.set_num_threads(threads)
+    db = Store(store_file)
+    try:
+        while True:
+            run = tasks.get()
+            if run is None:
+                return
+            results.put(("start", worker_id, run.key, None))
+            try:
+                run_id, result = execute_run(run, db, suite_name, step_callback=lambda info, k=run.key:
+                                             results.put(("step", worker_id, k, info)))
+                results.put(("done", worker_id, run.key, (run_id, result)))
+            except KeyboardInterrupt:
+                return
+            except Exception as exc:
+                message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+                results.put(("error", worker_id, run.key, message))
+    finally:
+        db.close()
+
+
+def _run_workers(pending: list, db: Store, suite_name: str, progress: SuiteProgress, outcome: SuiteOutcome,
+                 jobs: int, poll_seconds: float) -> None:
+    """``jobs`` worker processes (fresh interpreters), each storing its own runs; this process claims, dispatches
+    and draws the bar. Each worker gets ``cores // jobs`` torch threads."""
+    import multiprocessing as mp
+    import queue as queue_lib
+
+    import torch
+
+    ctx = mp.get_context("spawn")
+    threads = max(1, torch.get_num_threads() // jobs)
+    tasks, results = ctx.Queue(), ctx.Queue()
+    workers = {}
+    for wid in range(min(jobs, len(pending))):
+        proc = ctx.Process(target=_worker_main, daemon=True,
+                           args=(wid, tasks, results, str(db.path), suite_name, threads, os.getpid(),
+                                 os.environ.get("MDL_BENCH_HOME")))
+        proc.start()
+        workers[wid] = proc
+    queue = list(pending)
+    waiting: dict[tuple, PlannedRun] = {}
+    in_flight: dict[tuple, PlannedRun] = {}
+    busy: dict[int, tuple] = {}
+    by_key = {r.key: r for r in pending}
+    count = len(pending)
+    last_poll = time.time()
+
+    def dispatch():
+        while queue and len(in_flight) < len(workers):
+            run = queue.pop(0)
+            if db.run_id(*run.key) is not None:
+                outcome.stored_elsewhere.append(run)
+                progress.finished(run.key)
+                continue
+            other = db.claim(*run.key)
+            if other is not None:
+                waiting[run.key] = run
+                progress.write(f"{run.describe()} is running in process {other['pid']}; waiting for it")
+                continue
+            in_flight[run.key] = run
+            tasks.put(run)
+
+    def fail(key, message):
+        run = in_flight.pop(key)
+        db.release(*key)
+        outcome.failed.append((run, message))
+        progress.finished(key, f"[{progress.runs[key][0]}/{count}] FAILED {run.describe()}: {message} "
+                               f"(log: {run.log_file})")
+
+    try:
+        dispatch()
+        while in_flight or queue or waiting:
+            try:
+                kind, wid, key, payload = results.get(timeout=1.0)
+            except queue_lib.Empty:
+                kind = None
+            if kind == "start":
+                busy[wid] = key
+                progress.started(key)
+            elif kind == "step":
+                progress.step(key, payload)
+            elif kind == "done":
+                busy.pop(wid, None)
+                run = in_flight.pop(key)
+                run_id, result = payload
+                (outcome.stored_now if run_id is not None else outcome.stored_elsewhere).append(run)
+                progress.finished(key, _result_line(progress.runs[key][0], count, run, run_id, result))
+            elif kind == "error":
+                busy.pop(wid, None)
+                fail(key, payload)
+            for wid, proc in list(workers.items()):  # a worker that died (killed, out of memory) fails its run
+                if not proc.is_alive():
+                    workers.pop(wid)
+                    if wid in busy:
+                        fail(busy.pop(wid), f"worker process exited with code {proc.exitcode}")
+            if not workers and (queue or in_flight):
+                for key in list(in_flight):
+                    fail(key, "no worker process left")
+                for run in queue:
+                    outcome.failed.append((run, "not run: no worker process left"))
+                queue.clear()
+                break
+            if waiting and time.time() - last_poll > poll_seconds:
+                last_poll = time.time()
+                for key, run in list(waiting.items()):
+                    if db.run_id(*key) is not None:
+                        waiting.pop(key)
+                        outcome.stored_elsewhere.append(run)
+                        progress.finished(key, f"{run.describe()}: stored by another process")
+                    elif db.claim(*key) is None:
+                        waiting.pop(key)
+                        db.release(*key)
+                        queue.append(run)
+            dispatch()
+    finally:
+        for _ in workers:
+            tasks.put(None)
+        deadline = time.time() + 10
+        for proc in workers.values():
+            proc.join(timeout=max(0.1, deadline - time.time()))
+            if proc.is_alive():
+                proc.terminate()
+        for key in list(in_flight):
+            db.release(*key)
+
+
+# ================================================================================================ rerun
+def rerun(run_id: int, store: str | None = None, out=print, progress_stream=None) -> bool:
+    """Rerun a stored run from its stored config alone and compare every stored metric. True if all match."""
+    import torch
+
+    from .store import local_config
+    from .paths import bench_home
+
+    db = Store(store, create=False)
+    try:
+        run = db.get_run(run_id)
+    finally:
+        db.close()
+    params = local_config(run["config"])
+    if config_hash(params) != run["config_hash"]:
+        raise UserError(f"run {run_id}: its stored config does not hash to its stored hash; the store was edited")
+    params["model_root"] = str(bench_home() / "reruns" / f"run{run_id}")
+    out(f"Rerunning run {run_id}: {run['expid']} ({run['model']}) on {run['dataset_id']}, seed {run['seed']}, "
+        f"config {run['config_hash'][:8]}, {run['torch_threads']} torch threads; stored with commit "
+        f"{(run['git_commit'] or 'unknown')[:12]}, now {(git_state()['commit'] or 'unknown')[:12]}")
+    old_threads = torch.get_num_threads()
+    if run.get("torch_threads"):
+        torch.set_num_threads(int(run["torch_threads"]))
+    fake = PlannedRun(variant=Variant(0, Entry(run["expid"]), run["expid"], run["dataset_id"], {}, params,
+                                      run["config_hash"], [run["seed"]], run["model"], "", run["model"],
+                                      run["expid"], label=run["expid"]), seed=int(run["seed"]), params=params)
+    progress = SuiteProgress([fake], stream=progress_stream)
+    try:
+        progress.started(fake.key)
+        result = run_resolved(run["expid"], params, step_callback=lambda info: progress.step(fake.key, info))
+        progress.finished(fake.key)
+    finally:
+        progress.close()
+        torch.set_num_threads(old_threads)
+    rows, mismatches = [], 0
+    fresh = {"valid": result.valid, "test": result.test, "oracle": result.oracle}
+    for split in ("valid", "test"):
+        for name, old in sorted(run["metrics"].get(split, {}).items()):
+            new = fresh[split].get(name, float("nan"))
+            same = old == new or (math.isnan(old) and math.isnan(new))
+            mismatches += not same
+            rows.append(f"  {split:5s} {name:14s} stored {old:.10f}  rerun {new:.10f}  "
+                        f"{'match' if same else f'MISMATCH (diff {new - old:+.3e})'}")
+    same_epoch = run["best_epoch"] == result.best_epoch
+    mismatches += not same_epoch
+    out("\n".join(rows))
+    out(f"  best epoch: stored {run['best_epoch']}, rerun {result.best_epoch}: {'match' if same_epoch else 'MISMATCH'}")
+    total = len(rows) + 1
+    out(f"All {total} values match exactly." if not mismatches else f"{mismatches} of {total} values differ.")
+    return mismatches == 0

@@ -1,0 +1,149 @@
+"""``mdl-bench run``, ``leaderboard``, ``runs`` and ``rerun``: the suite subcommands (wired in by ``cli.py``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _parse_set(items) -> dict:
+    from .cli import parse_set
+
+    return parse_set(items)
+
+
+def _reports_dir(suite) -> Path:
+    from .paths import bench_home
+
+    return bench_home() / "reports" / suite.name
+
+
+def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_file: str | None = None,
+                      metrics=None, split=None, std=None, lift_base=None, stdout=None) -> None:
+    from .leaderboard import build_board, make_plots, render
+
+    stdout = stdout or sys.stdout
+    board = build_board(suite, store=store, config_dir=config_dir, metrics=metrics, split=split, std=std,
+                        lift_base=lift_base)
+    target = Path(out_file).expanduser() if out_file else None
+    images = make_plots(board, target.parent if target else _reports_dir(suite)) if fmt in ("md", "html") else {}
+    if target is not None and fmt == "md":  # relative image links next to the Markdown file
+        images = {k: Path(v).name for k, v in images.items()}
+    text = render(board, fmt, images)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        print(f"Wrote {target}" + (f" and {len(images)} plot(s) beside it" if images else ""), file=stdout)
+    else:
+        stdout.write(text)
+        stdout.flush()
+
+
+def cmd_run(args) -> int:
+    from .suite import load_suite, run_suite
+
+    suite = load_suite(args.suite, args.config)
+    started = time.time()
+    outcome = run_suite(suite, config_dir=args.config, store=args.store, jobs=args.jobs,
+                        extra_overrides=_parse_set(args.set), dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    elapsed = time.time() - started
+    print(f"Suite {suite.name}: {len(outcome.stored_now)} runs stored now, {outcome.stored_before} were stored "
+          f"already, {len(outcome.stored_elsewhere)} stored by another process, {len(outcome.failed)} failed "
+          f"({elapsed:.0f}s).")
+    for run, message in outcome.failed:
+        print(f"  FAILED {run.describe()}: {message} (log: {run.log_file})")
+    if not args.no_leaderboard:
+        print()
+        print_leaderboard(suite, store=args.store, config_dir=args.config, fmt="md")
+    return 1 if outcome.failed else 0
+
+
+def cmd_leaderboard(args) -> int:
+    from .suite import load_suite
+
+    suite = load_suite(args.suite, args.config)
+    print_leaderboard(suite, store=args.store, config_dir=args.config, fmt=args.format, out_file=args.out,
+                      metrics=args.metric, split=args.split, std=args.std or None, lift_base=args.lift_base)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .store import Store
+
+    db = Store(args.store, create=False) if not args.suite else None
+    if args.suite:
+        from .suite import load_suite
+
+        suite = load_suite(args.suite, args.config)
+        plan = suite.plan(args.config, strict=False)
+        db = Store(args.store or suite.store, create=False)
+        stored = db.stored_keys()
+        ids = [stored[r.key] for r in plan.unique_runs() if r.key in stored]
+        rows = db.list_runs(ids)
+        missing = len(plan.unique_runs()) - len(ids)
+    else:
+        rows, missing = db.list_runs(), 0
+    try:
+        metrics = db.metrics_of([r["run_id"] for r in rows])
+    finally:
+        db.close()
+    print(f"{'run':>5}  {'expid':32s} {'seed':>6}  {'hash':8s}  {'test AUC':>8}  {'gAUC':>8}  {'best ep':>7}  "
+          f"{'train s':>8}  finished")
+    for r in rows:
+        test = metrics[r["run_id"]].get("test", {})
+        print(f"{r['run_id']:>5}  {r['expid']:32s} {r['seed']:>6}  {r['config_hash'][:8]}  "
+              f"{test.get('AUC', float('nan')):8.4f}  {test.get('gAUC', float('nan')):8.4f}  "
+              f"{r['best_epoch'] if r['best_epoch'] is not None else '-':>7}  {r['train_seconds'] or 0:8.1f}  "
+              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['finished_at']))}")
+    if missing:
+        print(f"({missing} runs of the suite are not stored yet)")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    from .suite import rerun
+
+    return 0 if rerun(args.run_id, store=args.store) else 1
+
+
+def add_commands(sub) -> None:
+    """Add the suite subcommands to the ``mdl-bench`` parser's subparsers."""
+    store_help = "results store (SQLite file; default the suite's `store`, else ${MDL_BENCH_HOME}/results.sqlite)"
+    p = sub.add_parser("run", help="run a benchmark suite into the results store, then print its leaderboard")
+    p.add_argument("--suite", required=True, help="suite name (config/suites/NAME.yaml) or path to a suite file")
+    p.add_argument("--store", help=store_help)
+    p.add_argument("--config", help="config folder (default: the packaged config/); its suites/ are found by name")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own worker process (default 1)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key of every run (YAML value; changes the runs' hashes)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are stored; run nothing")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not print the leaderboard at the end")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("leaderboard", help="the paper-style table of a suite's stored runs")
+    p.add_argument("--suite", required=True, help="suite name or path")
+    p.add_argument("--store", help=store_help)
+    p.add_argument("--config", help="config folder (default: the packaged config/)")
+    p.add_argument("--format", choices=("md", "csv", "html"), default="md", help="output format (default md)")
+    p.add_argument("--metric", action="append", help="column metric (repeatable; default the suite's, AUC and gAUC)")
+    p.add_argument("--split", choices=("test", "valid"), help="split (default the suite's, test)")
+    p.add_argument("--std", action="store_true", help="show the standard deviation over seeds in every cell")
+    p.add_argument("--lift-base", help="also a lift table over this row (label or expid)")
+    p.add_argument("--out", help="write to this file (plots beside it) instead of printing")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("runs", help="list stored runs (their ids are what `rerun` takes)")
+    p.add_argument("--suite", help="only this suite's runs")
+    p.add_argument("--store", help=store_help)
+    p.add_argument("--config", help="config folder (default: the packaged config/)")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("rerun", help="rerun a stored run from its stored config alone and compare every metric")
+    p.add_argument("run_id", type=int, help="run id (see `mdl-bench runs`)")
+    p.add_argument("--store", help="results store (default ${MDL_BENCH_HOME}/results.sqlite)")
+    p.set_defaults(func=cmd_rerun)
