@@ -309,5 +309,12 @@ def test_analyze_a_suite_from_the_store(tiny, tmp_path, capsys):
     assert all(r["run_id"] is not None and r["ia_epochs"] for r in report["runs"])
     assert {"fig2_ia_epochs_Croc.png", "fig2_ia_epochs_M.png", "fig7_cov_Croc.png"} <= set(report["figures"])
     assert "Croc" in printed and "fig1a_di_vs_ia.png" in printed
+    # the suite's HTML leaderboard shows the figures, inlined
+    page = tmp_path / "board.html"
+    assert main(["leaderboard", "--suite", str(suite_file), "--format", "html", "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "Analysis: Diversity Index and Information Abundance" in text
+    assert all(f"alt='{name}'" in text for name in report["figures"])
+    assert text.count("data:image/png;base64,") >= len(report["figures"])
     rc = main(["analyze", "--run", "99", "--store", str(tmp_path / "results.sqlite")])
     assert rc == 2 and "no run 99" in capsys.readouterr().err

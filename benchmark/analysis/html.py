@@ -63,3 +63,16 @@ def figures_section(folder) -> str:
                      f"style='max-width:100%'><figcaption>{html.escape(_caption(png.name))}</figcaption></figure>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def suite_analysis_dir(suite, store_path) -> Path:
+    """``<store folder>/analysis/<suite name>/`` for a loaded suite and its resolved store file: where
+    ``mdl-bench analyze --suite`` writes and the HTML leaderboard looks."""
+    from .report import slug
+
+    return Path(store_path).parent / "analysis" / slug(suite.name)
+
+
+def leaderboard_section(board) -> str:
+    """The hook of the HTML leaderboard: the suite's analysis figures, or ``""`` if it was not analysed."""
+    return figures_section(suite_analysis_dir(board.suite, board.store_path))

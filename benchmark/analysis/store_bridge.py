@@ -67,7 +67,7 @@ def suite_analysis_dir(store_path, suite: str, config_dir=None) -> Path:
     ``store_path`` ``None`` means the suite's own store (its ``store:`` key), else the default store."""
     from ..store import store_path as resolve_store
     from ..suite import load_suite
-    from .report import slug
+    from .html import suite_analysis_dir as folder_of
 
     suite_obj = load_suite(suite, config_dir)
-    return resolve_store(store_path or suite_obj.store).parent / "analysis" / slug(suite_obj.name)
+    return folder_of(suite_obj, resolve_store(store_path or suite_obj.store))
