@@ -1,6 +1,5 @@
 """Table 4's disentanglement losses, each against a reference computed with explicit loops, plus their wiring
 into Crocodile's ``aux_loss`` / ``aux_alpha`` options."""
-import itertools
 import math
 
 import numpy as np

@@ -82,7 +82,7 @@ class IARecorder:
         try:
             record = {"epoch": epoch, "tables": table_snapshot(model, self.frequencies, self.groups, self.fields)}
             rows = np.arange(int(next(iter(self.probe.values())).shape[0]))
-            stats = collect_experts(model, batches(model.feature_map, self.probe, rows))
+            stats = collect_experts(model, batches(self.probe, rows))
             if stats is not None:
                 record["experts"] = [{"expert": e, "bound": stats.bound[e],
                                       "ia": _nan_to_none(information_abundance(sigma))}

@@ -15,7 +15,6 @@ domain it is bound to or ``None``). Two adapters cover what the zoo's model file
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -109,7 +108,7 @@ def analysis_rows(num_rows: int, wanted: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num_rows, size=wanted, replace=False))
 
 
-def batches(feature_map, columns: dict[str, torch.Tensor], rows: np.ndarray, batch_size: int = 4096
+def batches(columns: dict[str, torch.Tensor], rows: np.ndarray, batch_size: int = 4096
             ) -> Iterator[dict[str, torch.Tensor]]:
     """The chosen rows of in-memory split columns, in order, as model input batches."""
     index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
@@ -216,7 +215,3 @@ def frequency_groups(counts: np.ndarray, groups: int = 5) -> list[np.ndarray]:
     seen = np.flatnonzero(counts > 0)
     order = seen[np.argsort(-counts[seen], kind="stable")]
     return [part for part in np.array_split(order, groups) if len(part)]
-
-
-def log_skip(what: str, why: str) -> None:
-    logging.getLogger(__name__).info(f"analysis: {what} skipped ({why})")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -118,7 +118,7 @@ class _Dataset:
         return self._frequencies
 
     def batches(self, batch_size: int):
-        return batches(self.feature_map, self.columns, self.rows, batch_size)
+        return batches(self.columns, self.rows, batch_size)
 
 
 def table_information(model, frequencies: dict, groups: int, spectra_fields: Sequence[str]) -> list[dict]:
