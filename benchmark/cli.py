@@ -82,13 +82,18 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_run_expid(args) -> int:
+    from . import distributed
     from .runner import run_expid
 
-    result = run_expid(args.expid, args.config, run_overrides(args))
-    print()
-    print(result.table())
-    print(f"wall time {result.wall_seconds:.1f}s, train time {result.train_seconds:.1f}s, "
-          f"{result.num_parameters:,} parameters; checkpoint {result.checkpoint}")
+    try:
+        result = run_expid(args.expid, args.config, run_overrides(args))
+        if distributed.current().is_main:
+            print()
+            print(result.table())
+            print(f"wall time {result.wall_seconds:.1f}s, train time {result.train_seconds:.1f}s, "
+                  f"{result.num_parameters:,} parameters; checkpoint {result.checkpoint}")
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import metrics as metric_lib
+from . import distributed, metrics as metric_lib
 from .config import ConfigSet, check_keys
 from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir
 from .errors import UserError
@@ -114,7 +114,12 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
 
     started = time.time()
     params, model_class, _ = resolve(expid, config_dir, overrides)
-    set_logger(params)
+    rank = distributed.init(params)  # torchrun launch: join the group; otherwise rank 0 of 1
+    if rank.is_main:
+        set_logger(params)
+    else:  # one log file, written by rank 0; the other ranks only report warnings
+        logging.basicConfig(level=logging.WARNING, force=True,
+                            format=f"%(asctime)s rank {rank.rank} %(levelname)s %(message)s")
     if quiet:
         for handler in logging.getLogger().handlers:
             if not isinstance(handler, logging.FileHandler):
@@ -125,10 +130,11 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
     paths = ensure_dataset(params)
     feature_map = load_feature_map(params)
     model = model_class(feature_map, **params)
-    if step_callback is not None:
+    distributed.wrap(model)
+    if step_callback is not None and rank.is_main:
         model.step_callbacks.append(step_callback)
     logging.info(f"Total number of parameters: {model.num_parameters():,}.")
-    train_gen, valid_gen, test_gen = make_loaders(feature_map, paths, params)
+    train_gen, valid_gen, test_gen = make_loaders(feature_map, paths, params, rank.rank, rank.world_size)
     from .analysis.epochs import attach_ia_recorder
 
     attach_ia_recorder(model, params, train_gen, valid_gen)  # `record_ia: true`: IA at every epoch end (figure 2)
@@ -148,10 +154,13 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         test_rows={**{n: int(c) for n, c in zip(names, counts)}, "Overall": int(counts.sum())},
         test_positives={**{n: int(p) for n, p in zip(names, positives)}, "Overall": int(positives.sum())},
         best_epoch=model.best_epoch, epochs_run=model._epoch_index + 1,
-        train_seconds=round(model.train_seconds, 3), train_samples_per_second=model.train_samples_per_second,
+        train_seconds=round(model.train_seconds, 3),
+        train_samples_per_second=model.train_samples_per_second * rank.world_size,
         wall_seconds=round(time.time() - started, 2), num_parameters=model.num_parameters(),
         checkpoint=model.checkpoint, params=params)
-    result_path = Path(model.checkpoint).with_suffix(RESULT_SUFFIX)
-    result_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    logging.info(f"Results written to {result_path}")
+    if rank.is_main:
+        result_path = Path(model.checkpoint).with_suffix(RESULT_SUFFIX)
+        result_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        logging.info(f"Results written to {result_path}")
+    distributed.barrier()
     return result

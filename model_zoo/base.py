@@ -29,7 +29,7 @@ from fuxictr.pytorch.models import BaseModel
 from tqdm import tqdm
 
 from mdl_bench.benchmark.errors import UserError
-from mdl_bench.benchmark import metrics as metric_lib
+from mdl_bench.benchmark import distributed, metrics as metric_lib
 
 BCE_NAMES = ("binary_crossentropy", "binary_cross_entropy", "bce")
 
@@ -162,7 +162,8 @@ class MultiDomainModel(BaseModel):
     # ------------------------------------------------------------------ training loop
     def train_step(self, batch_data: dict[str, torch.Tensor]) -> torch.Tensor:
         self.optimizer.zero_grad()
-        return_dict = self.forward(batch_data)
+        # Under DDP the step must go through the wrapper, or gradients are never all-reduced.
+        return_dict = (getattr(self, "_ddp", None) or self)(batch_data)
         y_true = self.get_labels(batch_data)
         loss = self.compute_loss(return_dict, y_true)
         loss.backward()
@@ -221,7 +222,9 @@ class MultiDomainModel(BaseModel):
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def predict_arrays(self, data_generator) -> dict[str, np.ndarray]:
-        """Predictions with labels, domains and group ids of every row, as numpy arrays of shape ``N``."""
+        """Predictions with labels, domains and group ids of every row, as numpy arrays of shape ``N``.
+
+        Under DDP each rank predicts its shard and the arrays are gathered in rank order (all rows, once)."""
         self.eval()
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         group_id = self.feature_map.group_id
@@ -234,7 +237,7 @@ class MultiDomainModel(BaseModel):
                 parts["y_true"].append(self.get_labels(batch_data).view(-1).cpu())
             if group_id is not None and group_id in batch_data:
                 parts["group"].append(batch_data[group_id].view(-1).cpu())
-        return {k: torch.cat(v).numpy() for k, v in parts.items()}
+        return distributed.gather_arrays({k: torch.cat(v).numpy() for k, v in parts.items()})
 
     def predict(self, data_generator) -> np.ndarray:
         return self.predict_arrays(data_generator)["y_pred"].astype(np.float64)
@@ -254,11 +257,15 @@ class MultiDomainModel(BaseModel):
 
     # ------------------------------------------------------------------ checkpoints
     def save_weights(self, checkpoint: str) -> None:
-        """Write to a temporary file and rename, so a killed run never leaves a truncated checkpoint."""
-        os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
-        tmp = f"{checkpoint}.tmp-{os.getpid()}"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, checkpoint)
+        """Write to a temporary file and rename, so a killed run never leaves a truncated checkpoint.
+
+        Under DDP only rank 0 writes; every rank waits until the file is complete."""
+        if distributed.current().is_main:
+            os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+            tmp = f"{checkpoint}.tmp-{os.getpid()}"
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, checkpoint)
+        distributed.barrier()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -85,7 +85,8 @@ class InMemoryLoader:
 
     def __len__(self) -> int:
         if self.shuffle:
-            return math.ceil(self.num_samples / self.batch_size)
+            full, rest = divmod(self.num_samples, self.batch_size)
+            return full + (1 if rest >= self.world_size or full == 0 else 0)
         lo, hi = self._eval_range()
         return math.ceil((hi - lo) / self.batch_size)
 
@@ -109,8 +110,11 @@ class InMemoryLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.shuffle:
             perm = self.permutation(self.epoch)
-            for start in range(0, self.num_samples, self.batch_size):
-                index = perm[start:start + self.batch_size]
+            starts = list(range(0, self.num_samples, self.batch_size)) + [self.num_samples]
+            if len(starts) > 2 and starts[-1] - starts[-2] < self.world_size:
+                del starts[-2]  # a last global batch too small to give every rank a row joins the one before
+            for start, stop in zip(starts[:-1], starts[1:]):
+                index = perm[start:stop]
                 if self.world_size > 1:
                     index = torch.tensor_split(index, self.world_size)[self.rank]
                 yield {name: col.index_select(0, index) for name, col in self.columns.items()}
