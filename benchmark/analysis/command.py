@@ -27,7 +27,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                      help="a checkpoint (repeatable); its config comes from the .result.json beside it or --expid")
     p.add_argument("--expid", help="with --checkpoint: the expid whose config built it (when no .result.json)")
     p.add_argument("--config", help="with --expid: config folder (default: the packaged config/)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --expid: config overrides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="with --expid: config overrides; with --suite: the overrides the suite was run with "
+                        "(`mdl-bench run --suite NAME --set ...` changes the runs' hashes)")
     p.add_argument("--store", help="results store (default: the suites' default store)")
     p.add_argument("--single-domain", dest="single_domain", metavar="RUN_ID|CHECKPOINT",
                    help="the Single Domain run defining D(i,j) (default: one of the runs, else the newest stored)")
@@ -96,12 +98,13 @@ def _group(model_name) -> str | None:
 
 
 # ------------------------------------------------------------------ runs from the results store
-def store_runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, model: str | None = None
-               ) -> list:
+def store_runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, model: str | None = None,
+               overrides: dict | None = None) -> list:
     """Finished runs of the results store as :class:`RunRef` (via :mod:`.store_bridge`)."""
     from . import store_bridge
 
-    return store_bridge.runs(store_path, suite=suite, run_ids=run_ids, config_dir=config_dir, model=model)
+    return store_bridge.runs(store_path, suite=suite, run_ids=run_ids, config_dir=config_dir, model=model,
+                             overrides=overrides)
 
 
 def _single_domain(args, runs: list) -> dict:
@@ -141,9 +144,9 @@ def run_command(args) -> int:
     sources = [bool(args.suite), bool(args.run), bool(args.checkpoint)]
     if sum(sources) != 1:
         raise UserError("analyze needs exactly one of --suite NAME, --run RUN_ID or --checkpoint PATH")
-    if args.checkpoint:
-        from ..cli import parse_set
+    from ..cli import parse_set
 
+    if args.checkpoint:
         runs = [run_from_checkpoint(p, args.expid, args.config, parse_set(args.set)) for p in args.checkpoint]
         name = slug(runs[0].label if len(runs) == 1 else "checkpoints")
     else:
@@ -151,11 +154,12 @@ def run_command(args) -> int:
             from ..suite import load_suite
 
             args.store = load_suite(args.suite, args.config).store
-        runs = store_runs(args.store, suite=args.suite, run_ids=args.run, config_dir=args.config)
+        runs = store_runs(args.store, suite=args.suite, run_ids=args.run, config_dir=args.config,
+                          overrides=parse_set(args.set))
         if not runs:
             what = f"suite {args.suite!r}" if args.suite else "those run ids"
             raise UserError(f"the results store has no finished run of {what}; run `mdl-bench run --suite "
-                            f"{args.suite or 'NAME'}` first (or check --store)")
+                            f"{args.suite or 'NAME'}` first (or check --store, and pass the --set it ran with)")
         name = slug(args.suite or "runs")
     single = _single_domain(args, runs)
     analysed = [r for r in runs if r.params.get("model") != SINGLE_DOMAIN_MODEL] or runs

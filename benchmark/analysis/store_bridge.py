@@ -13,23 +13,24 @@ from pathlib import Path
 from ..errors import UserError
 
 
-def _plan(suite: str, config_dir=None):
+def _plan(suite: str, config_dir=None, overrides: dict | None = None):
     from ..suite import load_suite
 
     suite_obj = load_suite(suite, config_dir)
-    return suite_obj, suite_obj.plan(config_dir, strict=False)
+    return suite_obj, suite_obj.plan(config_dir, extra_overrides=overrides or None, strict=False)
 
 
-def runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, model: str | None = None) -> list:
-    """Stored runs (in store order): those of ``suite``, or the given ``run_ids``, or all of them (of ``model``
-    only, when given)."""
+def runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, model: str | None = None,
+         overrides: dict | None = None) -> list:
+    """Stored runs (in store order): those of ``suite`` (planned with the extra ``overrides`` it was run with),
+    or the given ``run_ids``, or all of them (of ``model`` only, when given)."""
     from ..store import Store, local_config
     from .command import _group
     from .report import RunRef
 
     labels: dict = {}
     if suite is not None:
-        suite_obj, plan = _plan(suite, config_dir)
+        suite_obj, plan = _plan(suite, config_dir, overrides)
         store_path = store_path or suite_obj.store
     with Store(store_path, create=False) as store:
         if suite is not None:
