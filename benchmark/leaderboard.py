@@ -21,6 +21,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,7 @@ def mean_std(values: dict) -> tuple[float, float, int]:
 
 
 def paired_p(a: dict, b: dict) -> tuple[float, int]:
-    """Two-sided p of ``scipy.stats.ttest_rel`` on the seeds both ``{seed: value}`` have; NaN below 2 pairs or
-    when the differences have no variance."""
+    """Two-sided p of ``scipy.stats.ttest_rel`` on the seeds both ``{seed: value}`` have; NaN below 2 pairs."""
     from scipy import stats
 
     common = sorted(s for s in set(a) & set(b) if not (math.isnan(a[s]) or math.isnan(b[s])))
@@ -52,10 +52,10 @@ def paired_p(a: dict, b: dict) -> tuple[float, int]:
         return float("nan"), len(common)
     x = np.array([a[s] for s in common], dtype=np.float64)
     y = np.array([b[s] for s in common], dtype=np.float64)
-    diff = x - y
-    if np.all(diff == diff[0]):  # constant differences: t is undefined (0/0 or inf), no test
-        return float("nan"), len(common)
-    return float(stats.ttest_rel(x, y).pvalue), len(common)
+    with warnings.catch_warnings():  # scipy warns on nearly identical samples; its answer stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        # as scipy: constant non-zero differences give p = 0, identical samples p = NaN (never significant)
+        return float(stats.ttest_rel(x, y).pvalue), len(common)
 
 
 def better(metric: str) -> int:
@@ -471,12 +471,19 @@ def render_html(board: Board, images: dict | None = None) -> str:
     for name, path in (images or {}).items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         parts.append(f"<h2>{e(name)}</h2><img alt='{e(name)}' src='data:image/png;base64,{data}'>")
-    from .analysis.html import leaderboard_section
-
-    parts.append(leaderboard_section(board))  # figures of `mdl-bench analyze --suite` (issue 6), if any
+    parts.append(_analysis_section(board))
     parts += [f"<p class='note'>{e(n)}</p>" for n in _notes(board)]
     parts.append(f"<p class='note'>Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by mdl-bench.</p></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _analysis_section(board: Board) -> str:
+    """The figures of ``mdl-bench analyze --suite`` (issue 6) for this suite, if it was analysed; else ``""``."""
+    try:
+        from .analysis.html import leaderboard_section
+    except ImportError:  # the analysis package is optional for the leaderboard
+        return ""
+    return leaderboard_section(board)
 
 
 # ================================================================================================ plots

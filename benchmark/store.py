@@ -216,6 +216,9 @@ class Store:
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise UserError(f"{self.path} is not a usable SQLite results store ({exc}); pass another --store") from None
+        except BaseException:
+            self.conn.close()
+            raise
 
     def _check_magic(self) -> None:
         with open(self.path, "rb") as fh:

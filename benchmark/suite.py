@@ -328,10 +328,11 @@ class Suite:
         for entry in self.entries:
             space = dict(self.tuner_space)
             space.update(entry.tuner_space)
+            # FuxiCTR tuners list seeds under `seed`: here they are the row's replicates, not separate rows
+            space_seeds = _seeds(space.pop("seed", None), f"{self.where}, expid {entry.expid}, tuner_space")
             for dataset in self.datasets or [None]:
                 for point in tuner_points(space):
                     point = dict(point)
-                    point_seed = point.pop("seed", None)
                     overrides = {"dataset_id": dataset} if dataset else {}
                     overrides.update(copy.deepcopy(self.overrides))
                     overrides.update(copy.deepcopy(entry.overrides))
@@ -373,8 +374,7 @@ class Suite:
                     params["verbose"] = 0  # console output only (not hashed): logs go to the run's log file
                     self._separate_data_variant(params, config)
                     digest = config_hash(params)
-                    seeds = ([point_seed] if isinstance(point_seed, int) else point_seed) or entry.seeds or \
-                        self.seeds or [int(params.get("seed") or 0)]
+                    seeds = space_seeds or entry.seeds or self.seeds or [int(params.get("seed") or 0)]
                     model = str(params.get("model"))
                     tuned = {k: v for k, v in point.items() if isinstance(space.get(k), list) and len(space[k]) > 1}
                     variant = Variant(
@@ -650,6 +650,12 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
     if not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"--jobs must be a positive integer, got {jobs!r}")
     plan = suite.plan(config_dir, extra_overrides, strict=True)
+    if dry_run and not store_path(store or suite.store).exists():  # a dry run creates nothing
+        for run in plan.unique_runs():
+            out(f"  {run.variant.short_hash} seed {run.seed:<6} {run.variant.label:<34} {run.expid:<32} to run")
+        out(f"Suite {suite.name}: {len(plan.variants)} rows, {len(plan.unique_runs())} runs, none stored yet (no store "
+            f"at {store_path(store or suite.store)})")
+        return SuiteOutcome(plan=plan, store_path=store_path(store or suite.store))
     db = Store(store or suite.store)
     outcome = SuiteOutcome(plan=plan, store_path=db.path)
     try:
@@ -728,12 +734,26 @@ def _run_here(pending: list, db: Store, suite_name: str, progress: SuiteProgress
 
 
 # ------------------------------------------------------------------------------------------------ workers
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the suite process is gone (e.g. SIGKILLed): the run in flight is lost, nothing half-stored."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(3)
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the suite process is gone (e.g. SIGKILLed): the run in flight is lost, nothing is
+    half-stored. Linux: the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); elsewhere, and as
+    a fallback, a thread polls the parent id."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # it died before the line above
+        os._exit(3)
+
+    def poll():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(3)
+
+    threading.Thread(target=poll, daemon=True).start()
 
 
 def _worker_main(worker_id: int, tasks, results, store_file: str, suite_name: str, threads: int,
@@ -744,7 +764,7 @@ def _worker_main(worker_id: int, tasks, results, store_file: str, suite_name: st
     warnings.filterwarnings("ignore", category=FutureWarning)
     if home:
         os.environ["MDL_BENCH_HOME"] = home
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    _die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)

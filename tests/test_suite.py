@@ -1,0 +1,409 @@
+"""Suites, the results store and the leaderboard (issue 4), on tiny data with 1-epoch runs.
+
+The end-to-end suite uses two rows built from Crocodile_test (with and without CovLoss) and two seeds, so it does
+not depend on the other baselines; the leaderboard's marks are checked on a store filled with chosen numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from mdl_bench.benchmark.cli import main
+from mdl_bench.benchmark.errors import UserError
+from mdl_bench.benchmark.leaderboard import build_board, make_plots, render
+from mdl_bench.benchmark.store import (APPLICATION_ID, SCHEMA_VERSION, Store, config_hash, local_config,
+                                       portable_config)
+from mdl_bench.benchmark.suite import Suite, load_suite, rerun, run_suite
+
+TWO_ROWS = {
+    "name": "two",
+    "description": "two rows, two seeds",
+    "seeds": [1, 2],
+    "overrides": {"epochs": 1, "batch_size": 2048},  # 3 steps an epoch: the machinery is under test, not the model
+    "expids": [
+        {"expid": "Crocodile_test", "label": "Crocodile B+C"},
+        {"expid": "Crocodile_test", "label": "Crocodile B", "group": "Base", "overrides": {"aux_loss": "none"}},
+    ],
+}
+
+
+def write_suite(folder: Path, data: dict, name: str = "suite.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_quiet(suite, store, **kw):
+    lines, bar = [], io.StringIO()
+    outcome = run_suite(suite, store=str(store), out=lines.append, progress_stream=bar, **kw)
+    return outcome, "\n".join(lines), bar.getvalue()
+
+
+def count_runs(store) -> int:
+    with contextlib.closing(sqlite3.connect(str(store))) as conn:
+        return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def two(tiny, tmp_path_factory):
+    """The two-row, two-seed suite run once into a fresh store."""
+    folder = tmp_path_factory.mktemp("two")
+    suite = load_suite(str(write_suite(folder, TWO_ROWS)))
+    store = folder / "results.sqlite"
+    outcome, text, bar = run_quiet(suite, store)
+    return suite, store, outcome, text, bar
+
+
+# ---------------------------------------------------------------------------------------------- running
+def test_suite_stores_every_run_once_with_everything_needed(two):
+    suite, store, outcome, text, bar = two
+    assert "4 runs (0 stored already, 4 to run)" in text
+    assert len(outcome.stored_now) == 4 and not outcome.failed
+    # one progress bar over the suite: current run, its epoch, the suite total
+    assert "run 1/4 Crocodile_test seed 1" in bar and "epoch 1/1" in bar and "4.0/4 epochs" in bar
+    plan = suite.plan()
+    with Store(store, create=False) as db:
+        keys = db.stored_keys()
+        assert set(keys) == {r.key for r in plan.runs}
+        runs = [db.get_run(keys[r.key]) for r in plan.runs]
+    assert len({r["config_hash"] for r in runs}) == 2  # two configs, two seeds each
+    for planned, run in zip(plan.runs, runs):
+        assert run["config_hash"] == config_hash(planned.params) == config_hash(local_config(run["config"]))
+        assert run["seed"] == planned.seed == run["config"]["seed"]
+        assert run["model_id"] == f"Crocodile_test__s{planned.seed}__{run['config_hash'][:8]}"
+        assert run["config"]["aux_loss"] == planned.params["aux_loss"] and run["config"]["epochs"] == 1
+        assert run["config"]["model_root"].startswith("${MDL_BENCH_HOME}")  # portable, reruns elsewhere
+        for split in ("valid", "test"):
+            m = run["metrics"][split]
+            for name in ("AUC", "gAUC", "logloss"):
+                assert 0 < m[name] < 1
+                assert all(0 <= m[f"{name}@{d}"] <= 1 for d in ("S0", "S1", "S2", "S4", "S6"))
+        assert run["best_epoch"] == 1 and run["epochs_run"] == 1
+        assert run["train_seconds"] > 0 and run["train_samples_per_second"] > 0 and run["wall_seconds"] > 0
+        assert run["peak_rss_bytes"] > 10_000_000 and run["peak_rss_children_bytes"] >= 0
+        assert {"torch", "fuxictr", "numpy", "python"} <= set(run["versions"])
+        assert run["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", run["git_commit"])
+        assert Path(run["log_file"]).is_file() and Path(run["checkpoint"]).is_file()
+    assert len({r["log_file"] for r in runs}) == len({r["checkpoint"] for r in runs}) == 4  # no collisions
+
+
+def test_rerunning_the_suite_skips_stored_runs_and_a_changed_config_runs_again(two):
+    suite, store, *_ = two
+    outcome, text, _ = run_quiet(suite, store)
+    assert "4 stored already, 0 to run" in text and not outcome.stored_now and count_runs(store) == 4
+    # keys that only relocate files or change console output are not part of a run's identity
+    outcome, text, _ = run_quiet(suite, store, extra_overrides={"model_root": str(store.parent / "elsewhere"),
+                                                                 "verbose": 1})
+    assert not outcome.stored_now and count_runs(store) == 4
+    # a changed config is a new hash: both of its seeds run, nothing else does
+    data = yaml.safe_load(Path(suite.path).read_text())
+    data["expids"][1]["overrides"]["learning_rate"] = 0.02
+    data["expids"][1]["seeds"] = [1]
+    changed = Suite(data, Path(suite.path))
+    outcome, text, _ = run_quiet(changed, store)
+    assert "3 runs (2 stored already, 1 to run)" in text
+    assert [(r.variant.label, r.seed) for r in outcome.stored_now] == [("Crocodile B", 1)]
+    assert outcome.stored_now[0].variant.config_hash not in {h for h, _ in Store(store).stored_keys()
+                                                             if h != outcome.stored_now[0].variant.config_hash}
+    assert count_runs(store) == 5
+    with contextlib.closing(sqlite3.connect(str(store))) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM (SELECT config_hash, seed FROM runs GROUP BY config_hash, seed "
+                            "HAVING COUNT(*) > 1)").fetchone()[0] == 0
+
+
+def test_rerun_from_the_stored_config_matches_exactly(two, capsys):
+    suite, store, *_ = two
+    with Store(store, create=False) as db:
+        run_id = db.stored_keys()[suite.plan().runs[3].key]
+    lines = []
+    assert rerun(run_id, store=str(store), out=lines.append, progress_stream=io.StringIO())
+    text = "\n".join(lines)
+    assert "MISMATCH" not in text and "All 37 values match exactly." in text
+    assert re.search(r"test  gAUC@S6 +stored (\S+) +rerun \1 +match", text)
+
+
+def test_leaderboard_of_the_run_suite(two, tmp_path, capsys):
+    suite, store, *_ = two
+    code = main(["leaderboard", "--suite", str(suite.path), "--store", str(store), "--format", "csv",
+                 "--out", str(tmp_path / "board.csv")])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "board.csv")))
+    # the paper's groups first (Crocodile), then groups it does not know (Base), in the suite's order
+    assert [(r["group"], r["method"]) for r in rows] == [("Crocodile", "Crocodile B+C"), ("Base", "Crocodile B")]
+    assert all(r["seeds"] == "2" for r in rows)
+    marks = [r["AUC mark"] for r in rows]
+    assert sorted(m.rstrip("*") for m in marks) == ["best", "second"]
+
+
+# ---------------------------------------------------------------------------------------------- leaderboard
+def fake_record(run, metrics: dict) -> dict:
+    return dict(config_hash=run.variant.config_hash, seed=run.seed, expid=run.expid, model="Crocodile",
+                dataset_id=run.variant.dataset_id, model_id=run.model_id, suite="fake",
+                config=portable_config(run.params), best_epoch=1, epochs_run=1, train_seconds=1.0,
+                train_samples_per_second=1.0, wall_seconds=1.0, num_parameters=1, peak_rss_bytes=1,
+                peak_rss_children_bytes=0, peak_rss_scope="run", torch_threads=1, versions={}, git_commit=None,
+                hostname="h", checkpoint="c", log_file="l", result={}, started_at=0.0, finished_at=0.0,
+                metrics={"test": metrics, "valid": metrics})
+
+
+def filled_store(tmp_path, data: dict, values) -> tuple:
+    """A suite and a store holding chosen metrics: ``values(row_index, seed) -> {metric: value}``."""
+    suite = Suite(data, write_suite(tmp_path, data))
+    store = tmp_path / "fake.sqlite"
+    plan = suite.plan()
+    index = {v.config_hash: i for i, v in enumerate(plan.variants)}
+    with Store(store) as db:
+        for run in plan.runs:
+            assert db.insert_run(fake_record(run, values(index[run.variant.config_hash], run.seed))) is not None
+    return suite, store
+
+
+THREE_ROWS = {
+    "name": "three", "seeds": [1, 2, 3, 4],
+    "expids": [{"expid": "Crocodile_test", "label": "A", "group": "MDL", "overrides": {"learning_rate": 0.01}},
+               {"expid": "Crocodile_test", "label": "B", "group": "MDL", "overrides": {"learning_rate": 0.02}},
+               {"expid": "Crocodile_test", "label": "C", "group": "Crocodile", "overrides": {"learning_rate": 0.03}}],
+    "leaderboard": {"metrics": ["AUC", "gAUC"], "lift": [{"base": "A", "metrics": ["AUC"]}]},
+}
+NOISE = {1: 0.0, 2: 0.0004, 3: -0.0003, 4: 0.0001}
+
+
+def three_values(row: int, seed: int) -> dict:
+    # AUC: C best and clearly ahead of B (significant); gAUC: B best, A a close second with noisy pairs (not)
+    auc = {0: 0.70, 1: 0.71, 2: 0.72}[row] + (NOISE[seed] if row != 2 else NOISE[seed] / 2)
+    gauc = {0: 0.650 + [0.004, -0.004, 0.003, -0.002][seed - 1], 1: 0.651, 2: 0.60}[row]
+    out = {"AUC": auc, "gAUC": gauc, "logloss": 0.5}
+    for d in ("S0", "S1", "S2", "S4", "S6"):
+        out.update({f"AUC@{d}": auc, f"gAUC@{d}": gauc, f"logloss@{d}": 0.5})
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
+def test_marks_follow_a_paired_t_test_computed_with_scipy(tmp_path):
+    suite, store = filled_store(tmp_path, THREE_ROWS, three_values)
+    board = build_board(suite, store=str(store))
+    table = board.tables[0]
+    assert [r.label for r in table.rows] == ["A", "B", "C"]  # the paper's group order: MDL before Crocodile
+    col = lambda row, metric: [three_values(row, s)[metric] for s in (1, 2, 3, 4)]
+    p_auc = stats.ttest_rel(col(2, "AUC"), col(1, "AUC")).pvalue
+    p_gauc = stats.ttest_rel(col(1, "gAUC"), col(0, "gAUC")).pvalue
+    assert p_auc < 0.05 <= p_gauc  # the chosen numbers make one column significant and the other not
+    auc, gauc = table.marks["AUC"], table.marks["gAUC"]
+    assert (auc.best, auc.second, auc.significant) == (2, 1, True) and auc.p_value == pytest.approx(p_auc)
+    assert (gauc.best, gauc.second, gauc.significant) == (1, 0, False) and gauc.p_value == pytest.approx(p_gauc)
+    assert "logloss" not in table.columns  # only the asked metrics are columns
+
+    md = render(board, "md")
+    c_row = next(l for l in md.splitlines() if l.startswith("| Crocodile"))
+    b_row = next(l for l in md.splitlines() if "| B " in l)
+    assert f"**{np.mean(col(2, 'AUC')):.4f}**\\*" in c_row
+    assert f"<u>{np.mean(col(1, 'AUC')):.4f}</u>" in b_row and f"**{np.mean(col(1, 'gAUC')):.4f}** " in b_row
+    assert "MTL" not in md and "| MDL" in md
+
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(render(board, "csv")))}
+    assert rows["C"]["AUC mark"] == "best*" and rows["B"]["AUC mark"] == "second"
+    assert rows["B"]["gAUC mark"] == "best" and rows["A"]["gAUC mark"] == "second"
+    assert float(rows["C"]["AUC"]) == pytest.approx(np.mean(col(2, "AUC")))
+    assert float(rows["A"]["gAUC std"]) == pytest.approx(np.std(col(0, "gAUC"), ddof=1))
+    # lift over A (table 4/5 style), significance of each row against the base
+    lift = float(rows["C"]["lift[A] AUC %"])
+    assert lift == pytest.approx((np.mean(col(2, "AUC")) / np.mean(col(0, "AUC")) - 1) * 100)
+    assert float(rows["B"]["lift[A] AUC p"]) == pytest.approx(stats.ttest_rel(col(1, "AUC"), col(0, "AUC")).pvalue)
+
+    page = render(board, "html")
+    assert f"<b class='best'>{np.mean(col(2, 'AUC')):.4f}</b>*" in page
+    assert f"<u class='second'>{np.mean(col(1, 'AUC')):.4f}</u>" in page
+    assert "<style>" in page and not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing external
+
+
+def test_std_cells_and_missing_runs(tmp_path):
+    data = dict(THREE_ROWS, seeds=[1, 2])
+    suite, store = filled_store(tmp_path, data, three_values)
+    more = dict(data, seeds=[1, 2, 3])  # one seed more than stored: rows show 2/3 and a note
+    board = build_board(Suite(more, suite.path), store=str(store), std=True)
+    md = render(board, "md")
+    assert "2/3" in md and "3 of 9 runs are not in the store yet" in md and " ± " in md
+
+
+def test_figure8_plot_is_a_png_embedded_in_the_html(tmp_path):
+    data = {"name": "sens", "seeds": [1, 2],
+            "expids": [{"expid": "Crocodile_test", "label": "Crocodile", "tuner_space": {"num_embeddings": [2, 3]}},
+                       {"expid": "Crocodile_test", "label": "Base", "overrides": {"gating": "pg"},
+                        "tuner_space": {"num_embeddings": [2, 3]}}],
+            "leaderboard": {"domains": ["Overall"], "plots": [{"name": "fig8", "x": "num_embeddings",
+                                                               "metrics": ["gAUC"], "lift_over": "Base"}]}}
+    suite, store = filled_store(tmp_path, data, lambda row, seed: {"AUC": 0.7, "gAUC": 0.6 + 0.01 * row})
+    board = build_board(suite, store=str(store))
+    assert [r.label for r in board.tables[0].rows] == ["Crocodile [num_embeddings=2]", "Crocodile [num_embeddings=3]",
+                                                       "Base [num_embeddings=2]", "Base [num_embeddings=3]"]
+    images = make_plots(board, tmp_path / "plots")
+    png = Path(images["fig8"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "data:image/png;base64," in render(board, "html", images)
+
+
+# ---------------------------------------------------------------------------------------------- the suite format
+def test_tuner_space_expands_as_a_grid_over_the_expid(tmp_path):
+    data = {"name": "grid", "seeds": [5], "tuner_space": {"embedding_dim": 4},
+            "expids": [{"expid": "Crocodile_test", "tuner_space": {"learning_rate": [0.01, 0.02],
+                                                                  "cov_alpha": [1.e-4, 1.e-3]}},
+                       {"expid": "Crocodile_test", "label": "seeded", "tuner_space": {"seed": [7, 8]}}]}
+    plan = Suite(data, write_suite(tmp_path, data)).plan()
+    grid = plan.variants[:4]
+    assert [(v.params["learning_rate"], v.params["cov_alpha"]) for v in grid] == [
+        (0.01, 1e-4), (0.01, 1e-3), (0.02, 1e-4), (0.02, 1e-3)]
+    assert all(v.params["embedding_dim"] == 4 for v in plan.variants)  # a scalar is fixed, as in FuxiCTR
+    assert len({v.config_hash for v in grid}) == 4 and all(v.seeds == [5] for v in grid)
+    assert grid[1].label == "Crocodile [learning_rate=0.01, cov_alpha=0.001]"
+    assert plan.variants[4].seeds == [7, 8] and len(plan.runs) == 6  # `seed` in a tuner_space lists seeds
+    bad = {"name": "bad", "expids": [{"expid": "Crocodile_test", "tuner_space": {"learning_rat": [0.1, 0.2]}}]}
+    with pytest.raises(UserError, match=r"config key 'learning_rat' .* not a parameter of model Crocodile"):
+        Suite(bad, write_suite(tmp_path, bad, "bad.yaml")).plan()
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda d: d["expids"].append("Crocodile_tset"),
+     r"unknown expid 'Crocodile_tset' \(did you mean Crocodile_test.*\); known expids: .*Crocodile_default"),
+    (lambda d: d.update(datasets=["tiny_synt"]),
+     r"unknown dataset 'tiny_synt' \(did you mean tiny_synth\?\); known datasets: .*kuairand_like"),
+    (lambda d: d.update(leaderboard={"metrics": ["AUC", "gAUX"]}),
+     r"unknown metric 'gAUX' in `leaderboard` \(did you mean gAUC\?\); known metrics: logloss, AUC, gAUC"),
+    (lambda d: d.update(seed=[1]), r"unknown suite key 'seed' \(did you mean seeds\?\)"),
+])
+def test_bad_suite_input_is_rejected_before_anything_runs(tmp_path, capsys, edit, pattern):
+    data = yaml.safe_load(yaml.safe_dump(TWO_ROWS))
+    edit(data)
+    store = tmp_path / "results.sqlite"
+    code = main(["run", "--suite", str(write_suite(tmp_path, data)), "--store", str(store)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert re.search(pattern, err), err
+    assert not store.exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_suite_name_lists_the_shipped_ones(capsys):
+    assert main(["leaderboard", "--suite", "quik"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown suite 'quik' (did you mean quick?)" in err and "ablation" in err and "sensitivity" in err
+
+
+def test_shipped_suites_plan_against_the_registry():
+    from mdl_bench.model_zoo import registry
+
+    for name in ("quick", "main", "ablation", "losses", "sensitivity"):
+        plan = load_suite(name).plan(strict=False)
+        assert plan.runs, name
+    quick = load_suite("quick")
+    assert len(quick.entries) == 12 and quick.seeds == [2024] and quick.overrides["epochs"] == 1
+    assert len(load_suite("main").seeds) == 6
+    known = {e.expid.rsplit("_", 1)[0] for e in quick.entries}
+    if known <= set(registry()):  # every model of table 2 registered: the quick suite resolves strictly
+        assert {v.group for v in quick.plan().variants} == {"Single Domain", "MTL (SE)", "MTL (ME)", "MDL",
+                                                            "Crocodile"}
+
+
+# ---------------------------------------------------------------------------------------------- the store
+def test_store_refuses_foreign_files_and_newer_schemas_and_leaves_them_untouched(tmp_path, capsys):
+    suite = write_suite(tmp_path, TWO_ROWS)
+    text = tmp_path / "notes.sqlite"
+    text.write_text("not a database")
+    foreign = tmp_path / "foreign.sqlite"
+    with contextlib.closing(sqlite3.connect(str(foreign))) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER)")
+        conn.commit()
+    newer = tmp_path / "newer.sqlite"
+    Store(newer).close()
+    with contextlib.closing(sqlite3.connect(str(newer))) as conn:  # closed: the WAL is folded into the file
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    for path, pattern in ((text, "is not an SQLite database"),
+                          (foreign, r"SQLite database of another application .*tables: orders"),
+                          (newer, rf"schema version {SCHEMA_VERSION + 1}, newer than this mdl-bench reads")):
+        before = path.read_bytes()
+        with pytest.raises(UserError, match=pattern):
+            Store(path)
+        assert main(["run", "--suite", str(suite), "--store", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and re.search(pattern, err) and "left untouched" in err
+        assert path.read_bytes() == before
+    with contextlib.closing(sqlite3.connect(str(newer))) as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+def test_insert_is_one_transaction_and_never_duplicates(tmp_path):
+    data = {"name": "one", "seeds": [1], "expids": ["Crocodile_test"]}
+    suite = Suite(data, write_suite(tmp_path, data))
+    run = suite.plan().runs[0]
+    with Store(tmp_path / "s.sqlite") as db:
+        bad = fake_record(run, {"AUC": 0.7})
+        bad["metrics"]["test"]["AUC@S0"] = "not a number"  # fails after the runs row was inserted
+        with pytest.raises(ValueError):
+            db.insert_run(bad)
+        assert db.stored_keys() == {} and not db.conn.execute("SELECT * FROM metrics").fetchall()
+        first = db.insert_run(fake_record(run, {"AUC": 0.7}))
+        assert first is not None and db.insert_run(fake_record(run, {"AUC": 0.8})) is None
+        assert db.get_run(first)["metrics"]["test"] == {"AUC": 0.7}
+
+
+# ---------------------------------------------------------------------------------------------- kill safety
+def _processes_with_env(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find the workers")
+def test_sigkill_mid_suite_then_restart_stores_each_run_exactly_once(tiny, tmp_path):
+    data = dict(TWO_ROWS, name="killme")
+    path = write_suite(tmp_path, data)
+    store = tmp_path / "results.sqlite"
+    marker = f"MDL_BENCH_KILL_TEST={tmp_path}"
+    env = dict(os.environ, MDL_BENCH_KILL_TEST=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "mdl_bench.benchmark.cli", "run", "--suite", str(path), "--store",
+                             str(store), "--jobs", "2", "--no-leaderboard"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if store.exists() and count_runs(store) >= 1:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the suite ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # the suite process, while its two workers are training
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.time() + 30
+    while _processes_with_env(marker) and time.time() < deadline:  # the workers notice and exit
+        time.sleep(0.5)
+    assert not _processes_with_env(marker)
+    before = count_runs(store)
+    assert 1 <= before < 4
+    suite = load_suite(str(path))
+    outcome, text, _ = run_quiet(suite, store)
+    assert outcome.stored_before == before and len(outcome.stored_now) == 4 - before and not outcome.failed
+    with contextlib.closing(sqlite3.connect(str(store))) as conn:
+        keys = conn.execute("SELECT config_hash, seed FROM runs").fetchall()
+        assert not conn.execute("SELECT * FROM claims").fetchall()
+    assert sorted(keys) == sorted({r.key for r in suite.plan().runs}) and len(keys) == 4
