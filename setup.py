@@ -37,7 +37,7 @@ setup(
         "numpy",
         "scipy",
         "tqdm",
-        "matplotlib",  # analysis figures (mdl-bench analyze)
+        "matplotlib",  # analysis figures (mdl-bench analyze), leaderboard plots (figure 8)
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["mdl-bench=mdl_bench.benchmark.cli:main"]},
