@@ -30,6 +30,11 @@ def _pyplot():
     return plt
 
 
+def _style(number: int) -> dict:
+    """Distinct line styles for many series: ten colours, then the same colours dashed, then dotted."""
+    return {"color": f"C{number % 10}", "linestyle": ("-", "--", ":")[(number // 10) % 3]}
+
+
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,8 +50,8 @@ def di_vs_ia(points: Sequence[dict], path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     shown = [p for p in points if p.get("di") is not None and p.get("ia") is not None]
-    for p in shown:
-        ax.scatter(p["di"], p["ia"], s=36)
+    for number, p in enumerate(shown):
+        ax.scatter(p["di"], p["ia"], s=36, color=f"C{number % 10}", marker="os^"[(number // 10) % 3])
         ax.annotate(p["label"], (p["di"], p["ia"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     missing = [p["label"] for p in points if p not in shown]
     if missing:
@@ -62,9 +67,12 @@ def di_sorted(curves: dict[str, Sequence[float]], path) -> Path:
     """Figure 6: for each method, its DI_(i,j) sorted in descending order."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, values in curves.items():
+    for number, (label, values) in enumerate(curves.items()):
         if values:
-            ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=label)
+            ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=label, **_style(number))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("domain pair (i, j), sorted")
     ax.set_ylabel("Diversity Index")
     ax.set_ylim(-0.02, 1.02)
@@ -77,9 +85,10 @@ def spectra(curves: dict[str, Sequence[float]], field: str, path) -> Path:
     """Figure 5: ``log(sigma)`` (descending) of one field's table per method."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, sigma in curves.items():
+    for number, (label, sigma) in enumerate(curves.items()):
         sigma = np.asarray(sigma, dtype=np.float64)
-        ax.plot(range(1, len(sigma) + 1), np.log(np.clip(sigma, 1e-12, None)), marker=".", label=label)
+        ax.plot(range(1, len(sigma) + 1), np.log(np.clip(sigma, 1e-12, None)), marker=".", label=label,
+                **_style(number))
     ax.set_xlabel("singular value index")
     ax.set_ylabel("log(sigma)")
     ax.set_title(f"Singular value spectrum of the {field} embeddings")
