@@ -65,29 +65,34 @@ def better(metric: str) -> int:
 
 @dataclass
 class ColumnMarks:
-    best: int | None = None
-    second: int | None = None
+    """Rows with the best and the second-best mean of a column (several on exact ties) and the paired test of the
+    best against the second (``p_value`` is the largest p over the second-best rows)."""
+
+    best: list = field(default_factory=list)
+    second: list = field(default_factory=list)
     p_value: float = float("nan")
     pairs: int = 0
 
     @property
     def significant(self) -> bool:
-        return self.best is not None and self.second is not None and self.p_value < P_VALUE
+        # a tie for the best is not "significantly better than the second"
+        return len(self.best) == 1 and bool(self.second) and self.p_value < P_VALUE
 
 
 def column_marks(values: list[dict], metric: str) -> ColumnMarks:
     """Best and second best of one column (a ``{seed: value}`` per row) and the paired test between them."""
     sign = better(metric)
     means = [mean_std(v)[0] for v in values]
-    order = sorted((i for i, m in enumerate(means) if not math.isnan(m)), key=lambda i: (-sign * means[i], i))
+    levels = sorted({means[i] for i in range(len(means)) if not math.isnan(means[i])}, key=lambda m: -sign * m)
     marks = ColumnMarks()
-    if order:
-        marks.best = order[0]
-    if len(order) > 1:
-        marks.second = order[1]
-        p, n = paired_p(values[order[0]], values[order[1]])
-        # significant only if the best is ahead (always, by the ordering) and the test says so
-        marks.p_value, marks.pairs = p, n
+    if levels:
+        marks.best = [i for i, m in enumerate(means) if m == levels[0]]
+    if len(levels) > 1:
+        marks.second = [i for i, m in enumerate(means) if m == levels[1]]
+        if len(marks.best) == 1:
+            tests = [paired_p(values[marks.best[0]], values[j]) for j in marks.second]
+            marks.p_value = max(p for p, _ in tests)  # NaN when any test is undefined
+            marks.pairs = min(n for _, n in tests)
     return marks
 
 
@@ -260,7 +265,7 @@ def _cell_text(table: Table, board: Board, i: int, col: str) -> tuple[str, str, 
     if board.std and n > 1:
         text += f" ± {std:.{board.digits}f}"
     marks = table.marks[col]
-    mark = "best" if marks.best == i else "second" if marks.second == i else ""
+    mark = "best" if i in marks.best else "second" if i in marks.second else ""
     return text, mark, mark == "best" and marks.significant
 
 

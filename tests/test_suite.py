@@ -204,9 +204,10 @@ def test_marks_follow_a_paired_t_test_computed_with_scipy(tmp_path):
     p_gauc = stats.ttest_rel(col(1, "gAUC"), col(0, "gAUC")).pvalue
     assert p_auc < 0.05 <= p_gauc  # the chosen numbers make one column significant and the other not
     auc, gauc = table.marks["AUC"], table.marks["gAUC"]
-    assert (auc.best, auc.second, auc.significant) == (2, 1, True) and auc.p_value == pytest.approx(p_auc)
-    assert (gauc.best, gauc.second, gauc.significant) == (1, 0, False) and gauc.p_value == pytest.approx(p_gauc)
-    assert "logloss" not in table.columns  # only the asked metrics are columns
+    assert (auc.best, auc.second, auc.significant) == ([2], [1], True) and auc.p_value == pytest.approx(p_auc)
+    assert (gauc.best, gauc.second, gauc.significant) == ([1], [0], False) and gauc.p_value == pytest.approx(p_gauc)
+    logloss = table.marks["logloss"] if "logloss" in table.marks else None
+    assert logloss is None  # only the asked metrics are columns
 
     md = render(board, "md")
     c_row = next(l for l in md.splitlines() if l.startswith("| Crocodile"))
@@ -229,6 +230,15 @@ def test_marks_follow_a_paired_t_test_computed_with_scipy(tmp_path):
     assert f"<b class='best'>{np.mean(col(2, 'AUC')):.4f}</b>*" in page
     assert f"<u class='second'>{np.mean(col(1, 'AUC')):.4f}</u>" in page
     assert "<style>" in page and not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing external
+
+
+def test_ties_share_the_mark_and_lower_is_better_for_logloss():
+    from mdl_bench.benchmark.leaderboard import column_marks
+
+    tied = column_marks([{1: 0.7, 2: 0.7}, {1: 0.7, 2: 0.7}, {1: 0.6, 2: 0.61}], "AUC")
+    assert (tied.best, tied.second, tied.significant) == ([0, 1], [2], False)
+    loss = column_marks([{1: 0.50, 2: 0.51}, {1: 0.40, 2: 0.41}, {1: 0.45, 2: 0.47}], "logloss@S0")
+    assert (loss.best, loss.second) == ([1], [2])
 
 
 def test_std_cells_and_missing_runs(tmp_path):
