@@ -33,6 +33,7 @@ P_VALUE = 0.05
 PAPER_GROUPS = ("Single Domain", "MTL (SE)", "MTL (ME)", "MDL", "Crocodile")
 GROUP_TITLES = {"MTL (SE)": "MTL (SE) for MDR", "MTL (ME)": "MTL (ME) for MDR"}
 LOWER_IS_BETTER = ("logloss",)
+ORACLE_LABEL = "Oracle (true CTR)"  # synthetic data: the metrics of the generator's true probability
 
 
 # ================================================================================================ statistics
@@ -120,6 +121,7 @@ class Table:
     rows: list
     info_keys: list
     marks: dict = field(default_factory=dict)     # column -> ColumnMarks
+    oracle: dict = field(default_factory=dict)    # column -> metric of the data's true probability (synthetic)
 
     @property
     def columns(self) -> list[str]:
@@ -199,6 +201,14 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
             table.rows.append(Row(variant=v, run_ids=run_ids, values=values))
         for c in table.columns:
             table.marks[c] = column_marks([row.values[c] for row in table.rows], c)
+        for row in table.rows:  # the data's oracle (same for every run of the dataset): a reference row
+            for run_id in row.run_ids.values():
+                oracle = values_of[run_id].get("oracle") or {}
+                if oracle:
+                    table.oracle = {c: oracle.get(c, float("nan")) for c in table.columns}
+                    break
+            if table.oracle:
+                break
         tables.append(table)
     lift_specs = list(lb["lift"])
     if lift_base:
@@ -284,6 +294,9 @@ def _notes(board: Board) -> list[str]:
     notes = [f"Means over {'/'.join(map(str, seeds))} seed(s) on the {board.split} split. Bold: best; underline: "
              f"second best; *: the best is significantly better than the second (paired t-test over seeds, "
              f"p < {P_VALUE}; needs 2+ seeds)."]
+    if any(t.oracle for t in board.tables):
+        notes.append(f"{ORACLE_LABEL}: the metrics of the data's true click probability (synthetic data), a ceiling "
+                     f"for reference; not ranked.")
     if board.missing:
         notes.append(f"{len(board.missing)} of {board.planned} runs are not in the store yet (`mdl-bench run --suite "
                      f"{board.suite.name}`); their rows show the runs found.")
@@ -315,6 +328,9 @@ def render_md(board: Board, images: dict | None = None) -> str:
                 cells.append(text + ("\\*" if star else ""))
             cells.append(_seeds_text(row))
             lines.append(cells)
+        if table.oracle:
+            lines.append(["", ORACLE_LABEL] + [""] * len(table.info_keys) +
+                         [f"*{_num(table.oracle[c], board.digits)}*" for c in table.columns] + [""])
         out += _md_table(lines, right_from=2 + len(table.info_keys))
         out.append("")
     for lift in board.lifts:
@@ -400,6 +416,12 @@ def render_csv(board: Board) -> str:
             for name in lift_cols:
                 line += list(extra.get(name, ("", "")))
             writer.writerow(line)
+        if table.oracle:
+            line = [table.dataset_id, "Oracle", ORACLE_LABEL, "", "", ""] + [""] * len(info_keys)
+            for c in columns:
+                value = table.oracle.get(c, float("nan"))
+                line += ["" if math.isnan(value) else repr(value), "", ""]
+            writer.writerow(line + ["", ""] * len(lift_cols))
     return buf.getvalue()
 
 
@@ -411,7 +433,7 @@ th,td{padding:3px 9px;text-align:right;border-bottom:1px solid #e4e4e4;white-spa
 th{background:#f4f4f4;font-weight:600}th.l,td.l{text-align:left}
 tr.first td{border-top:2px solid #999}td.group{vertical-align:top;font-weight:600;background:#fafafa}
 .best{font-weight:bold}.second{text-decoration:underline}.std{color:#888;font-size:11px}
-.note{color:#555;font-size:12px;margin:.2em 0}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+.note{color:#555;font-size:12px;margin:.2em 0}tr.oracle td{font-style:italic;color:#666}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 """.strip()
 
 
@@ -456,6 +478,11 @@ def render_html(board: Board, images: dict | None = None) -> str:
             cells.append(f"<td>{e(_seeds_text(row))}</td>")
             row_class = " class='first'" if first and i else ""
             parts.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+        if table.oracle:
+            parts.append(f"<tr class='first oracle'><td class='l group'></td><td class='l'>{e(ORACLE_LABEL)}</td>" +
+                         "<td></td>" * len(table.info_keys) +
+                         "".join(f"<td>{e(_num(table.oracle[c], board.digits))}</td>" for c in table.columns) +
+                         "<td></td></tr>")
         parts.append("</tbody></table>")
     for lift in board.lifts:
         parts.append(f"<h2>{e(lift.spec.get('title') or 'Lift over ' + lift.base.label)} "

@@ -143,8 +143,12 @@ def test_leaderboard_of_the_run_suite(two, tmp_path, capsys):
                  "--out", str(tmp_path / "board.csv")])
     assert code == 0
     rows = list(csv.DictReader(open(tmp_path / "board.csv")))
-    # the paper's groups first (Crocodile), then groups it does not know (Base), in the suite's order
-    assert [(r["group"], r["method"]) for r in rows] == [("Crocodile", "Crocodile B+C"), ("Base", "Crocodile B")]
+    # the paper's groups first (Crocodile), then groups it does not know (Base), in the suite's order; then the
+    # data's oracle (true click probability) as an unranked reference row
+    assert [(r["group"], r["method"]) for r in rows] == [("Crocodile", "Crocodile B+C"), ("Base", "Crocodile B"),
+                                                         ("Oracle", "Oracle (true CTR)")]
+    oracle, rows = rows[-1], rows[:-1]
+    assert float(oracle["AUC@S6"]) > max(float(r["AUC@S6"]) for r in rows) and oracle["AUC mark"] == ""
     assert all(r["seeds"] == "2" for r in rows)
     marks = [r["AUC mark"] for r in rows]
     assert sorted(m.rstrip("*") for m in marks) == ["best", "second"]
