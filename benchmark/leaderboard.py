@@ -330,7 +330,7 @@ def render_md(board: Board, images: dict | None = None) -> str:
             lines.append(cells)
         if table.oracle:
             lines.append(["", ORACLE_LABEL] + [""] * len(table.info_keys) +
-                         [f"*{_num(table.oracle[c], board.digits)}*" for c in table.columns] + [""])
+                         [_num(table.oracle[c], board.digits) for c in table.columns] + [""])
         out += _md_table(lines, right_from=2 + len(table.info_keys))
         out.append("")
     for lift in board.lifts:
