@@ -1,0 +1,487 @@
+"""Shared pieces of the real-dataset converters (:mod:`.kuairand`, :mod:`.aliccp`).
+
+Both converters read published raw files that do not fit in memory as one table, so everything here works
+block by block:
+
+* :class:`BadLines` counts malformed lines of one file, keeps the first few line numbers with the reason, and
+  turns into a one-line :class:`UserError` once they exceed a fraction of the file (``--max-malformed``);
+* :func:`line_blocks` / :func:`read_csv_blocks` read a CSV file with a header in blocks of lines, drop malformed
+  lines (wrong field count, a value that does not parse), and give typed Polars frames with KuaiRand's
+  ``-124`` / ``NaN`` / empty read as missing (null);
+* :class:`Spool` keeps parsed rows on disk as Parquet chunks (a later pass reads them back without parsing
+  text again);
+* :class:`ValueCounter` counts values of a column chunk by chunk (memory grows with the number of distinct
+  values, never with the rows);
+* :class:`SplitWriter` writes ``train.csv`` / ``valid.csv`` / ``test.csv`` under temporary names, renamed into
+  place only when the conversion succeeded;
+* :func:`dataset_config_text` writes the dataset config block; :func:`print_table1` the statistics of the paper's
+  table 1.
+
+Conventions of the written CSV files (both datasets), chosen so the FuxiCTR build needs no special case:
+
+* a value seen fewer than ``min_count`` (default 10) times in the *training* split is replaced by the default
+  ``-1`` (integer columns) or ``__rare__`` (text columns) in every split - counting on train only keeps
+  valid/test frequencies out of training; a value that never occurs in train becomes the default too, which
+  then has a trained embedding instead of FuxiCTR's untrained OOV id;
+* a missing value is an empty cell; the dataset config gives integer columns ``fill_na: -2`` so that
+  "missing" stays distinct from every real value (FuxiCTR would fill 0, a real value of many fields);
+* ``group_id`` (the gAUC group) is the user id *before* rare-value replacement, so users seen fewer than 10
+  times keep their own group instead of being pooled into one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import polars as pl
+import yaml
+
+from ..errors import UserError
+
+RARE_INT = -1
+RARE_STR = "__rare__"
+MISSING_INT = -2  # fill_na of integer columns in the dataset config
+KUAIRAND_MISSING = -124  # KuaiRand's code for "missing"
+SPLITS = ("train", "valid", "test")
+DEFAULT_MAX_MALFORMED = 0.01
+
+
+# ============================================================================================ malformed lines
+class BadLines:
+    """Malformed lines of one file: counted, the first few kept with their reason, fatal above a fraction.
+
+    ``max_fraction`` is the largest tolerated share of malformed lines (``0`` tolerates none). The check
+    runs when the file ends (:meth:`finish`) and, for long files, early: once 100,000 lines were read and the
+    share is already above the limit, reading stops with the same error.
+    """
+
+    def __init__(self, path, max_fraction: float = DEFAULT_MAX_MALFORMED, keep: int = 5):
+        self.path = str(path)
+        self.max_fraction = float(max_fraction)
+        self.keep = keep
+        self.count = 0
+        self.lines = 0
+        self.examples: list[tuple[int, str]] = []
+
+    def add(self, line_no: int, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < self.keep:
+            self.examples.append((int(line_no), reason))
+
+    @property
+    def wants_examples(self) -> int:
+        return self.keep - len(self.examples)
+
+    def seen(self, lines: int) -> None:
+        """Record that ``lines`` more data lines were read; stop early when malformed lines clearly dominate."""
+        self.lines += lines
+        if self.lines >= 100_000 and self.count > self.max_fraction * self.lines:
+            self._raise(early=True)
+
+    def where(self) -> str:
+        return ", ".join(f"{n} ({why})" for n, why in self.examples)
+
+    def _raise(self, early: bool = False) -> None:
+        share = self.count / max(self.lines, 1)
+        first = "in the first " if early else "of "
+        raise UserError(f"{self.path}: {self.count:,} {first}{self.lines:,} lines are malformed ({share:.2%}, "
+                        f"more than --max-malformed {self.max_fraction:g}); first: line {self.where()}; fix or "
+                        f"re-download the file, or raise --max-malformed to skip them")
+
+    def finish(self, log: Callable[[str], None] = print) -> None:
+        if self.count > self.max_fraction * max(self.lines, 1):
+            self._raise()
+        if self.count:
+            log(f"  warning: {self.path}: skipped {self.count:,} malformed of {self.lines:,} lines; first: line "
+                f"{self.where()}")
+
+
+# ================================================================================================ raw files
+def find_raw_file(raw_dir, name: str, what: str, hint: str) -> Path:
+    """``raw_dir/name`` (or ``raw_dir/data/name``, ``raw_dir/train|test/name``, as archives unpack)."""
+    root = Path(raw_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--raw-dir {root} is not a folder; pass the folder holding the {what} files ({hint})")
+    for folder in (root, root / "data", root / "train", root / "test"):
+        if (folder / name).is_file():
+            path = folder / name
+            if not os.access(path, os.R_OK):
+                raise UserError(f"{path} is not readable; fix its permissions")
+            return path
+    raise UserError(f"{what} file {name} not found in {root} (nor in its data/ folder); {hint}")
+
+
+def line_blocks(path, block_bytes: int = 32 << 20, skip_header: bool = False) -> Iterator[tuple[int, list[bytes]]]:
+    """Yield ``(line number of the first line, lines)`` blocks of a text file, without line ends.
+
+    Line numbers are 1-based and count every physical line (the header too), so they match an editor's.
+    """
+    with open(path, "rb") as fh:
+        line_no = 1
+        if skip_header:
+            fh.readline()
+            line_no = 2
+        while True:
+            chunk = fh.read(block_bytes)
+            if not chunk:
+                return
+            if not chunk.endswith(b"\n"):
+                chunk += fh.readline()
+            lines = chunk.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            if lines and lines[0].endswith(b"\r") or (lines and lines[-1].endswith(b"\r")):
+                lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+            yield line_no, lines
+            line_no += len(lines)
+
+
+def read_header(path) -> list[str]:
+    with open(path, "r", encoding="utf-8", errors="replace", newline="") as fh:
+        first = fh.readline()
+    if not first.strip():
+        raise UserError(f"{path} is empty or starts with a blank line; expected a CSV header line; re-download it")
+    return [c.strip() for c in next(csv.reader([first]))]
+
+
+def _field_count(line: bytes) -> int:
+    if b'"' not in line:
+        return line.count(b",") + 1
+    try:
+        return len(next(csv.reader([line.decode("utf-8", errors="replace")])))
+    except csv.Error:
+        return -1
+
+
+def parse_columns(frame: pl.DataFrame, kinds: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Type the text columns of ``frame`` by kind; return ``(typed frame, one boolean "bad" column per kind)``.
+
+    Kinds: ``key`` (integer, required), ``label`` (0 or 1, required), ``int`` (integer, ``"4.0"`` is 4 as
+    pandas writes nullable integers; missing allowed), ``float`` (missing allowed), ``str`` (empty is
+    missing). ``-124``, ``NaN`` and empty cells are missing (null); a value that does not parse makes its
+    line malformed.
+    """
+    typed, bad = [], []
+    for name, kind in kinds.items():
+        text = pl.col(name).str.strip_chars()
+        empty = text.is_null() | (text == "")
+        if kind == "str":
+            typed.append(pl.when(empty).then(None).otherwise(text).alias(name))
+            continue
+        as_float = text.cast(pl.Float64, strict=False)
+        nan = as_float.is_nan().fill_null(False)
+        if kind == "float":
+            values = as_float
+        else:
+            integral = pl.when(as_float.is_finite() & (as_float == as_float.floor())).then(as_float).otherwise(None)
+            values = text.cast(pl.Int64, strict=False).fill_null(integral.cast(pl.Int64, strict=False))
+        missing = empty | nan | (values == KUAIRAND_MISSING).fill_null(False)
+        is_bad = ~empty & ~nan & values.is_null()
+        if kind in ("key", "label"):
+            is_bad = is_bad | missing
+        if kind == "label":
+            is_bad = is_bad | ~values.is_in([0, 1]).fill_null(False)
+        typed.append(pl.when(missing).then(None).otherwise(values).alias(name))
+        bad.append(is_bad.alias(name))
+    return frame.select(typed), frame.select(bad) if bad else pl.DataFrame()
+
+
+def read_csv_blocks(path, kinds: dict[str, str], bad: BadLines, *, header: list[str] | None = None,
+                    block_bytes: int = 32 << 20, what: str = "", expected: str = "") -> Iterator[pl.DataFrame]:
+    """Typed frames (the columns of ``kinds``, in that order) of a CSV file, one per block of lines.
+
+    ``header``: the column names when the file has no header line of its own (a later ``_partN`` file);
+    when ``None`` the first line is the header, and a file whose header lacks a column of ``kinds`` is
+    refused (wrong column layout). Malformed lines (wrong number of fields, a value that does not parse, a
+    missing key or label) are dropped and counted in ``bad``.
+    """
+    own_header = header is None
+    names = read_header(path) if own_header else list(header)
+    missing = [c for c in kinds if c not in names]
+    if missing:
+        raise UserError(f"{path} has no column {missing[0]!r} (its header: {', '.join(names[:12])}"
+                        f"{' ...' if len(names) > 12 else ''}), so it is not {what or 'a file of the expected'} "
+                        f"layout{' (' + expected + ')' if expected else ''}; check --raw-dir and the file")
+    width = len(names)
+    for first, lines in line_blocks(path, block_bytes, skip_header=own_header):
+        good, line_nos = [], []
+        for offset, line in enumerate(lines):
+            if not line.strip():
+                continue  # blank lines carry no data (a trailing one is common)
+            n = _field_count(line)
+            if n != width:
+                bad.add(first + offset, f"{n} fields, expected {width}")
+                continue
+            good.append(line)
+            line_nos.append(first + offset)
+        bad.seen(len(lines))
+        if not good:
+            continue
+        text = pl.read_csv(io.BytesIO(b"\n".join(good) + b"\n"), has_header=False, new_columns=names,
+                           schema={n: pl.Utf8 for n in names}, quote_char='"',
+                           missing_utf8_is_empty_string=False).select(list(kinds))
+        if text.height != len(good):  # only if a quoted field spans lines; refuse rather than misalign
+            raise UserError(f"{path}: lines {first}-{first + len(lines) - 1} do not parse as one CSV row per line "
+                            f"(a quoted field spans lines?); fix the file")
+        typed, flags = parse_columns(text, kinds)
+        if flags.width:
+            rows_bad = flags.select(pl.any_horizontal(pl.all())).to_series()
+            if rows_bad.any():
+                rows = np.flatnonzero(rows_bad.to_numpy())
+                shown = rows[: max(bad.wants_examples, 0)]
+                for row in shown:
+                    column = next(c for c in flags.columns if flags[c][int(row)])
+                    bad.add(line_nos[int(row)], f"{column}={text[column][int(row)]!r}")
+                bad.count += len(rows) - len(shown)
+                typed = typed.filter(~rows_bad)
+        yield typed
+
+
+# ===================================================================================================== spool
+class Spool:
+    """Parsed rows kept on disk as numbered Parquet chunks, read back in the same order."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.chunks: list[Path] = []
+        self.rows = 0
+
+    def append(self, frame: pl.DataFrame) -> None:
+        if frame.height == 0:
+            return
+        path = self.folder / f"chunk-{len(self.chunks):06d}.parquet"
+        frame.write_parquet(path, compression="lz4", statistics=False)
+        self.chunks.append(path)
+        self.rows += frame.height
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        for path in self.chunks:
+            yield pl.read_parquet(path)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ValueCounter:
+    """Occurrence counts of the values of a column, added chunk by chunk (optionally weighted).
+
+    Memory grows with the number of distinct values: per-chunk counts are merged once they add up to more
+    rows than the running table (a hash group-by, so merging stays linear).
+    """
+
+    def __init__(self, dtype=pl.Int64):
+        self.dtype = dtype
+        self.table = pl.DataFrame({"value": pl.Series([], dtype=dtype), "count": pl.Series([], dtype=pl.Int64)})
+        self.pending: list[pl.DataFrame] = []
+        self.pending_rows = 0
+
+    def add(self, values: pl.Series, weights: pl.Series | None = None) -> None:
+        frame = pl.DataFrame({"value": values.cast(self.dtype),
+                              "count": weights.cast(pl.Int64) if weights is not None else pl.repeat(1, len(values),
+                                                                                                   eager=True,
+                                                                                                   dtype=pl.Int64)})
+        part = frame.drop_nulls("value").group_by("value").agg(pl.col("count").sum())
+        self.pending.append(part)
+        self.pending_rows += part.height
+        if self.pending_rows > max(self.table.height, 1_000_000):
+            self._merge()
+
+    def _merge(self) -> None:
+        if self.pending:
+            self.table = (pl.concat([self.table] + self.pending).group_by("value").agg(pl.col("count").sum()))
+            self.pending, self.pending_rows = [], 0
+
+    def counts(self) -> pl.DataFrame:
+        self._merge()
+        return self.table
+
+    def kept(self, min_count: int) -> pl.Series:
+        """Values seen at least ``min_count`` times."""
+        table = self.counts()
+        return table.filter(pl.col("count") >= min_count)["value"]
+
+
+def replace_rare(column: str, kept: pl.Series, default) -> pl.Expr:
+    """Expression: the column where its value is kept (or missing), else ``default``."""
+    col = pl.col(column)
+    return pl.when(col.is_null() | col.is_in(kept.implode())).then(col).otherwise(pl.lit(default)).alias(column)
+
+
+def log_bucket(values: pl.Expr, per_octave: int = 8) -> pl.Expr:
+    """A non-negative count or average as an integer bucket: ``sign(x) * floor(per_octave * log2(1 + |x|))``.
+
+    Chosen for KuaiRand's float statistics (daily averages with nearly unique values): treating them as
+    categories needs buckets, and log-scale buckets keep resolution where the heavy-tailed values are dense.
+    Missing stays missing.
+    """
+    x = values.cast(pl.Float64)
+    return (x.sign() * (per_octave * (1.0 + x.abs()).log(2)).floor()).cast(pl.Int64)
+
+
+def splitmix_uniform(index: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per row index, fixed by (index, seed), independent of chunking."""
+    with np.errstate(over="ignore"):
+        z = index.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64((seed % (1 << 32)) + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+# ==================================================================================================== output
+class SplitWriter:
+    """``train.csv``, ``valid.csv`` and ``test.csv`` in ``out_dir``, written block by block.
+
+    Files are written as ``.<name>.partial`` and renamed at :meth:`close`; :meth:`abort` removes them, so a
+    failed or interrupted conversion never leaves a CSV that looks complete.
+    """
+
+    def __init__(self, out_dir: Path, columns: list[str]):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.columns = columns
+        self.handles = {s: open(self.out_dir / f".{s}.csv.partial", "wb") for s in SPLITS}
+        self.rows = {s: 0 for s in SPLITS}
+        for split, fh in self.handles.items():
+            fh.write((",".join(columns) + "\n").encode())
+
+    def write(self, split: str, frame: pl.DataFrame) -> None:
+        if frame.height:
+            frame.select(self.columns).write_csv(self.handles[split], include_header=False)
+            self.rows[split] += frame.height
+
+    def close(self) -> dict[str, Path]:
+        paths = {}
+        for split, fh in self.handles.items():
+            fh.close()
+            final = self.out_dir / f"{split}.csv"
+            os.replace(self.out_dir / f".{split}.csv.partial", final)
+            paths[split] = final
+        return paths
+
+    def abort(self) -> None:
+        for split, fh in self.handles.items():
+            fh.close()
+            with _suppress():
+                os.remove(self.out_dir / f".{split}.csv.partial")
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def check_out_dir(out_dir) -> Path:
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder for train.csv, valid.csv and test.csv")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise UserError(f"--out {out} is not writable; pick another folder")
+    return out
+
+
+# ============================================================================================ config, stats
+def feature_block(names: list[str], dtype: str, source: str, **extra) -> dict:
+    block = {"name": names if len(names) > 1 else names[0], "active": True, "dtype": dtype, "type": "categorical"}
+    if dtype == "int":
+        block["fill_na"] = MISSING_INT
+    block.update(extra)
+    block["source"] = source
+    return block
+
+
+def dataset_block(*, dataset_id: str, out_dir: Path, domain_field: str, domains: list, feature_cols: list,
+                  label: str, config_paths: dict | None = None) -> dict:
+    paths = config_paths or {s: str(Path(out_dir) / f"{s}.csv") for s in SPLITS}
+    return {
+        "data_root": "${MDL_BENCH_HOME}/data",
+        "data_format": "csv",
+        "train_data": paths["train"],
+        "valid_data": paths["valid"],
+        "test_data": paths["test"],
+        "domain_field": domain_field,
+        "domains": list(domains),
+        "group_id": "group_id",
+        "min_categr_count": 1,
+        "feature_cols": feature_cols + [{"name": "group_id", "active": True, "dtype": "int", "type": "meta"}],
+        "label_col": {"name": label, "dtype": "float"},
+    }
+
+
+def config_paths_for(out_dir: Path, dataset_id: str) -> dict:
+    """Split paths for the config: ``${MDL_BENCH_HOME}/raw/<id>/...`` when ``out_dir`` is that default folder."""
+    from ..paths import bench_home
+
+    out = Path(out_dir).expanduser().resolve()
+    default = (bench_home() / "raw" / dataset_id).expanduser().resolve()
+    if out == default:
+        return {s: f"${{MDL_BENCH_HOME}}/raw/{dataset_id}/{s}.csv" for s in SPLITS}
+    return {s: str(out / f"{s}.csv") for s in SPLITS}
+
+
+def dataset_config_text(dataset_id: str, block: dict, comment: str) -> str:
+    body = yaml.safe_dump({dataset_id: block}, sort_keys=False, default_flow_style=None, width=110)
+    lines = [f"# {line}" if line else "#" for line in comment.strip().splitlines()]
+    return "\n".join(lines) + "\n" + body
+
+
+def default_out(dataset_id: str) -> Path:
+    from ..paths import bench_home
+
+    return bench_home() / "raw" / dataset_id
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else (f"{n / 1e3:.1f}k" if n >= 1e3 else str(n))
+
+
+def print_table1(stats: dict, log: Callable[[str], None] = print) -> None:
+    """The paper's table 1 columns (#Sample, #User, #Item, rows per domain) and the rows of each split."""
+    rows = stats["rows"]  # split -> domain -> count
+    domains = stats["domains"]
+    total = {d: sum(rows[s].get(str(d), 0) for s in SPLITS) for d in domains}
+    log(f"Table 1 statistics of {stats['dataset_id']} (after low-frequency filtering):")
+    log(f"  #Sample {stats['samples']:,}   #User {stats['users']:,}   #Item {stats['items']:,}   Domain (#Impr) "
+        + " / ".join(f"S{d}({_short(total[d])})" for d in domains))
+    width = max(9, *(len(f"{v:,}") + 1 for v in total.values()))
+    log("  " + "split".ljust(6) + "rows".rjust(12) + "".join(f"S{d}".rjust(width) for d in domains) + "   CTR")
+    for split in SPLITS:
+        n = sum(rows[split].values())
+        ctr = stats["clicks"][split] / n if n else float("nan")
+        log("  " + split.ljust(6) + f"{n:,}".rjust(12)
+            + "".join(f"{rows[split].get(str(d), 0):,}".rjust(width) for d in domains) + f"   {ctr:.4f}")
+    log(f"  #User and #Item count ids seen >= {stats['min_count']} times in train; rows whose id is the rare "
+        f"default: user {stats['rare_user_rows']:,}, item {stats['rare_item_rows']:,}")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (and of finished children), MB. Linux reports KiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024.0
+
+
+def write_json(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.time()
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.start
