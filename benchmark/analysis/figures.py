@@ -102,7 +102,7 @@ def cov_heatmaps(blocks: np.ndarray, dims: np.ndarray, title: str, path) -> Path
     plt = _pyplot()
     from matplotlib.colors import LogNorm
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"wspace": 0.4})
     blocks = np.asarray(blocks, dtype=np.float64)
     positive = blocks[blocks > 0]
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size and positive.min() < positive.max() else None
