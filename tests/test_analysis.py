@@ -294,20 +294,20 @@ def test_analyze_a_suite_from_the_store(tiny, tmp_path, capsys):
     suite_file = tmp_path / "mini.yaml"
     suite_file.write_text(
         "name: mini\nseeds: [1]\nstore: results.sqlite\noverrides: {epochs: 1, record_ia: true}\n"
-        "expids:\n  - SingleDomain_test\n  - {expid: Crocodile_test, label: Croc}\n  - {expid: MMoE_test, label: M}\n")
+        "expids:\n  - SingleDomain_test\n  - {expid: Crocodile_test, label: Croc}\n")
     outcome = run_suite(load_suite(str(suite_file)), out=lambda *a: None, progress_stream=open("/dev/null", "w"))
-    assert len(outcome.stored_now) == 3 and not outcome.failed
+    assert len(outcome.stored_now) == 2 and not outcome.failed
     rc = main(["analyze", "--suite", str(suite_file), "--rows", "800"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     out = suite_analysis_dir(None, str(suite_file))
     assert out == tmp_path / "analysis" / "mini"
     report = json.loads((out / "analysis.json").read_text())
-    assert [m["label"] for m in report["methods"]] == ["Croc", "M"]  # the suite's labels; SingleDomain is D(i,j)
+    assert [m["label"] for m in report["methods"]] == ["Croc"]  # the suite's label; SingleDomain defines D(i,j)
     assert report["datasets"]["tiny_synth"]["single_domain"]["label"] == "Single Domain"
     assert all(m["di"] is not None and m["ia"] is not None for m in report["methods"])
     assert all(r["run_id"] is not None and r["ia_epochs"] for r in report["runs"])
-    assert {"fig2_ia_epochs_Croc.png", "fig2_ia_epochs_M.png", "fig7_cov_Croc.png"} <= set(report["figures"])
+    assert {"fig2_ia_epochs_Croc.png", "fig7_cov_Croc.png", "fig6_di_sorted.png"} <= set(report["figures"])
     assert "Croc" in printed and "fig1a_di_vs_ia.png" in printed
     # the suite's HTML leaderboard shows the figures, inlined
     page = tmp_path / "board.html"
