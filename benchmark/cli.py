@@ -81,6 +81,38 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def _comma_list(text):
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+def cmd_data_kuairand(args) -> int:
+    from .data import kuairand
+
+    kuairand.convert(args.raw_dir, args.out, release=args.release, domains=_comma_list(args.domains),
+                     num_domains=args.num_domains, split=args.split, valid_days=args.valid_days,
+                     test_days=args.test_days, valid_frac=args.valid_frac, test_frac=args.test_frac, seed=args.seed,
+                     min_count=args.min_count, max_malformed=args.max_malformed, dataset_id=args.dataset_id)
+    return 0
+
+
+def cmd_data_aliccp(args) -> int:
+    from .data import aliccp
+
+    aliccp.convert(args.raw_dir, args.out, max_rows=args.max_rows, domains=_comma_list(args.domains),
+                   min_count=args.min_count, max_malformed=args.max_malformed, dataset_id=args.dataset_id)
+    return 0
+
+
+def add_convert_options(p: argparse.ArgumentParser, dataset: str) -> None:
+    p.add_argument("--raw-dir", dest="raw_dir", required=True, help=f"folder holding the downloaded {dataset} files")
+    p.add_argument("--out", help="output folder for train/valid/test.csv, dataset_config.yaml, stats.json (default "
+                                 "$MDL_BENCH_HOME/raw/<dataset id>, the path the packaged config reads)")
+    p.add_argument("--min-count", dest="min_count", type=int, default=10,
+                   help="values seen fewer times in train become the default -1/__rare__ (default 10, as the paper)")
+    p.add_argument("--max-malformed", dest="max_malformed", type=float, default=0.01,
+                   help="largest tolerated share of malformed lines per file, skipped and reported (default 0.01)")
+
+
 def cmd_run_expid(args) -> int:
     from . import distributed
     from .runner import run_expid
@@ -131,6 +163,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", dest="n_test", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any generator option (YAML value)")
     p.set_defaults(func=cmd_data_synth)
+    # ---- real datasets (issue 5)
+    p = data.add_parser("kuairand", help="convert KuaiRand (1K, Pure or 27K) raw files into a multi-domain dataset")
+    add_convert_options(p, "KuaiRand")
+    p.add_argument("--release", default="1k", choices=["1k", "pure", "27k"], help="which release (default 1k)")
+    p.add_argument("--domains", help="tab values to keep, comma-separated (default: the --num-domains largest)")
+    p.add_argument("--num-domains", dest="num_domains", type=int, default=5, help="number of tabs (default 5)")
+    p.add_argument("--split", default="time", choices=["time", "random"],
+                   help="time: last --test-days are test, the --valid-days before valid (default); random: by row")
+    p.add_argument("--valid-days", dest="valid_days", type=int, default=3)
+    p.add_argument("--test-days", dest="test_days", type=int, default=3)
+    p.add_argument("--valid-frac", dest="valid_frac", type=float, default=0.1, help="random split only")
+    p.add_argument("--test-frac", dest="test_frac", type=float, default=0.1, help="random split only")
+    p.add_argument("--seed", type=int, default=2024, help="random split only")
+    p.add_argument("--dataset-id", dest="dataset_id", help="id of the written config block (default kuairand1k, "
+                                                           "kuairand_pure or kuairand27k)")
+    p.set_defaults(func=cmd_data_kuairand)
+    p = data.add_parser("aliccp", help="convert AliCCP raw files (streamed) into a multi-domain dataset")
+    add_convert_options(p, "AliCCP")
+    p.add_argument("--max-rows", dest="max_rows", type=int, help="read at most N lines of each skeleton file")
+    p.add_argument("--domains", help="raw field-301 ids to keep, comma-separated, in the order of S1..SK "
+                                     "(default: all, ascending)")
+    p.add_argument("--dataset-id", dest="dataset_id", default="aliccp", help="id of the written config block")
+    p.set_defaults(func=cmd_data_aliccp)
     from .analysis.command import add_parser as add_analyze_parser
 
     add_analyze_parser(sub)  # `mdl-bench analyze` (issue 6)
