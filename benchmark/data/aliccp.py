@@ -21,7 +21,7 @@ What the conversion does, in the paper's terms:
   14-day behaviour fields), the one with the largest value is kept (first on ties) - chosen because that
   value is the behaviour count, so this is the user's most frequent category/shop/brand/intention;
 * **values**: a value seen fewer than ``min_count`` = 10 times in the training rows becomes ``-1`` in every
-  split; an absent field is missing (empty cell).
+  split; an absent field is missing (``-2``).
 
 Memory is bounded by design, not by the data: the skeleton files are read line by line and handled in chunks
 of ``block_bytes`` (16 MB) of lines; the training rows go to a Parquet spool (written out once their value counts are
@@ -31,9 +31,10 @@ with the number of distinct values, not with the rows). One process; the peak re
 """
 from __future__ import annotations
 
+import inspect
+import io
 import os
 import zlib
-import io
 from pathlib import Path
 from typing import Callable
 
@@ -54,6 +55,8 @@ FEATURES = [c for c in COLUMNS if c != "domain"]  # rare-value replacement appli
 LABEL = "click"
 FILES = {"train": ("sample_skeleton_train.csv", "common_features_train.csv"),
          "test": ("sample_skeleton_test.csv", "common_features_test.csv")}
+# polars >= 1.3x warns that explode's default for empty lists changes in 2.0; older 1.x lacks the argument
+_EXPLODE = {"empty_as_null": True} if "empty_as_null" in inspect.signature(pl.DataFrame.explode).parameters else {}
 HINT = ("download Ali-CCP from https://tianchi.aliyun.com/dataset/408, unpack sample_train.tar.gz and "
         "sample_test.tar.gz, and pass the folder with --raw-dir")
 
@@ -103,11 +106,11 @@ def parse_block(lines: list[bytes], line_nos: list[int], parts: int, bad: rd.Bad
         schema.update({c: pl.Int64 for c in ids})
         return pl.DataFrame(schema=schema)
     frame = pl.read_csv(io.BytesIO(b"\n".join(good) + b"\n"), has_header=False, new_columns=names, quote_char=None,
-                        schema={n: pl.Utf8 for n in names}, missing_utf8_is_empty_string=True)
+                        schema={n: pl.Utf8 for n in names})
     frame = frame.with_columns(pl.Series("__line", line_nos, dtype=pl.Int64), pl.int_range(pl.len()).alias("__row"))
     n_fields = len(FIELDS)
     items = (frame.select("__row", pl.col("flist").str.split("\x01").alias("item"))
-             .explode("item")
+             .explode("item", **_EXPLODE)
              .with_columns(pl.col("item").str.split_exact("\x02", 1).alias("a")).unnest("a")
              .filter(pl.col("field_0").is_in(FIELDS))
              .select("__row", pl.col("field_0").replace_strict(FIELDS, list(range(n_fields)), return_dtype=pl.Int64)
@@ -156,11 +159,12 @@ def _check_layout(path: Path, parts: int, layout: str) -> None:
         first = fh.readline(1 << 20).rstrip(b"\r\n")
     if not first:
         raise UserError(f"{path} is empty; re-download it ({HINT})")
-    fields = first.split(b",", parts - 1)
+    fields = first.split(b",")  # a feature list has no commas: exactly parts - 1 of them
     if len(fields) != parts or b"\x02" not in fields[-1] or b"\x03" not in fields[-1]:
-        raise UserError(f"{path} line 1 is not an AliCCP {layout} line ({layout} lines are "
-                        f"{'sample_id,click,buy,common_feature_index,feature_num,feature_list' if parts == 6 else 'common_feature_index,feature_num,feature_list'}"
-                        f" with field\\x02id\\x03value items); check --raw-dir and the file")
+        columns = ("sample_id,click,buy,common_feature_index,feature_num,feature_list" if parts == 6
+                   else "common_feature_index,feature_num,feature_list")
+        raise UserError(f"{path} line 1 is not an AliCCP {layout} line ({layout} lines are {columns} with "
+                        f"field\\x02id\\x03value items); check --raw-dir and the file")
 
 
 def read_common(path: Path, bad: rd.BadLines, needed: set | None = None, block_bytes: int = 16 << 20,
@@ -267,7 +271,7 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
         log(f"  read {files['train'][0].name}: {bad.lines:,} lines, {bad.lines / max(timer.seconds - t0, 1e-9):,.0f} "
             f"lines/s ({timer.seconds:.0f}s)")
         del common
-        mapping = _domain_mapping(domain_rows, wanted_domains)
+        mapping = _domain_mapping(domain_rows, wanted_domains, dropped)
         log("  field 301 (raw id -> domain, training rows): "
             + ", ".join(f"{raw} -> {d} ({domain_rows.get(raw, 0):,})" for raw, d in mapping.items()))
         if dropped:
@@ -314,7 +318,8 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
         spool.remove()
     seconds = timer.seconds
     domains_out = list(mapping.values())
-    stats = {"dataset_id": dataset_id, "domains": domains_out, "domain_mapping": {str(k): v for k, v in mapping.items()},
+    stats = {"dataset_id": dataset_id, "domains": domains_out,
+             "domain_mapping": {str(k): v for k, v in mapping.items()},
              "rows": rows, "clicks": clicks, "samples": sum(sum(r.values()) for r in rows.values()),
              "users": int(kept["user_id"].len()), "items": int(kept["item_id"].len()),
              "rare_user_rows": rare["user_id"], "rare_item_rows": rare["item_id"], "min_count": min_count,
@@ -325,10 +330,11 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
              "dropped_other_domains": {str(k): v for k, v in dropped.items()},
              "files": {s: str(p) for s, p in paths.items()}}
     block = rd.dataset_block(dataset_id=dataset_id, out_dir=out, domain_field="domain", domains=domains_out,
-                             feature_cols=feature_cols(), label=LABEL, config_paths=rd.config_paths_for(out, dataset_id))
+                             feature_cols=feature_cols(), label=LABEL,
+                             config_paths=rd.config_paths_for(out, dataset_id))
     comment = ("AliCCP converted by `mdl-bench data aliccp` (official train; official test halved by CRC-32 of "
                f"sample_id; field 301 raw ids {list(mapping)} -> domains {domains_out};\nvalues seen < {min_count} "
-               f"times in train -> -1; missing -> empty, filled with {rd.MISSING_INT}). Use it from a config folder's "
+               f"times in train -> -1; missing -> {rd.MISSING_INT}). Use it from a config folder's "
                "dataset_config.yaml;\nthe packaged config's `aliccp` block is this block for the default conversion.")
     (out / "dataset_config.yaml").write_text(rd.dataset_config_text(dataset_id, block, comment))
     rd.write_json(out / "stats.json", stats)
@@ -388,14 +394,16 @@ def _domain_filter(frame: pl.DataFrame, wanted: list[int] | None, bad: rd.BadLin
     return frame
 
 
-def _domain_mapping(domain_rows: dict[int, int], wanted: list[int] | None) -> dict[int, int]:
+def _domain_mapping(domain_rows: dict[int, int], wanted: list[int] | None, dropped: dict[int, int]) -> dict[int, int]:
+    """Raw field-301 id -> domain 1..K: ``wanted`` in its order, else every value of train, ascending."""
     if wanted is None:
         if not domain_rows:
             raise UserError("the AliCCP training file has no usable rows (none with field 301); check the file")
         wanted = sorted(domain_rows)
     for raw in wanted:
         if not domain_rows.get(raw):
-            present = ", ".join(f"{k} ({v:,})" for k, v in sorted(domain_rows.items())) or "none"
+            seen = {k: domain_rows.get(k, 0) + dropped.get(k, 0) for k in set(domain_rows) | set(dropped)}
+            present = ", ".join(f"{k} ({v:,})" for k, v in sorted(seen.items())) or "none"
             raise UserError(f"domain 301={raw} has no training rows (field-301 values in train: {present}); pick "
                             f"from them with --domains")
     return {raw: k + 1 for k, raw in enumerate(wanted)}

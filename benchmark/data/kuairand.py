@@ -19,10 +19,11 @@ What the conversion does, in the paper's terms:
   long_view, play_time_ms, profile_stay_time, comment_stay_time, is_profile_enter``: known only after the
   click, i.e. label leakage), and ``date, hourmin, time_ms`` (used for the split only), ``duration_ms`` (the
   video file's ``video_duration``), ``is_rand`` (a logging-policy flag);
-* **values**: ``-124``, ``NaN`` and empty cells are missing; counts and float statistics become log-scale
-  buckets (:func:`~.realdata.log_bucket`, 8 per doubling; chosen because the paper treats every feature as a
-  category with a frequency threshold, and the daily averages are nearly unique floats); a value seen
-  fewer than ``min_count`` = 10 times in the training rows becomes the default (``-1`` / ``__rare__``);
+* **values**: ``-124``, ``NaN`` and empty cells are missing (written ``-2`` / ``__missing__``); counts and
+  float statistics become log-scale buckets, ``floor(8 * log2(1 + x))`` (chosen because the paper treats every
+  feature as a category with a frequency threshold, and the daily averages are nearly unique floats); a
+  value seen fewer than ``min_count`` = 10 times in the training rows becomes the default (``-1`` /
+  ``__rare__``);
 * **split by time** (default): the last ``test_days`` = 3 days of the logs are test, the ``valid_days`` = 3
   before them valid, the rest train. On KuaiRand-1K (2022-04-08 .. 2022-05-08) that is train 04-08 .. 05-02
   (25 days), valid 05-03 .. 05-05, test 05-06 .. 05-08 - about 80/10/10 of the days, with every test day after
@@ -380,7 +381,8 @@ def _read_users(paths, max_malformed, block_bytes, log) -> pl.DataFrame:
 
 
 def _bucket(column: str) -> pl.Expr:
-    """Log bucket of a non-negative value; a negative one (never seen in KuaiRand) goes below the codes."""
+    """``floor(8 * log2(1 + x))`` for ``x >= 0``: 8 buckets per doubling keep resolution where heavy-tailed
+    counts are dense. A negative value (none in KuaiRand but -124) goes below the -1/-2 codes."""
     x = pl.col(column).cast(pl.Float64)
     b = (8 * (1.0 + x.abs()).log(2)).floor().cast(pl.Int64)
     return pl.when(x >= 0).then(b).otherwise(-3 - b).alias(column)
@@ -443,7 +445,7 @@ def _write_config(out: Path, dataset_id: str, rel: Release, chosen: list[int], s
                              feature_cols=feature_cols(), label=LABEL,
                              config_paths=rd.config_paths_for(out, dataset_id))
     comment = (f"{rel.name} converted by `mdl-bench data kuairand` ({stats['split']['text']}; values seen < "
-               f"{stats['min_count']} times in train -> -1 / __rare__; missing -> empty, filled with "
-               f"{rd.MISSING_INT}).\nUse it from a config folder's dataset_config.yaml (`mdl-bench run-expid --config "
+               f"{stats['min_count']} times in train -> -1 / __rare__; missing -> {rd.MISSING_INT} / "
+               f"{rd.MISSING_STR}).\nUse it from a config folder's dataset_config.yaml (`mdl-bench run-expid --config "
                f"DIR ...`);\nthe packaged config's `kuairand1k` block is this block for the default conversion.")
     (out / "dataset_config.yaml").write_text(rd.dataset_config_text(dataset_id, block, comment))

@@ -23,13 +23,16 @@ Conventions of the written CSV files (both datasets), chosen so the FuxiCTR buil
   ``-1`` (integer columns) or ``__rare__`` (text columns) in every split - counting on train only keeps
   valid/test frequencies out of training; a value that never occurs in train becomes the default too, which
   then has a trained embedding instead of FuxiCTR's untrained OOV id;
-* a missing value is an empty cell; the dataset config gives integer columns ``fill_na: -2`` so that
-  "missing" stays distinct from every real value (FuxiCTR would fill 0, a real value of many fields);
+* a missing value is written as ``-2`` (text columns: ``__missing__``), a category of its own. Chosen over an
+  empty cell: FuxiCTR fills an empty cell with ``fill_na`` and then leaves that value out of the vocabulary
+  (so it shares the untrained OOV id, and a column with no value in train crashes its tokenizer), and its
+  default fill 0 is a real value of many fields;
 * ``group_id`` (the gAUC group) is the user id *before* rare-value replacement, so users seen fewer than 10
   times keep their own group instead of being pooled into one.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -38,7 +41,7 @@ import resource
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -48,7 +51,8 @@ from ..errors import UserError
 
 RARE_INT = -1
 RARE_STR = "__rare__"
-MISSING_INT = -2  # fill_na of integer columns in the dataset config
+MISSING_INT = -2
+MISSING_STR = "__missing__"
 KUAIRAND_MISSING = -124  # KuaiRand's code for "missing"
 SPLITS = ("train", "valid", "test")
 DEFAULT_MAX_MALFORMED = 0.01
@@ -138,7 +142,7 @@ def line_blocks(path, block_bytes: int = 32 << 20, skip_header: bool = False) ->
             lines = chunk.split(b"\n")
             if lines and lines[-1] == b"":
                 lines.pop()
-            if lines and lines[0].endswith(b"\r") or (lines and lines[-1].endswith(b"\r")):
+            if lines and lines[0].endswith(b"\r"):  # Windows line ends
                 lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
             yield line_no, lines
             line_no += len(lines)
@@ -174,7 +178,8 @@ def parse_columns(frame: pl.DataFrame, kinds: dict[str, str]) -> tuple[pl.DataFr
         text = pl.col(name).str.strip_chars()
         empty = text.is_null() | (text == "")
         if kind == "str":
-            typed.append(pl.when(empty).then(None).otherwise(text).alias(name))
+            missing = empty | (text == str(KUAIRAND_MISSING)) | text.str.to_lowercase().is_in(["nan", "null"])
+            typed.append(pl.when(missing).then(None).otherwise(text).alias(name))
             continue
         as_float = text.cast(pl.Float64, strict=False)
         nan = as_float.is_nan().fill_null(False)
@@ -226,8 +231,7 @@ def read_csv_blocks(path, kinds: dict[str, str], bad: BadLines, *, header: list[
         if not good:
             continue
         text = pl.read_csv(io.BytesIO(b"\n".join(good) + b"\n"), has_header=False, new_columns=names,
-                           schema={n: pl.Utf8 for n in names}, quote_char='"',
-                           missing_utf8_is_empty_string=False).select(list(kinds))
+                           schema={n: pl.Utf8 for n in names}, quote_char='"').select(list(kinds))
         if text.height != len(good):  # only if a quoted field spans lines; refuse rather than misalign
             raise UserError(f"{path}: lines {first}-{first + len(lines) - 1} do not parse as one CSV row per line "
                             f"(a quoted field spans lines?); fix the file")
@@ -316,17 +320,6 @@ def replace_rare(column: str, kept: pl.Series, default) -> pl.Expr:
     return pl.when(col.is_null() | col.is_in(kept.implode())).then(col).otherwise(pl.lit(default)).alias(column)
 
 
-def log_bucket(values: pl.Expr, per_octave: int = 8) -> pl.Expr:
-    """A non-negative count or average as an integer bucket: ``sign(x) * floor(per_octave * log2(1 + |x|))``.
-
-    Chosen for KuaiRand's float statistics (daily averages with nearly unique values): treating them as
-    categories needs buckets, and log-scale buckets keep resolution where the heavy-tailed values are dense.
-    Missing stays missing.
-    """
-    x = values.cast(pl.Float64)
-    return (x.sign() * (per_octave * (1.0 + x.abs()).log(2)).floor()).cast(pl.Int64)
-
-
 def splitmix_uniform(index: np.ndarray, seed: int) -> np.ndarray:
     """A uniform number in [0, 1) per row index, fixed by (index, seed), independent of chunking."""
     with np.errstate(over="ignore"):
@@ -356,7 +349,10 @@ class SplitWriter:
 
     def write(self, split: str, frame: pl.DataFrame) -> None:
         if frame.height:
-            frame.select(self.columns).write_csv(self.handles[split], include_header=False)
+            frame = frame.select(self.columns)
+            frame = frame.with_columns([pl.col(c).fill_null(MISSING_STR if frame.schema[c] == pl.Utf8 else MISSING_INT)
+                                        for c in frame.columns])
+            frame.write_csv(self.handles[split], include_header=False)
             self.rows[split] += frame.height
 
     def close(self) -> dict[str, Path]:
@@ -371,16 +367,8 @@ class SplitWriter:
     def abort(self) -> None:
         for split, fh in self.handles.items():
             fh.close()
-            with _suppress():
+            with contextlib.suppress(OSError):
                 os.remove(self.out_dir / f".{split}.csv.partial")
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def check_out_dir(out_dir) -> Path:
@@ -396,8 +384,6 @@ def check_out_dir(out_dir) -> Path:
 # ============================================================================================ config, stats
 def feature_block(names: list[str], dtype: str, source: str, **extra) -> dict:
     block = {"name": names if len(names) > 1 else names[0], "active": True, "dtype": dtype, "type": "categorical"}
-    if dtype == "int":
-        block["fill_na"] = MISSING_INT
     block.update(extra)
     block["source"] = source
     return block
