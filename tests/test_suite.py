@@ -399,8 +399,9 @@ def test_sigkill_mid_suite_then_restart_stores_each_run_exactly_once(tiny, tmp_p
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            if store.exists() and count_runs(store) >= 1:
-                break
+            with contextlib.suppress(sqlite3.OperationalError):  # the schema may not be committed yet
+                if store.exists() and count_runs(store) >= 1:
+                    break
             time.sleep(0.2)
         assert proc.poll() is None, "the suite ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)  # the suite process, while its two workers are training
