@@ -433,3 +433,16 @@ def test_converted_fixtures_build_and_train_with_run_expid(tmp_path, capsys):
         text = capsys.readouterr().out
         assert f"on {dataset}" in text and "Overall" in text
         assert (tmp_path / "data" / dataset / "feature_map.json").exists()
+
+
+def test_real_data_suites_plan_every_method_on_their_dataset():
+    from mdl_bench.benchmark.suite import load_suite
+
+    for name, dataset in (("main_kuairand", "kuairand1k"), ("main_aliccp", "aliccp")):
+        plan = load_suite(name).plan()  # strict: models, keys, domains checked without the data
+        assert {v.dataset_id for v in plan.variants} == {dataset} and len(plan.variants) == 12
+        assert {v.group for v in plan.variants} == {"Single Domain", "MTL (SE)", "MTL (ME)", "MDL", "Crocodile"}
+        assert len(plan.runs) == 12 * 6
+        fields = {v.model: v.params.get("prior_fields") or v.params.get("ppnet_prior_fields") for v in plan.variants}
+        assert fields["Crocodile"][:2] == fields["PEPNet"][:2] == (
+            ["user_id", "video_id"] if dataset == "kuairand1k" else ["user_id", "item_id"])
