@@ -149,7 +149,7 @@ def line_blocks(path, block_bytes: int = 32 << 20, skip_header: bool = False) ->
 
 
 def read_header(path) -> list[str]:
-    with open(path, "r", encoding="utf-8", errors="replace", newline="") as fh:
+    with open(path, "r", encoding="utf-8-sig", errors="replace", newline="") as fh:  # -sig: a BOM is no name
         first = fh.readline()
     if not first.strip():
         raise UserError(f"{path} is empty or starts with a blank line; expected a CSV header line; re-download it")
