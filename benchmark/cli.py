@@ -43,15 +43,45 @@ def run_overrides(args) -> dict:
 
 
 def cmd_models(args) -> int:
-    from mdl_bench.model_zoo import registry
+    from mdl_bench.model_zoo import model_file, model_location, registry
 
     models = registry()
     width = max(len(n) for n in models)
     for name, cls in models.items():
         doc = (cls.__doc__ or cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
         first = doc[0] if doc else ""
-        print(f"{name.ljust(width)}  [{cls.group}]  {first}")
+        origin = f"  (from {model_file(name)})" if model_location(name) is not None else ""
+        print(f"{name.ljust(width)}  [{cls.group}]  {first}{origin}")
     return 0
+
+
+# ---- adding a baseline (issue 9): check-model, --models-from
+def cmd_check_model(args) -> int:
+    from mdl_bench.model_zoo import get_model, model_file
+    from .contract import run_contract
+
+    get_model(args.name)
+    print(f"Model contract of {args.name} ({model_file(args.name)}), expid {args.name}_test:")
+    results = run_contract(args.name, args.config)
+    width = max(len(r.name) for r in results)
+    for r in results:
+        print(f"{'PASS' if r.passed else 'FAIL'}  {r.name.ljust(width)}  {r.message}")
+    failed = [r.name for r in results if not r.passed]
+    print(f"{args.name}: " + (f"FAILED ({', '.join(failed)})" if failed else f"all {len(results)} checks passed"))
+    return 1 if failed else 0
+
+
+MODELS_FROM_COMMANDS = ("models", "check-model", "run-expid", "run", "leaderboard", "runs", "rerun", "analyze")
+
+
+def add_models_from_option(sub) -> None:
+    """``--models-from`` on every subcommand that resolves models (repeatable; also ``$MDL_BENCH_MODELS_FROM``)."""
+    for name in MODELS_FROM_COMMANDS:
+        if name in sub.choices:
+            sub.choices[name].add_argument(
+                "--models-from", dest="models_from", action="append", metavar="DIR_OR_MODULE",
+                help="also load models from this folder (<Name>.py files defining class <Name>) or module; "
+                     "repeatable")
 
 
 def cmd_expids(args) -> int:
@@ -148,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("expids", help="list the experiment ids of a config folder")
     p.add_argument("--config", help="config folder (default: the packaged config/)")
     p.set_defaults(func=cmd_expids)
+    p = sub.add_parser("check-model", help="run the model contract (shapes, gradients, one step, checkpoint) on "
+                                           "tiny data; exit 1 if a check fails")
+    p.add_argument("name", help="model name (class name), e.g. one from --models-from")
+    p.add_argument("--config", help="config folder holding <NAME>_test (layered over the packaged config/)")
+    p.set_defaults(func=cmd_check_model)
     p = sub.add_parser("run-expid", help="train and evaluate one experiment id")
     p.add_argument("--expid", required=True, help="experiment id in model_config.yaml")
     add_run_options(p)
@@ -192,12 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     from .suite_cli import add_commands as add_suite_commands
 
     add_suite_commands(sub)  # `mdl-bench run`, `leaderboard`, `runs`, `rerun` (issue 4)
+    add_models_from_option(sub)  # issue 9
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "models_from", None):
+            from mdl_bench.model_zoo import ENV_VAR, add_models_from
+
+            added = add_models_from(args.models_from)
+            # processes this command starts (--nproc ranks, workers) inherit the locations through the environment
+            known = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+            os.environ[ENV_VAR] = os.pathsep.join(dict.fromkeys(known + added))
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """FuxiCTR-style experiment configs, loaded with the same merge rule and checked before anything runs.
 
 A config folder holds ``model_config.yaml`` (or ``model_config/*.yaml``) with a ``Base`` block and one block per
-experiment id, and ``dataset_config.yaml`` (or ``dataset_config/*.yaml``) keyed by dataset id. The resolved
+experiment id, and ``dataset_config.yaml`` (or ``dataset_config/*.yaml``) keyed by dataset id. A user's folder
+(``--config DIR``) is layered over the packaged one: its blocks are added, and a block (``Base`` included) whose
+id the packaged configs have replaces that block whole, so one new expid needs one block, not a copy. The resolved
 parameters of an expid are ``Base`` <- expid block <- dataset block, exactly as ``fuxictr.utils.load_config``
 merges them. Unlike FuxiCTR, every key is checked: a key that neither the trainer, the dataset nor the model
 takes is a one-line error naming the key, the expid and the file.
@@ -28,6 +30,7 @@ RUN_KEYS = {
     "embedding_regularizer", "net_regularizer", "reduce_lr_on_plateau", "max_gradient_norm", "feature_config",
     "use_features", "feature_specs", "group_id", "embedding_dim",
     "record_ia",  # analysis: IA snapshots at every epoch end (benchmark/analysis/epochs.py)
+    "models_from",  # where a model outside the package is found (model_zoo/__init__.py; set by runner.resolve)
 }
 # Keys of a dataset block (FuxiCTR's, plus the multi-domain ones of this package).
 DATASET_KEYS = {
@@ -70,21 +73,30 @@ def resolve_config_dir(config_dir: str | os.PathLike | None) -> Path:
     if not path.is_dir():
         raise UserError(f"config folder {path} does not exist; pass --config DIR with a folder holding "
                         f"model_config.yaml and dataset_config.yaml, or omit --config for the packaged configs")
-    if not _yaml_files(path, "model_config"):
-        raise UserError(f"config folder {path} has no model_config.yaml (nor model_config/*.yaml); add one or "
-                        f"omit --config for the packaged configs")
+    if not _yaml_files(path, "model_config") and not _yaml_files(path, "dataset_config"):
+        raise UserError(f"config folder {path} has neither model_config.yaml nor dataset_config.yaml; add your "
+                        f"blocks there (they are layered over the packaged configs) or omit --config")
     return path
 
 
 class ConfigSet:
-    """All model and dataset blocks of one config folder, with the file each came from."""
+    """All model and dataset blocks of the packaged config folder and, layered over it, a user's folder, with the
+    file each block came from."""
 
     def __init__(self, config_dir: str | os.PathLike | None = None):
         self.dir = resolve_config_dir(config_dir)
         self.models: dict[str, dict] = {}
         self.model_files: dict[str, Path] = {}
         self.base: dict = {}
-        for path in _yaml_files(self.dir, "model_config"):
+        self.datasets: dict[str, dict] = {}
+        self.dataset_files: dict[str, Path] = {}
+        packaged = packaged_config_dir()
+        for folder in [packaged] + ([self.dir] if self.dir.resolve() != packaged.resolve() else []):
+            self._read(folder)
+
+    def _read(self, folder: Path) -> None:
+        """Add one folder's blocks; a block replaces an earlier one of the same id whole (never key by key)."""
+        for path in _yaml_files(folder, "model_config"):
             for key, block in _read_yaml(path).items():
                 key = str(key)
                 if block is not None and not isinstance(block, dict):
@@ -94,9 +106,7 @@ class ConfigSet:
                     continue
                 self.models[key] = dict(block or {})
                 self.model_files[key] = path
-        self.datasets: dict[str, dict] = {}
-        self.dataset_files: dict[str, Path] = {}
-        for path in _yaml_files(self.dir, "dataset_config"):
+        for path in _yaml_files(folder, "dataset_config"):
             for key, block in _read_yaml(path).items():
                 if block is not None and not isinstance(block, dict):
                     raise UserError(f"dataset {key!r} in {path} must be a mapping of parameters; fix the file")

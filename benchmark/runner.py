@@ -56,14 +56,19 @@ class RunResult:
 
 
 def resolve(expid: str, config_dir=None, overrides: dict | None = None) -> tuple[dict, type, ConfigSet]:
-    """Resolved and checked parameters, the model class and the config set (nothing is written)."""
-    from mdl_bench.model_zoo import get_model
+    """Resolved and checked parameters, the model class and the config set (nothing is written).
+
+    A model from outside the package gets ``models_from`` (where it was found; not hashed) in the params, so the
+    stored config of its runs finds it again in worker processes and reruns."""
+    from mdl_bench.model_zoo import get_model, model_location
 
     config = ConfigSet(config_dir)
     params = config.load(expid, overrides)
     if not params.get("model"):
         raise UserError(f"expid {expid!r} has no `model`; add `model: <Name>` (see `mdl-bench models`)")
-    model_class = get_model(params["model"])
+    model_class = get_model(params["model"], params.get("models_from"))
+    if model_location(params["model"]) is not None:
+        params["models_from"] = model_location(params["model"])
     check_keys(params, model_class, expid, config)
     dataset_domain_names(params)  # checks domain_field / domains / domain_names early
     return params, model_class, config

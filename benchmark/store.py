@@ -47,9 +47,11 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 #                      id and its config: feature columns, filters, the generator options of synthetic data);
 #   rebuild_dataset  - forces a rebuild of the same data;
 #   seed             - the seed is the second half of a run's identity, so the replicates of one config share
-#                      a hash (the leaderboard averages over them).
+#                      a hash (the leaderboard averages over them);
+#   models_from      - where a model outside the package was found (the model is identified by its name, and
+#                      code is not in the hash: the git commit is stored instead).
 HASH_EXCLUDED = ("verbose", "model_id", "model_root", "data_root", "train_data", "valid_data", "test_data",
-                 "rebuild_dataset", "seed")
+                 "rebuild_dataset", "seed", "models_from")
 # Path keys stored with ${MDL_BENCH_HOME} in place of the working area, so a stored config reruns elsewhere.
 PORTABLE_PATH_KEYS = ("model_root", "data_root", "train_data", "valid_data", "test_data")
 

@@ -9,6 +9,7 @@ A suite file (``config/suites/<name>.yaml``; ``--suite`` takes a name or a path)
     overrides: {epochs: 1}           # global overrides of the resolved configs
     tuner_space: {}                  # optional, FuxiCTR autotuner semantics (a list = grid values, a scalar = fixed)
     store: path/to/results.sqlite    # optional; relative to the suite file; default ${MDL_BENCH_HOME}/results.sqlite
+    models_from: [my_models]         # optional; folders (relative to the suite file) or modules of external models
     expids:                          # rows; a name, or a mapping:
       - MMoE_default
       - expid: Crocodile_default
@@ -41,8 +42,8 @@ bar spans the suite (epochs of all pending runs), showing the current run, its e
 FuxiCTR log goes to its log file ``<model_root>/<dataset_id>/<model_id>.log``. A run's ``model_id`` is
 ``<expid>__s<seed>__<hash8>``, so seeds and configs of one expid never share a checkpoint or log.
 
-Extension points kept small on purpose: external models (a later ``models_from:`` key) only need to be
-registered before :meth:`Suite.plan` resolves the expids; another launcher (``--nproc``) only replaces
+Extension points kept small on purpose: external models (``models_from:``) are registered by :meth:`Suite.plan`
+before it resolves the expids; another launcher (``--nproc``) only replaces
 :func:`execute_run`'s call of :func:`run_resolved` for one run.
 """
 from __future__ import annotations
@@ -72,7 +73,7 @@ from .paths import expand_path, packaged_config_dir
 from .store import Store, config_hash, git_state, library_versions, portable_config, store_path
 
 SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "store",
-              "leaderboard")
+              "leaderboard", "models_from")
 ENTRY_KEYS = ("expid", "label", "group", "info", "overrides", "tuner_space", "seeds")
 LEADERBOARD_KEYS = ("metrics", "split", "domains", "std", "digits", "group_order", "lift", "plots", "title")
 LIFT_KEYS = ("base", "metrics", "domain", "title")
@@ -236,6 +237,11 @@ class Suite:
         if self.store is not None and path is not None:
             expanded = Path(expand_path(str(self.store)))
             self.store = str(expanded if expanded.is_absolute() else (path.parent / expanded))
+        from mdl_bench.model_zoo import normalise_location
+
+        self.models_base = path.parent if path else None  # relative models_from folders start here
+        self.models_from = [normalise_location(loc, self.models_base)
+                            for loc in _as_list(data.get("models_from"), "models_from", self.where)]
         expids = data.get("expids")
         if not isinstance(expids, list) or not expids:
             raise UserError(f"{self.where}: `expids` must be a non-empty list of expids (or mappings with `expid:`); "
@@ -305,7 +311,9 @@ class Suite:
         from .config import ConfigSet
         from .data.build import domain_names
         from .runner import resolve
+        from mdl_bench.model_zoo import add_models_from
 
+        add_models_from(self.models_from, self.models_base)
         config = ConfigSet(config_dir)
         for dataset in self.datasets:
             if dataset not in config.datasets:

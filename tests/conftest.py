@@ -1,9 +1,7 @@
 """Shared fixtures: a private $MDL_BENCH_HOME per test session and the tiny synthetic dataset built once."""
 from __future__ import annotations
 
-import logging
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,31 +26,23 @@ def bench_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(bench_home):
-    """The packaged ``tiny_synth`` dataset, generated and built once: params, feature map and parquet paths."""
-    from mdl_bench.benchmark.config import ConfigSet
-    from mdl_bench.benchmark.data.build import ensure_dataset
-    from mdl_bench.benchmark.runner import load_feature_map
+    """The packaged ``tiny_synth`` dataset, generated and built once: params, feature map and parquet paths
+    (the model contract's data, :func:`mdl_bench.benchmark.contract.tiny_data`)."""
+    from mdl_bench.benchmark.contract import tiny_data
 
-    params = ConfigSet().load("Crocodile_test", {"verbose": 0})
-    paths = ensure_dataset(params)
-    logging.disable(logging.NOTSET)
-    return SimpleNamespace(params=params, feature_map=load_feature_map(params), paths=paths)
+    return tiny_data("Crocodile_test")
 
 
 @pytest.fixture(scope="session")
 def tiny_batch(tiny):
     """One shuffled training batch of 512 rows that contains every domain."""
-    from mdl_bench.benchmark.data.loader import InMemoryLoader
+    from mdl_bench.benchmark.contract import tiny_batch as make_batch
 
-    loader = InMemoryLoader(tiny.feature_map, tiny.paths["train"], batch_size=512, shuffle=True, seed=3)
-    return next(iter(loader))
+    return make_batch(tiny)
 
 
 def build_model(tiny, expid: str = "Crocodile_test", **overrides):
     """A model of ``expid`` on the tiny dataset (seeded, quiet)."""
-    from fuxictr.pytorch.torch_utils import seed_everything
-    from mdl_bench.benchmark.runner import resolve
+    from mdl_bench.benchmark.contract import build_model as build
 
-    params, model_class, _ = resolve(expid, None, {"verbose": 0, **overrides})
-    seed_everything(int(params.get("seed") or 0))
-    return model_class(tiny.feature_map, **params)
+    return build(tiny, expid, **overrides)

@@ -35,7 +35,7 @@ def load_model(params: dict, checkpoint: str | None = None):
     params = {**params, "gpu": -1, "verbose": 0}
     ensure_dataset(params)
     feature_map = load_feature_map(params)
-    model = get_model(params["model"])(feature_map, **params)
+    model = get_model(params["model"], params.get("models_from"))(feature_map, **params)
     if checkpoint is not None:
         try:
             model.load_weights(checkpoint)

@@ -1,0 +1,209 @@
+"""The model contract: what every model honours, checked on tiny data.
+
+One implementation, two callers: ``tests/test_models.py`` runs it over every registered model, and
+``mdl-bench check-model NAME`` runs it on one model (a user's too, with ``--models-from``/``--config``) and
+prints PASS/FAIL per check. Each check takes the tiny data, a batch and an expid, and raises ``AssertionError``
+with a message naming what is wrong; :func:`run_contract` turns them into :class:`CheckResult` rows.
+
+The checks (the expid is ``<Name>_test``, a small config on tiny data):
+
+* ``config``: ``<Name>_test`` exists, selects the model, and every key is a parameter of its ``__init__`` (or a
+  run/dataset key); the class has a string ``group`` and ``display_name`` (or none: the class name);
+* ``shapes``: ``y_pred`` is ``B x 1`` in (0, 1), ``logit`` is ``B``, every domain index appears;
+* ``gradients``: in a batch covering every domain, every parameter gets a non-zero gradient from eq. (8)'s
+  loss (a parameter without one is dead weight or a routing bug);
+* ``one step``: one optimiser step on a fixed batch lowers the loss on that batch (dropout off where the model
+  takes ``net_dropout``, the same random state before and after);
+* ``checkpoint``: weights saved after a step and loaded into a model built with another seed give identical
+  predictions.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+from .errors import UserError
+
+TEST_SUFFIX, DEFAULT_SUFFIX = "_test", "_default"
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    message: str
+
+
+def tiny_data(expid: str = "Crocodile_test", config_dir=None) -> SimpleNamespace:
+    """The dataset of ``expid`` (``tiny_synth`` for every ``_test`` expid), generated and built on first use under
+    ``$MDL_BENCH_HOME``: ``params``, ``feature_map`` and the parquet ``paths``."""
+    from .config import ConfigSet
+    from .data.build import ensure_dataset
+    from .runner import load_feature_map
+
+    params = ConfigSet(config_dir).load(expid, {"verbose": 0})
+    paths = ensure_dataset(params)
+    logging.disable(logging.NOTSET)
+    return SimpleNamespace(params=params, feature_map=load_feature_map(params), paths=paths)
+
+
+def tiny_batch(tiny, rows: int = 512, seed: int = 3) -> dict:
+    """One shuffled training batch of ``rows`` rows (seeded) that contains every domain."""
+    from .data.loader import InMemoryLoader
+
+    loader = InMemoryLoader(tiny.feature_map, tiny.paths["train"], batch_size=rows, shuffle=True, seed=seed)
+    return next(iter(loader))
+
+
+def build_model(tiny, expid: str, config_dir=None, **overrides):
+    """A model of ``expid`` on the tiny data (seeded, quiet); ``overrides`` win over the config."""
+    from fuxictr.pytorch.torch_utils import seed_everything
+    from .runner import resolve
+
+    params, model_class, _ = resolve(expid, config_dir, {"verbose": 0, **overrides})
+    seed_everything(int(params.get("seed") or 0))
+    return model_class(tiny.feature_map, **params)
+
+
+# ------------------------------------------------------------------------------------------------ the checks
+def check_config(name: str, config_dir=None, require_default: bool = False) -> str:
+    from mdl_bench.model_zoo import get_model
+    from .config import ConfigSet
+    from .runner import resolve
+
+    config = ConfigSet(config_dir)
+    wanted = [name + TEST_SUFFIX] + ([name + DEFAULT_SUFFIX] if require_default else [])
+    for expid in wanted:
+        assert expid in config.models, (f"no expid {expid} in the model configs; add a block `{expid}:` with "
+                                        f"`model: {name}` to model_config.yaml of your --config folder")
+        assert config.model_params(expid)["model"] == name, (
+            f"{expid} ({config.model_files[expid]}) selects model {config.model_params(expid)['model']!r}, not "
+            f"{name!r}")
+        try:
+            resolve(expid, config_dir)
+        except UserError as exc:
+            raise AssertionError(str(exc)) from None
+    cls = get_model(name)
+    assert isinstance(cls.group, str) and cls.group, f"{name}.group must be a leaderboard group name (a string)"
+    assert cls.display_name is None or isinstance(cls.display_name, str), f"{name}.display_name must be a string"
+    return (f"{' and '.join(wanted)} resolve{'s' if len(wanted) == 1 else ''}; every key is a parameter of {name}; group {cls.group!r}, display name "
+            f"{cls.display_name or name!r}")
+
+
+def check_shapes(tiny, batch: dict, expid: str, config_dir=None) -> str:
+    import torch
+
+    model = build_model(tiny, expid, config_dir)
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    B = batch[model.feature_map.labels[0]].shape[0]
+    assert tuple(out["y_pred"].shape) == (B, 1), f"y_pred has shape {tuple(out['y_pred'].shape)}, expected ({B}, 1)"
+    assert tuple(out["logit"].shape) == (B,), f"logit has shape {tuple(out['logit'].shape)}, expected ({B},)"
+    assert torch.all((out["y_pred"] > 0) & (out["y_pred"] < 1)), "y_pred has values outside (0, 1)"
+    seen = set(out["domain"].tolist())
+    assert seen == set(range(model.num_domains)), (f"the batch's domain indices are {sorted(seen)}, expected "
+                                                   f"0..{model.num_domains - 1}")
+    return f"y_pred {B} x 1 in (0, 1), logit {B}, all {model.num_domains} domains"
+
+
+def check_gradients(tiny, batch: dict, expid: str, config_dir=None) -> str:
+    model = build_model(tiny, expid, config_dir)
+    model.train()
+    domains = set(model.domain_of(batch).tolist())
+    assert domains == set(range(model.num_domains)), f"the batch lacks domains {set(range(model.num_domains)) - domains}"
+    loss = model.compute_loss(model(batch), model.get_labels(batch))
+    loss.backward()
+    count = 0
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} gets no gradient (unused, detached or routed away)"
+        assert p.grad.abs().sum() > 0, f"{pname} gets a zero gradient"
+        count += 1
+    return f"all {count} parameter tensors get a non-zero gradient"
+
+
+def check_one_step(tiny, batch: dict, expid: str, config_dir=None) -> str:
+    import torch
+    from .config import model_keys
+    from .runner import resolve
+
+    model_class = resolve(expid, config_dir, {"verbose": 0})[1]
+    extra = {"net_dropout": 0.0} if "net_dropout" in model_keys(model_class) else {}
+    model = build_model(tiny, expid, config_dir, learning_rate=1e-3, **extra)
+    model._max_gradient_norm = 10.0
+    model.train()
+    labels = model.get_labels(batch)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        before = model.add_loss(model(batch), labels).item()
+    model.train_step(batch)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        after = model.add_loss(model(batch), labels).item()
+    assert after < before, f"one step (learning rate 1e-3) did not lower the loss: {before:.6f} -> {after:.6f}"
+    return f"loss {before:.5f} -> {after:.5f}"
+
+
+def check_checkpoint(tiny, batch: dict, expid: str, folder, config_dir=None) -> str:
+    import torch
+
+    model = build_model(tiny, expid, config_dir)
+    model._max_gradient_norm = 10.0
+    model.train_step(batch)  # move away from the initial weights
+    path = str(Path(folder) / "contract.model")
+    model.save_weights(path)
+    other = build_model(tiny, expid, config_dir, seed=12345)
+    other.load_weights(path)
+    model.eval(), other.eval()
+    with torch.no_grad():
+        a, b = model(batch)["y_pred"], other(batch)["y_pred"]
+    diff = (a - b).abs().max().item()
+    assert torch.equal(a, b), f"predictions after save/load differ (max abs difference {diff:.3g})"
+    return "identical predictions after save_weights/load_weights into a model built with another seed"
+
+
+# ------------------------------------------------------------------------------------------------ all of them
+def _attempt(name: str, check: Callable[[], str]) -> CheckResult:
+    try:
+        return CheckResult(name, True, check())
+    except AssertionError as exc:
+        return CheckResult(name, False, str(exc) or "assertion failed")
+    except UserError as exc:
+        return CheckResult(name, False, str(exc))
+    except Exception as exc:  # a crash of the model's code is a failed check, reported in one line
+        text = " ".join(str(exc).split())
+        return CheckResult(name, False, f"{type(exc).__name__}: {text}"[:500])
+
+
+def run_contract(name: str, config_dir=None, require_default: bool = False) -> list[CheckResult]:
+    """Every check on model ``name`` with its ``<name>_test`` expid; later checks are skipped (failed) when the
+    config or the data cannot be had."""
+    from mdl_bench.model_zoo import get_model
+
+    get_model(name)  # an unknown or broken model is a UserError, not a list of failures
+    expid = name + TEST_SUFFIX
+    results = [_attempt("config", lambda: check_config(name, config_dir, require_default))]
+    if not results[0].passed:
+        return results
+    state = {}
+
+    def data():
+        state["tiny"] = tiny_data(expid, config_dir)
+        state["batch"] = tiny_batch(state["tiny"])
+        return f"{state['tiny'].params['dataset_id']}, a batch of {len(next(iter(state['batch'].values())))} rows"
+
+    results.append(_attempt("data", data))
+    if not results[-1].passed:
+        return results
+    tiny, batch = state["tiny"], state["batch"]
+    with tempfile.TemporaryDirectory(prefix="mdl-bench-check-") as folder:
+        for label, check in (("shapes", lambda: check_shapes(tiny, batch, expid, config_dir)),
+                             ("gradients", lambda: check_gradients(tiny, batch, expid, config_dir)),
+                             ("one step", lambda: check_one_step(tiny, batch, expid, config_dir)),
+                             ("checkpoint", lambda: check_checkpoint(tiny, batch, expid, folder, config_dir))):
+            results.append(_attempt(label, check))
+    return results
