@@ -29,6 +29,7 @@ RUN_KEYS = {
     "early_stop_patience", "pickle_feature_encoder", "save_best_only", "eval_steps", "debug_mode", "gpu",
     "embedding_regularizer", "net_regularizer", "reduce_lr_on_plateau", "max_gradient_norm", "feature_config",
     "use_features", "feature_specs", "group_id", "embedding_dim",
+    "shuffle_buffer", "dist_timeout", "nproc",  # streamed parts (data/loader.py), DDP (distributed.py)
     "record_ia",  # analysis: IA snapshots at every epoch end (benchmark/analysis/epochs.py)
     "models_from",  # where a model outside the package is found (model_zoo/__init__.py; set by runner.resolve)
 }

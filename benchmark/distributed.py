@@ -14,13 +14,21 @@ finds its rank in the environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOC
 * rank 0 writes checkpoints, logs and results; the others wait at barriers.
 
 With one process none of this is active and a run behaves exactly as before.
+
+Without torchrun, ``nproc: N`` in a run's config (``mdl-bench run --suite S --nproc N``, or ``--set nproc=N``)
+makes :func:`launch` start the ``N`` ranks on this machine itself, with a clear error when one of them fails.
 """
 from __future__ import annotations
 
 import datetime
 import logging
 import os
+import queue
+import socket
+import time
+import traceback
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,3 +124,95 @@ def shutdown() -> None:
             dist.destroy_process_group()
         except Exception:  # already torn down by a failing peer
             logging.debug("process group already destroyed")
+
+
+# ------------------------------------------------------------------------------------------------ local launcher
+class RankFailed(UserError):
+    """A rank of a launched group failed; the others were stopped."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rank_main(fn, args, kwargs, rank: int, nproc: int, port: int, threads: int, messages, parent_pid: int) -> None:
+    from .suite import _die_with_parent
+
+    _die_with_parent(parent_pid)  # a killed launcher takes its ranks with it
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
+    torch.set_num_threads(threads)
+    if rank == 0:
+        kwargs = dict(kwargs, step_callback=lambda info: messages.put(("progress", rank, dict(info))))
+    try:
+        value = fn(*args, **kwargs)
+        messages.put(("ok", rank, value if rank == 0 else None))
+    except BaseException as exc:  # reported to the launcher, which stops the other ranks
+        text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        messages.put(("error", rank, (text.splitlines()[0] if text else type(exc).__name__, traceback.format_exc())))
+    finally:
+        shutdown()
+
+
+def launch(fn, args: tuple = (), kwargs: dict | None = None, nproc: int = 2, threads: int | None = None,
+           step_callback=None, poll_seconds: float = 0.2):
+    """Run ``fn(*args, **kwargs)`` in ``nproc`` fresh processes forming one process group on this machine (what
+    ``torchrun --standalone --nproc_per_node=nproc`` does) and return rank 0's value.
+
+    Rank 0 gets ``step_callback=`` forwarding its progress to ``step_callback`` here. When a rank raises or dies,
+    the others are stopped at once (they would wait forever in their next collective) and :class:`RankFailed`
+    names the rank and its error; the full traceback goes to the log.
+    """
+    import multiprocessing as mp
+
+    if nproc < 1:
+        raise UserError(f"nproc must be a positive number of processes, got {nproc}")
+    threads = threads or max(1, torch.get_num_threads() // nproc)
+    ctx = mp.get_context("spawn")
+    messages = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_rank_main, name=f"mdl-bench-rank{rank}",
+                         args=(fn, args, kwargs or {}, rank, nproc, port, threads, messages, os.getpid()))
+             for rank in range(nproc)]
+    for proc in procs:
+        proc.start()
+    done: dict[int, Any] = {}
+    failure: tuple[int, str, str] | None = None
+    try:
+        while failure is None and len(done) < nproc:
+            try:
+                kind, rank, payload = messages.get(timeout=poll_seconds)
+            except queue.Empty:
+                for rank, proc in enumerate(procs):
+                    if rank not in done and proc.exitcode is not None:
+                        time.sleep(poll_seconds)  # its last message may still be in the pipe
+                        if messages.empty():
+                            how = (f"was killed by signal {-proc.exitcode}" if proc.exitcode < 0
+                                   else f"exited with code {proc.exitcode}")
+                            failure = (rank, f"the process {how}", "")
+                        break
+                continue
+            if kind == "progress":
+                if step_callback is not None:
+                    step_callback(payload)
+            elif kind == "ok":
+                done[rank] = payload
+            else:
+                failure = (rank, *payload)
+    finally:
+        for proc in procs:
+            if failure is not None and proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    if failure is not None:
+        rank, message, trace = failure
+        if trace:
+            logging.error(f"rank {rank} of {nproc} failed:\n{trace}")
+        raise RankFailed(f"rank {rank} of {nproc} failed: {message}; the other ranks were stopped")
+    return done[0]

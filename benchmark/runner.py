@@ -45,6 +45,7 @@ class RunResult:
     num_parameters: int
     checkpoint: str
     params: dict = field(default_factory=dict)
+    world_size: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,30 +85,36 @@ def load_feature_map(params: dict):
 
 
 def make_loaders(feature_map, paths: dict, params: dict, rank: int = 0, world_size: int = 1):
-    from .data.loader import InMemoryLoader
+    """Train, valid and test loaders: in memory for a split built as one file, streamed for one built in parts."""
+    from .data.loader import InMemoryLoader, StreamingLoader
 
     batch_size = int(params.get("batch_size", 4096))
     seed = int(params.get("seed") or 0)
     common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
-    train = InMemoryLoader(feature_map, paths["train"], split="train", shuffle=params.get("shuffle", True), **common)
-    valid = InMemoryLoader(feature_map, paths["valid"], split="valid", shuffle=False, **common)
-    test = InMemoryLoader(feature_map, paths["test"], split="test", shuffle=False, **common)
-    return train, valid, test
+    streamed = dict(num_workers=int(params.get("num_workers") or 0),
+                    shuffle_buffer=params.get("shuffle_buffer", 1_000_000))
+
+    def loader(split: str, shuffle: bool):
+        if os.path.isdir(paths[split]):
+            return StreamingLoader(feature_map, paths[split], split=split, shuffle=shuffle, **common, **streamed)
+        return InMemoryLoader(feature_map, paths[split], split=split, shuffle=shuffle, **common)
+
+    return loader("train", params.get("shuffle", True)), loader("valid", False), loader("test", False)
 
 
 def oracle_metrics(model, loader, params: dict) -> dict:
     """Metrics of the stored true probability (``oracle_field``) on a split, overall and per domain."""
     field_name = params.get("oracle_field")
-    if not field_name or field_name not in loader.columns:
+    if not field_name or field_name not in model.feature_map.features:
         return {}
-    import torch
-
-    domain = model.domain_lookup.cpu()[loader.columns[model.domain_field].long()].numpy()
-    label = loader.columns[model.feature_map.labels[0]].numpy()
-    group = loader.columns.get(model.feature_map.group_id) if model.feature_map.group_id else None
+    group_id = model.feature_map.group_id
+    label_name = model.feature_map.labels[0]
+    columns = loader.read_columns([field_name, model.domain_field, label_name] + ([group_id] if group_id else []))
+    domain = model.domain_lookup.cpu()[columns[model.domain_field].long()].numpy()
+    group = columns.get(group_id) if group_id else None
     return dict(metric_lib.compute_metrics(
-        ["logloss", "AUC", "gAUC"] if group is not None else ["logloss", "AUC"], label,
-        loader.columns[field_name].double().numpy(), domain, None if group is None else group.numpy(),
+        ["logloss", "AUC", "gAUC"] if group is not None else ["logloss", "AUC"], columns[label_name].numpy(),
+        columns[field_name].double().numpy(), domain, None if group is None else group.numpy(),
         model.domain_names, expand_domains=True))
 
 
@@ -119,6 +126,16 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
 
     started = time.time()
     params, model_class, _ = resolve(expid, config_dir, overrides)
+    nproc = params.get("nproc") or 1
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise UserError(f"nproc must be a positive number of data-parallel processes, got {nproc!r}")
+    launched = distributed.env_info()
+    if launched.active and params.get("nproc") and nproc != launched.world_size:
+        raise UserError(f"the config says nproc: {nproc} but torchrun started {launched.world_size} processes; "
+                        f"drop `nproc` or make the two agree")
+    if nproc > 1 and not launched.active:  # start the ranks here; each runs this function under DDP
+        return distributed.launch(run_expid, (expid, config_dir, overrides), {"quiet": quiet}, nproc=nproc,
+                                  step_callback=step_callback)
     rank = distributed.init(params)  # torchrun launch: join the group; otherwise rank 0 of 1
     if rank.is_main:
         set_logger(params)
@@ -162,7 +179,7 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         train_seconds=round(model.train_seconds, 3),
         train_samples_per_second=model.train_samples_per_second * rank.world_size,
         wall_seconds=round(time.time() - started, 2), num_parameters=model.num_parameters(),
-        checkpoint=model.checkpoint, params=params)
+        checkpoint=model.checkpoint, params=params, world_size=rank.world_size)
     if rank.is_main:
         result_path = Path(model.checkpoint).with_suffix(RESULT_SUFFIX)
         result_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))

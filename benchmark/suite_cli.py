@@ -47,8 +47,15 @@ def cmd_run(args) -> int:
 
     suite = load_suite(args.suite, args.config)
     started = time.time()
+    overrides = _parse_set(args.set)
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise UserError(f"--nproc must be a positive number of processes, got {args.nproc}")
+        if args.nproc > 1 and args.jobs > 1:
+            raise UserError("--nproc and --jobs both split the cores; use one of them")
+        overrides["nproc"] = args.nproc
     outcome = run_suite(suite, config_dir=args.config, store=args.store, jobs=args.jobs,
-                        extra_overrides=_parse_set(args.set), dry_run=args.dry_run)
+                        extra_overrides=overrides, dry_run=args.dry_run)
     if args.dry_run:
         return 0
     elapsed = time.time() - started
@@ -119,6 +126,8 @@ def add_commands(sub) -> None:
     p.add_argument("--store", help=store_help)
     p.add_argument("--config", help="config folder (default: the packaged config/); its suites/ are found by name")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own worker process (default 1)")
+    p.add_argument("--nproc", type=int, help="train each run data-parallel in N processes on this machine (DDP; "
+                                             "sets `nproc: N` in every run's config, so the runs get new hashes)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key of every run (YAML value; changes the runs' hashes)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are stored; run nothing")

@@ -14,6 +14,7 @@ losses. The base class does the rest:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -172,13 +173,26 @@ class MultiDomainModel(BaseModel):
         return loss
 
     def train_epoch(self, data_generator) -> None:
-        """FuxiCTR's epoch loop, plus: each loss term logged, throughput counted, step callbacks."""
+        """FuxiCTR's epoch loop, plus: each loss term logged, throughput counted, step callbacks.
+
+        A loader whose ranks may get different numbers of batches (``uneven``: streamed parts) runs under DDP's
+        ``join`` (ranks that ran out shadow the others' gradient all-reduces) and is evaluated at the epoch end
+        only, since per-rank step counts no longer line up."""
         self._batch_index = 0
-        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        steps_since_log = 0
         self.train()
         if hasattr(data_generator, "set_epoch"):
             data_generator.set_epoch(self._epoch_index)
+        uneven = bool(getattr(data_generator, "uneven", False))
+        ddp = getattr(self, "_ddp", None)
+        with (ddp.join(divide_by_initial_world_size=False) if uneven and ddp is not None
+              else contextlib.nullcontext()):
+            self._train_batches(data_generator, evaluate_inside=not uneven)
+        if uneven and not self._stop_training:
+            self.eval_step()
+
+    def _train_batches(self, data_generator, evaluate_inside: bool) -> None:
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        steps_since_log = 0
         batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stdout)
         tick = time.perf_counter()
         for batch_index, batch_data in enumerate(batches):
@@ -194,10 +208,9 @@ class MultiDomainModel(BaseModel):
             for callback in self.step_callbacks:
                 callback({"epoch": self._epoch_index, "batch": batch_index, "batches": len(data_generator),
                           "rows": rows})
-            if self._total_steps % self._eval_steps == 0:
+            if evaluate_inside and self._total_steps % self._eval_steps == 0:
                 self.train_seconds += time.perf_counter() - tick
-                logging.info("Train loss: " + " - ".join(
-                    f"{k}: {float(v) / steps_since_log:.6f}" for k, v in sums.items()))
+                self._log_train_loss(sums, steps_since_log)
                 sums.clear()
                 steps_since_log = 0
                 self.eval_step()
@@ -205,6 +218,12 @@ class MultiDomainModel(BaseModel):
             if self._stop_training:
                 break
         self.train_seconds += time.perf_counter() - tick
+        if not evaluate_inside and steps_since_log:
+            self._log_train_loss(sums, steps_since_log)
+
+    @staticmethod
+    def _log_train_loss(sums: dict, steps: int) -> None:
+        logging.info("Train loss: " + " - ".join(f"{k}: {float(v) / steps:.6f}" for k, v in sums.items()))
 
     @property
     def train_samples_per_second(self) -> float:

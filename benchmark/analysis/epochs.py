@@ -111,6 +111,11 @@ def attach_ia_recorder(model, params: dict, train_loader, probe_loader) -> IARec
     if not option:
         return None
     fields = DEFAULT_FIELDS if option is True else [str(f) for f in option]
+    if not hasattr(train_loader, "columns"):
+        from ..errors import UserError
+
+        raise UserError("record_ia needs the training split in memory, but this dataset is built in parts "
+                        "(data_block_size > 0); set data_block_size: 0 or drop record_ia")
     recorder = IARecorder(model, train_loader.columns, probe_loader.columns, ia_epochs_path(model.checkpoint),
                           fields=fields)
     model.step_callbacks.append(recorder)

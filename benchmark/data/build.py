@@ -41,9 +41,21 @@ def dataset_dir(params: dict) -> Path:
     return Path(params["data_root"]) / params["dataset_id"]
 
 
+def block_size(params: dict) -> int:
+    """Rows per parquet part (FuxiCTR's ``data_block_size``); 0 builds one file per split."""
+    value = params.get("data_block_size") or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"data_block_size must be 0 (one file per split) or a positive number of rows per part, "
+                        f"got {value!r}; fix the dataset config")
+    return value
+
+
 def built_paths(params: dict) -> dict[str, str]:
-    """Paths of the built parquet splits (FuxiCTR's names)."""
+    """Paths of the built splits, FuxiCTR's names: ``<split>.parquet``, or the folder ``<split>/`` of parts
+    ``part-000000.parquet``... when ``data_block_size > 0``."""
     root = dataset_dir(params)
+    if block_size(params):
+        return {split: str(root / split) for split in SPLITS}
     return {split: str(root / f"{split}.parquet") for split in SPLITS}
 
 
@@ -140,49 +152,68 @@ def _split_files(params: dict) -> dict[str, list[str]]:
 
 
 def _fingerprint(params: dict, files: dict[str, list[str]]) -> str:
-    keys = ("feature_cols", "label_col", "min_categr_count", "domain_field", "domains", "group_id", "oracle_field")
+    keys = ("feature_cols", "label_col", "min_categr_count", "domain_field", "domains", "group_id", "oracle_field",
+            "data_block_size")
     stats = {s: [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in fs] for s, fs in files.items()}
     payload = json.dumps({"v": BUILD_VERSION, "params": {k: params.get(k) for k in keys}, "files": stats},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _read_split(files: list[str], cols: list[dict], label: dict, split: str) -> pl.DataFrame:
-    raw_cols = [c for c in cols if not c.get("preprocess")]
-    wanted = {c["name"]: _POLARS_DTYPES[c["dtype"]] for c in raw_cols}
+def _wanted_columns(cols: list[dict], label: dict) -> dict:
+    wanted = {c["name"]: _POLARS_DTYPES[c["dtype"]] for c in cols if not c.get("preprocess")}
     wanted[label["name"]] = _POLARS_DTYPES.get(label["dtype"], pl.Float64)
+    return wanted
+
+
+def _check_header(path: str, wanted: dict, split: str) -> None:
+    try:
+        header = pl.read_csv(path, n_rows=0).columns
+    except Exception as exc:  # polars raises several exception types for unreadable CSV
+        raise UserError(f"cannot read {split}_data file {path} ({str(exc).splitlines()[0]}); check that it is a "
+                        f"CSV file with a header line") from None
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise UserError(f"{split}_data file {path} has no column {missing[0]!r} (it has: {', '.join(header)}); "
+                        f"fix feature_cols/label_col or the file")
+
+
+def _parse_error(split: str, path: str, exc: Exception) -> UserError:
+    return UserError(f"cannot parse {split}_data file {path} ({str(exc).splitlines()[0]}); fix the bad value or "
+                     f"declare that column as dtype: str")
+
+
+def _scan_csv(path: str, wanted: dict) -> pl.LazyFrame:
+    return pl.scan_csv(path, schema_overrides=wanted, infer_schema_length=0, null_values=[""]).select(list(wanted))
+
+
+def _read_split(files: list[str], cols: list[dict], label: dict, split: str) -> pl.DataFrame:
+    wanted = _wanted_columns(cols, label)
     frames = []
     for path in files:
-        try:
-            header = pl.read_csv(path, n_rows=0).columns
-        except Exception as exc:  # polars raises several exception types for unreadable CSV
-            raise UserError(f"cannot read {split}_data file {path} ({str(exc).splitlines()[0]}); check that it is a "
-                            f"CSV file with a header line") from None
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            raise UserError(f"{split}_data file {path} has no column {missing[0]!r} (it has: {', '.join(header)}); "
-                            f"fix feature_cols/label_col or the file")
+        _check_header(path, wanted, split)
         try:
             frame = pl.read_csv(path, columns=list(wanted), schema_overrides=wanted, infer_schema_length=0,
                                 null_values=[""])
         except Exception as exc:
-            raise UserError(f"cannot parse {split}_data file {path} ({str(exc).splitlines()[0]}); fix the bad value "
-                            f"or declare that column as dtype: str") from None
+            raise _parse_error(split, path, exc) from None
         frames.append(frame.select(list(wanted)))
     return pl.concat(frames) if len(frames) > 1 else frames[0]
 
 
-def _first_rows(mask: pl.Series, limit: int = 5) -> str:
-    rows = (np.flatnonzero(mask.to_numpy()) + 2)[:limit]  # +2: 1-based, after the header line
+def _first_rows(mask: pl.Series, limit: int = 5, offset: int = 0) -> str:
+    rows = (np.flatnonzero(mask.to_numpy()) + 2 + offset)[:limit]  # +2: 1-based, after the header line
     return ", ".join(map(str, rows))
 
 
-def _check_split(frame: pl.DataFrame, label: dict, domain_field: str, domains: list, split: str, path: str):
+def _check_split(frame: pl.DataFrame, label: dict, domain_field: str, domains: list, split: str, path: str,
+                 offset: int = 0):
+    """Labels 0/1 and known domain values; ``offset``: rows of the file before ``frame`` (for line numbers)."""
     y = frame[label["name"]]
     bad = y.is_null() | y.is_nan() | ~y.is_in([0.0, 1.0])
     if bad.any():
         raise UserError(f"{split}_data {path}: {int(bad.sum())} rows have a label {label['name']!r} that is missing, "
-                        f"NaN or not 0/1 (lines {_first_rows(bad)}); fix or drop those rows")
+                        f"NaN or not 0/1 (lines {_first_rows(bad, offset=offset)}); fix or drop those rows")
     if domain_field not in frame.columns:
         raise UserError(f"domain_field {domain_field!r} is not among feature_cols; add it as a categorical column")
     dom = frame[domain_field]
@@ -193,7 +224,7 @@ def _check_split(frame: pl.DataFrame, label: dict, domain_field: str, domains: l
         values = sorted(set(as_text.filter(unknown).fill_null("<missing>").to_list()))[:5]
         raise UserError(f"{split}_data {path}: {int(unknown.sum())} rows have domain {domain_field}="
                         f"{', '.join(values)}, which `domains` ({', '.join(known)}) does not list (lines "
-                        f"{_first_rows(unknown)}); add the value to `domains` or drop those rows")
+                        f"{_first_rows(unknown, offset=offset)}); add the value to `domains` or drop those rows")
 
 
 def _vocab_expr(name: str, vocab: dict, dtype) -> pl.Expr:
@@ -245,10 +276,7 @@ def _preprocess(processor, frame: pl.DataFrame, cols: list[dict]) -> pl.DataFram
     return processor.preprocess(frame.lazy()).collect()
 
 
-def build(params: dict, files: dict[str, list[str]], fingerprint: str, log=logging.info) -> None:
-    """Fit vocabularies on train, encode all splits, write the built folder atomically."""
-    from fuxictr.preprocess.feature_processor import FeatureProcessor
-
+def _prepare_columns(params: dict) -> tuple[list[dict], dict, str, list]:
     cols = expand_feature_cols(params.get("feature_cols"))
     label = label_spec(params)
     field, domains = domain_spec(params)
@@ -259,16 +287,42 @@ def build(params: dict, files: dict[str, list[str]], fingerprint: str, log=loggi
             col["min_categr_count"] = 1  # a rare domain must keep its own id
     if not any(c["name"] == field for c in cols):
         raise UserError(f"domain_field {field!r} is not among feature_cols; add it as a categorical column")
-    t0 = time.time()
-    frames = {}
-    for split in SPLITS:
-        frames[split] = _read_split(files[split], cols, label, split)
-        _check_split(frames[split], label, field, domains, split, files[split][0])
-    present = set(frames["train"][field].cast(pl.Utf8).unique().to_list())
-    absent = [str(d) for d in domains if str(d) not in present]
+    return cols, label, field, domains
+
+
+def _check_train_domains(train_rows: dict, field: str, domains: list) -> None:
+    absent = [str(d) for d in domains if not train_rows.get(str(d))]
     if absent:
         raise UserError(f"train_data has no rows of domain {field}={absent[0]}; a domain needs training rows, so drop "
                         f"it from `domains` or add its data")
+
+
+def _domain_counts(frame: pl.DataFrame, field: str) -> dict:
+    counts = frame.group_by(pl.col(field).cast(pl.Utf8)).len()
+    return dict(zip(counts[field].to_list(), counts["len"].to_list()))
+
+
+def build(params: dict, files: dict[str, list[str]], fingerprint: str, log=logging.info) -> None:
+    """Fit vocabularies on train, encode all splits, write the built folder atomically.
+
+    With ``data_block_size > 0`` nothing holds a whole split: vocabularies are counted by Polars' streaming
+    engine over a lazy scan, and rows are checked, encoded and written block by block as parquet parts."""
+    from fuxictr.preprocess.feature_processor import FeatureProcessor
+
+    cols, label, field, domains = _prepare_columns(params)
+    block = block_size(params)
+    t0 = time.time()
+    frames = {}
+    if not block:
+        for split in SPLITS:
+            frames[split] = _read_split(files[split], cols, label, split)
+            _check_split(frames[split], label, field, domains, split, files[split][0])
+        _check_train_domains(_domain_counts(frames["train"], field), field, domains)
+    else:
+        wanted = _wanted_columns(cols, label)
+        for split in SPLITS:
+            for path in files[split]:
+                _check_header(path, wanted, split)
     root = Path(params["data_root"])
     root.mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.mkdtemp(prefix=f".build-{params['dataset_id']}-", dir=root))
@@ -276,19 +330,23 @@ def build(params: dict, files: dict[str, list[str]], fingerprint: str, log=loggi
         processor = FeatureProcessor(feature_cols=copy.deepcopy(cols), label_col=label,
                                      dataset_id=params["dataset_id"], data_root=str(tmp_root),
                                      group_id=params.get("group_id"))
-        processed = {s: _preprocess(processor, f, cols) for s, f in frames.items()}
         meta_cols = [c["name"] for c in cols if c["type"] == "meta" and c.get("active", True)]
-        meta = pl.concat([processed[s].select(meta_cols) for s in SPLITS]).lazy() if meta_cols else None
-        processor.fit(processed["train"].lazy(), meta_ddf=meta, rebuild_dataset=True,
-                      min_categr_count=params.get("min_categr_count", 1))
-        rows = {}
-        for split in SPLITS:
-            encoded = encode(processor, processed[split])
-            encoded.write_parquet(Path(processor.data_dir) / f"{split}.parquet")
-            counts = processed[split].group_by(pl.col(field).cast(pl.Utf8)).len().sort(field)
-            rows[split] = dict(zip(counts[field].to_list(), counts["len"].to_list()))
+        if not block:
+            processed = {s: _preprocess(processor, f, cols) for s, f in frames.items()}
+            meta = pl.concat([processed[s].select(meta_cols) for s in SPLITS]).lazy() if meta_cols else None
+            processor.fit(processed["train"].lazy(), meta_ddf=meta, rebuild_dataset=True,
+                          min_categr_count=params.get("min_categr_count", 1))
+            rows = {}
+            for split in SPLITS:
+                encode(processor, processed[split]).write_parquet(Path(processor.data_dir) / f"{split}.parquet")
+                rows[split] = _domain_counts(processed[split], field)
+            parts = None
+        else:
+            rows, parts = _build_parts(processor, params, files, cols, label, field, domains, meta_cols, block)
         info = {"fingerprint": fingerprint, "build_version": BUILD_VERSION, "rows": rows,
                 "seconds": round(time.time() - t0, 2), "sources": files}
+        if parts is not None:
+            info["parts"] = parts
         (Path(processor.data_dir) / "build_info.json").write_text(json.dumps(info, indent=2, sort_keys=True))
         final = dataset_dir(params)
         old = None
@@ -299,9 +357,73 @@ def build(params: dict, files: dict[str, list[str]], fingerprint: str, log=loggi
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         log(f"Built dataset {params['dataset_id']} in {info['seconds']:.1f}s: "
-            + ", ".join(f"{s} {sum(rows[s].values()):,} rows" for s in SPLITS) + f" -> {final}")
+            + ", ".join(f"{s} {sum(rows[s].values()):,} rows" for s in SPLITS)
+            + (f" in parts of {block:,} rows" if block else "") + f" -> {final}")
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _lazy_split(processor, files: list[str], cols: list[dict], label: dict) -> pl.LazyFrame:
+    wanted = _wanted_columns(cols, label)
+    frame = pl.concat([_scan_csv(path, wanted) for path in files])
+    floats = [c["name"] for c in cols if c["dtype"] == "float" and c["name"] in wanted]
+    if floats:
+        frame = frame.with_columns([pl.col(c).fill_nan(None) for c in floats])
+    return processor.preprocess(frame)
+
+
+def _build_parts(processor, params, files, cols, label, field, domains, meta_cols, block):
+    """Streamed build: fit on lazy scans, then encode and write ``block``-row parts. Returns (rows, part counts)."""
+    try:
+        meta = (pl.concat([_lazy_split(processor, files[s], cols, label).select(meta_cols) for s in SPLITS])
+                if meta_cols else None)
+        processor.fit(_lazy_split(processor, files["train"], cols, label), meta_ddf=meta, rebuild_dataset=True,
+                      min_categr_count=params.get("min_categr_count", 1))
+    except UserError:
+        raise
+    except Exception as exc:  # a value that does not parse surfaces while the streaming engine counts
+        raise UserError(f"cannot parse the raw files of dataset {params['dataset_id']!r} "
+                        f"({str(exc).splitlines()[0]}); fix the bad value or declare that column as dtype: str") from None
+    wanted = _wanted_columns(cols, label)
+    rows, parts = {}, {}
+    for split in SPLITS:
+        out_dir = Path(processor.data_dir) / split
+        out_dir.mkdir(parents=True, exist_ok=True)
+        counts: dict[str, int] = {}
+        pending: list[pl.DataFrame] = []
+        pending_rows = written = 0
+
+        def flush(final: bool) -> None:
+            nonlocal pending, pending_rows, written
+            while pending_rows >= block or (final and pending_rows):
+                joined = pl.concat(pending) if len(pending) > 1 else pending[0]
+                joined.head(block).write_parquet(out_dir / f"part-{written:06d}.parquet")
+                written += 1
+                rest = joined.slice(block)
+                pending, pending_rows = ([rest], rest.height) if rest.height else ([], 0)
+
+        for path in files[split]:
+            offset = 0
+            try:
+                batches = _scan_csv(path, wanted).collect_batches(chunk_size=block)
+                for frame in batches:
+                    _check_split(frame, label, field, domains, split, path, offset=offset)
+                    offset += frame.height
+                    processed = _preprocess(processor, frame, cols)
+                    for key, value in _domain_counts(processed, field).items():
+                        counts[key] = counts.get(key, 0) + value
+                    pending.append(encode(processor, processed))
+                    pending_rows += frame.height
+                    flush(final=False)
+            except UserError:
+                raise
+            except Exception as exc:
+                raise _parse_error(split, path, exc) from None
+        flush(final=True)
+        if split == "train":
+            _check_train_domains(counts, field, domains)
+        rows[split], parts[split] = counts, written
+    return rows, parts
 
 
 def read_build_info(params: dict) -> dict | None:
