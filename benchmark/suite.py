@@ -321,8 +321,9 @@ class Suite:
                                 f"known datasets: {', '.join(sorted(config.datasets))}")
         for entry in self.entries:
             if entry.expid not in config.models:
+                hint = "" if config_dir else " (blocks of your own: pass --config DIR, their folder)"
                 raise UserError(f"{self.where}: unknown expid {entry.expid!r}{close_matches(entry.expid, config.models)}"
-                                f"; known expids: {', '.join(config.expids)}")
+                                f"{hint}; known expids: {', '.join(config.expids)}")
         lb = self.leaderboard
         wanted = set(lb["metrics"]) | {m for s in lb["lift"] for m in s["metrics"]} | {
             m for p in lb["plots"] for m in p["metrics"]}
