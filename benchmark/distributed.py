@@ -94,6 +94,17 @@ def wrap(model) -> None:
     object.__setattr__(model, "_ddp", ddp)  # not a submodule: the module tree stays the model's own
 
 
+def sync_buffers(model) -> None:
+    """Give every rank rank 0's buffers (running statistics of normalisation layers).
+
+    DDP broadcasts them at each forward, so after the last training step every rank holds its own batch
+    statistics; evaluating or saving on those would differ by rank."""
+    if not current().active:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def barrier() -> None:
     if current().active:
         dist.barrier()
@@ -137,14 +148,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rank_main(fn, args, kwargs, rank: int, nproc: int, port: int, threads: int, messages, parent_pid: int) -> None:
+def _rank_main(fn, args, kwargs, rank: int, nproc: int, port: int, threads: int, messages, parent_pid: int,
+               progress: bool) -> None:
     from .suite import _die_with_parent
 
     _die_with_parent(parent_pid)  # a killed launcher takes its ranks with it
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)
-    if rank == 0:
+    if rank == 0 and progress:
         kwargs = dict(kwargs, step_callback=lambda info: messages.put(("progress", rank, dict(info))))
     try:
         value = fn(*args, **kwargs)
@@ -156,12 +168,39 @@ def _rank_main(fn, args, kwargs, rank: int, nproc: int, port: int, threads: int,
         shutdown()
 
 
+def _first_failure(procs, messages, done: dict, errors: list, poll_seconds: float) -> tuple[int, str, str] | None:
+    """The failure to report: a rank that died without a word (its peers' errors are only lost connections),
+    else the first error reported. Waits a moment for the last messages in the pipe."""
+    time.sleep(poll_seconds)
+    while True:
+        try:
+            kind, rank, payload = messages.get_nowait()
+        except queue.Empty:
+            break
+        if kind == "ok":
+            done[rank] = payload
+        elif kind == "error":
+            errors.append((rank, *payload))
+    reported = {e[0] for e in errors}
+    for rank, proc in enumerate(procs):
+        if rank not in done and rank not in reported and proc.exitcode not in (None, 0):
+            how = (f"was killed by signal {-proc.exitcode}" if proc.exitcode < 0
+                   else f"exited with code {proc.exitcode}")
+            return rank, f"the process {how}", ""
+    if errors:
+        return errors[0]
+    for rank, proc in enumerate(procs):
+        if rank not in done and proc.exitcode is not None:
+            return rank, f"the process exited with code {proc.exitcode} before reporting a result", ""
+    return None
+
+
 def launch(fn, args: tuple = (), kwargs: dict | None = None, nproc: int = 2, threads: int | None = None,
            step_callback=None, poll_seconds: float = 0.2):
     """Run ``fn(*args, **kwargs)`` in ``nproc`` fresh processes forming one process group on this machine (what
     ``torchrun --standalone --nproc_per_node=nproc`` does) and return rank 0's value.
 
-    Rank 0 gets ``step_callback=`` forwarding its progress to ``step_callback`` here. When a rank raises or dies,
+    With ``step_callback`` given, rank 0 gets ``step_callback=`` forwarding its progress to ``step_callback`` here. When a rank raises or dies,
     the others are stopped at once (they would wait forever in their next collective) and :class:`RankFailed`
     names the rank and its error; the full traceback goes to the log.
     """
@@ -174,7 +213,8 @@ def launch(fn, args: tuple = (), kwargs: dict | None = None, nproc: int = 2, thr
     messages = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_rank_main, name=f"mdl-bench-rank{rank}",
-                         args=(fn, args, kwargs or {}, rank, nproc, port, threads, messages, os.getpid()))
+                         args=(fn, args, kwargs or {}, rank, nproc, port, threads, messages, os.getpid(),
+                               step_callback is not None))
              for rank in range(nproc)]
     for proc in procs:
         proc.start()
@@ -185,14 +225,8 @@ def launch(fn, args: tuple = (), kwargs: dict | None = None, nproc: int = 2, thr
             try:
                 kind, rank, payload = messages.get(timeout=poll_seconds)
             except queue.Empty:
-                for rank, proc in enumerate(procs):
-                    if rank not in done and proc.exitcode is not None:
-                        time.sleep(poll_seconds)  # its last message may still be in the pipe
-                        if messages.empty():
-                            how = (f"was killed by signal {-proc.exitcode}" if proc.exitcode < 0
-                                   else f"exited with code {proc.exitcode}")
-                            failure = (rank, f"the process {how}", "")
-                        break
+                if any(p.exitcode is not None for r, p in enumerate(procs) if r not in done):
+                    failure = _first_failure(procs, messages, done, [], poll_seconds)
                 continue
             if kind == "progress":
                 if step_callback is not None:
@@ -200,7 +234,7 @@ def launch(fn, args: tuple = (), kwargs: dict | None = None, nproc: int = 2, thr
             elif kind == "ok":
                 done[rank] = payload
             else:
-                failure = (rank, *payload)
+                failure = _first_failure(procs, messages, done, [(rank, *payload)], poll_seconds)
     finally:
         for proc in procs:
             if failure is not None and proc.is_alive():

@@ -187,6 +187,7 @@ class MultiDomainModel(BaseModel):
         with (ddp.join(divide_by_initial_world_size=False) if uneven and ddp is not None
               else contextlib.nullcontext()):
             self._train_batches(data_generator, evaluate_inside=not uneven)
+        distributed.sync_buffers(self)
         if uneven and not self._stop_training:
             self.eval_step()
 
@@ -245,6 +246,7 @@ class MultiDomainModel(BaseModel):
 
         Under DDP each rank predicts its shard and the arrays are gathered in rank order (all rows, once)."""
         self.eval()
+        distributed.sync_buffers(self)  # a mid-epoch evaluation must not use per-rank running statistics
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         group_id = self.feature_map.group_id
         batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stdout)
@@ -256,7 +258,12 @@ class MultiDomainModel(BaseModel):
                 parts["y_true"].append(self.get_labels(batch_data).view(-1).cpu())
             if group_id is not None and group_id in batch_data:
                 parts["group"].append(batch_data[group_id].view(-1).cpu())
-        return distributed.gather_arrays({k: torch.cat(v).numpy() for k, v in parts.items()})
+        # a rank may hold no rows of a streamed split (fewer parts than ranks); it still joins the gather
+        keys = ["y_pred", "domain"] + [k for k in ("y_true", "group") if k in parts or not parts and
+                                       (k == "y_true" or group_id is not None)]
+        dtypes = {"y_pred": torch.float32, "domain": torch.long, "y_true": torch.float32, "group": torch.long}
+        return distributed.gather_arrays({k: (torch.cat(parts[k]) if k in parts else torch.zeros(0, dtype=dtypes[k]))
+                                          .numpy() for k in keys})
 
     def predict(self, data_generator) -> np.ndarray:
         return self.predict_arrays(data_generator)["y_pred"].astype(np.float64)

@@ -121,3 +121,38 @@ def test_nan_feature_becomes_missing(tmp_path):
     price = pl.read_parquet(paths["train"])["price"].to_numpy()
     assert np.isfinite(price).all()
     assert price[-1] == price[-2]  # NaN and empty are the same missing value
+
+
+def test_parts_build_gives_the_same_rows_as_one_file(tmp_path):
+    """``data_block_size``: vocabularies counted by the streaming engine, rows encoded block by block."""
+    whole = ensure_dataset(params_for(tmp_path), log=lambda m: None)
+    parted_params = params_for(tmp_path, dataset_id="toy_parts", data_block_size=70)
+    parted = ensure_dataset(parted_params, log=lambda m: None)
+    assert (dataset_dir(parted_params) / "feature_vocab.json").read_text() == \
+        (dataset_dir(params_for(tmp_path)) / "feature_vocab.json").read_text()
+    for split, rows in (("train", 300), ("valid", 60), ("test", 60)):
+        parts = sorted(os.listdir(parted[split]))
+        assert parts == [f"part-{i:06d}.parquet" for i in range(-(-rows // 70))]
+        sizes = [pl.read_parquet(os.path.join(parted[split], p)).height for p in parts]
+        assert sizes[:-1] == [70] * (len(sizes) - 1) and sum(sizes) == rows
+        one = pl.read_parquet(whole[split])
+        many = pl.read_parquet([os.path.join(parted[split], p) for p in parts])
+        for name in ("user_id", "item_id", "domain", "group_id", "click"):
+            np.testing.assert_array_equal(many[name].to_numpy(), one[name].to_numpy(), err_msg=name)
+        np.testing.assert_allclose(many["price"].to_numpy(), one["price"].to_numpy(), rtol=1e-12)
+
+
+def test_parts_build_reports_the_line_of_a_bad_value_in_a_later_block(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = good_rows(300)
+    rows[203] = "u1,3,2,0.5,7\n"  # line 205 of the file (after the header)
+    write_csv(raw / "train.csv", rows)
+    with pytest.raises(UserError, match=r"1 rows have a label 'click'.*lines 205\)"):
+        ensure_dataset(params_for(tmp_path, data_block_size=50), log=lambda m: None)
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "many"])
+def test_bad_data_block_size(tmp_path, value):
+    with pytest.raises(UserError, match="data_block_size must be 0"):
+        ensure_dataset(params_for(tmp_path, data_block_size=value), log=lambda m: None)

@@ -155,8 +155,8 @@ class InMemoryLoader:
 class StreamingLoader:
     """Batches of a split built in parts, streamed with bounded memory.
 
-    An epoch's parts are dealt round-robin to the ``world_size x max(1, num_workers)`` readers, a reader being
-    one (rank, worker) pair, the workers being reader threads of the rank: in a shuffled epoch the part order is a permutation drawn from ``seed``
+    An epoch's parts are dealt round-robin to the ranks, and each rank's parts round-robin to its
+    ``max(1, num_workers)`` readers, a reader being one (rank, worker) pair, the workers being reader threads: in a shuffled epoch the part order is a permutation drawn from ``seed``
     and the epoch, the same on every rank, so every part is read by exactly one reader and every row is served
     exactly once. A shuffling reader fills a buffer of at least ``shuffle_buffer`` rows from its parts, permutes
     it and serves it as batches; the rows short of a full batch stay for the next fill; its last batch may be
@@ -222,16 +222,15 @@ class StreamingLoader:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.parts), generator=generator).tolist()
 
-    def reader_parts(self, epoch: int, reader: int, readers: int) -> list[int]:
-        """Indices of the parts reader ``reader`` of ``readers`` reads in ``epoch``."""
-        return self.part_order(epoch)[reader::readers]
+    def reader_parts(self, epoch: int, worker: int, workers: int) -> list[int]:
+        """Indices of the parts that worker ``worker`` of ``workers`` of this rank reads in ``epoch``."""
+        return self.part_order(epoch)[self.rank::self.world_size][worker::workers]
 
     def __len__(self) -> int:
         workers = max(1, self.num_workers)
         total = 0
         for worker in range(workers):
-            rows = sum(self.part_rows[i] for i in self.reader_parts(self.epoch, self.rank * workers + worker,
-                                                                   self.world_size * workers))
+            rows = sum(self.part_rows[i] for i in self.reader_parts(self.epoch, worker, workers))
             total += math.ceil(rows / self.local_batch_size)
         return total
 
@@ -248,20 +247,21 @@ class StreamingLoader:
         frame = pl.read_parquet(self.parts[index], columns=self.names)
         return {name: _column_tensor(frame[name]) for name in self.names}
 
-    def reader_batches(self, epoch: int, reader: int, readers: int) -> Iterator[dict[str, torch.Tensor]]:
+    def reader_batches(self, epoch: int, worker: int, workers: int) -> Iterator[dict[str, torch.Tensor]]:
         """The batches of one reader in one epoch (see the class docstring)."""
         size = self.local_batch_size
         if not self.shuffle:
-            for index in self.reader_parts(epoch, reader, readers):
+            for index in self.reader_parts(epoch, worker, workers):
                 part = self._read_part(index)
                 rows = int(next(iter(part.values())).shape[0])
                 for start in range(0, rows, size):
                     yield {name: col[start:start + size] for name, col in part.items()}
             return
+        reader = self.rank * workers + worker
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 9_973 + reader)
         buffer: list[dict[str, torch.Tensor]] = []
         buffered = 0
-        pending = self.reader_parts(epoch, reader, readers)
+        pending = self.reader_parts(epoch, worker, workers)
         while pending or buffered:
             while pending and buffered < max(self.shuffle_buffer, size):
                 part = self._read_part(pending.pop(0))
@@ -280,7 +280,7 @@ class StreamingLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch = self.epoch
         if self.num_workers == 0:
-            yield from self.reader_batches(epoch, self.rank, self.world_size)
+            yield from self.reader_batches(epoch, 0, 1)
         else:
             yield from self._threaded(epoch)
         if self.shuffle and not self._epoch_set:
@@ -307,7 +307,7 @@ class StreamingLoader:
 
         def read(worker: int) -> None:
             try:
-                for batch in self.reader_batches(epoch, self.rank * workers + worker, self.world_size * workers):
+                for batch in self.reader_batches(epoch, worker, workers):
                     if not put(queues[worker], batch):
                         return
             except BaseException as exc:  # handed to the consumer, which raises it
