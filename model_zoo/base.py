@@ -30,7 +30,7 @@ from fuxictr.pytorch.models import BaseModel
 from tqdm import tqdm
 
 from mdl_bench.benchmark.errors import UserError
-from mdl_bench.benchmark import distributed, metrics as metric_lib
+from mdl_bench.benchmark import allocator, distributed, metrics as metric_lib
 
 BCE_NAMES = ("binary_crossentropy", "binary_cross_entropy", "bce")
 
@@ -161,6 +161,12 @@ class MultiDomainModel(BaseModel):
         return sum(terms.values())
 
     # ------------------------------------------------------------------ training loop
+    def fit(self, data_generator, **kwargs) -> None:
+        """FuxiCTR's ``fit``, after telling glibc to keep freed memory: without it every CPU step page-faults its
+        large tensors in afresh (see :mod:`mdl_bench.benchmark.allocator`; ``mdl-bench perf`` measures it)."""
+        allocator.keep_freed_memory()
+        super().fit(data_generator, **kwargs)
+
     def train_step(self, batch_data: dict[str, torch.Tensor]) -> torch.Tensor:
         self.optimizer.zero_grad()
         # Under DDP the step must go through the wrapper, or gradients are never all-reduced.

@@ -131,3 +131,15 @@ def test_covloss_is_zero_for_uncorrelated_constant_experts_and_rejects_bad_optio
     assert CovLoss()(O).item() == 0.0
     with pytest.raises(UserError, match="cov_pairs"):
         CovLoss(pairs="all")
+
+
+@pytest.mark.parametrize("pairs", ["p>=q", "p>q"])
+def test_covloss_gradient_equals_autograd_of_double_loop(pairs):
+    # CovLoss folds the Gram's two backward matmuls into one (BlockAbsGram); the gradient must stay autograd's.
+    torch.manual_seed(8)
+    O = torch.randn(4, 41, 6, dtype=torch.float64, requires_grad=True)
+    CovLoss(pairs)(O).backward()
+    fast = O.grad.clone()
+    O.grad = None
+    reference_cov(O, pairs, "none").backward()
+    torch.testing.assert_close(fast, O.grad)

@@ -1,0 +1,116 @@
+"""``mdl-bench perf``: the structure of its output on a tiny configuration (no timing is asserted)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mdl_bench.benchmark import cli
+from mdl_bench.benchmark.metrics import gauc_score
+from mdl_bench.benchmark.perf import (FirstBatches, PerfConfig, evaluate_targets, gauc_data, is_ray_process,
+                                      render_markdown, run_perf, tree_usage)
+
+
+def tiny_config(**over) -> PerfConfig:
+    values = dict(models=["Crocodile", "ME_MMoE"], expid_suffix="_test", dataset_id="tiny_synth", batches=2,
+                  repeats=1, eval_batches=1, cov_repeats=1, matched_batches=2, matched_epochs=1, stock=False,
+                  stock_bare_batches=2, gauc_rows=20_000, gauc_users=300, build_rows=3_000, build_fuxictr=False,
+                  scaling_tables=(1, 2), scaling_domains=(2, 3), scaling_fixed_tables=2, scaling_steps=2,
+                  scaling_rows=2_000, quick=True)
+    values.update(over)
+    return PerfConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def perf_result(tmp_path_factory, tiny):
+    out = tmp_path_factory.mktemp("perf") / "perf.json"
+    return run_perf(tiny_config(), out, command="test")
+
+
+def test_perf_writes_json_markdown_and_png(perf_result):
+    files = perf_result["files"]
+    for key in ("json", "markdown", "png"):
+        assert os.path.isfile(files[key]), key
+    assert json.loads(open(files["json"]).read()) == perf_result  # what is returned is what is written
+    assert list(perf_result)[:3] == ["meta", "targets", "models"]  # ratios first
+    assert perf_result["meta"]["quick"] is True and len(perf_result["meta"]["load_start"]) == 3
+
+
+def test_perf_model_sections_have_every_measure(perf_result):
+    assert list(perf_result["models"]) == ["Crocodile", "ME_MMoE"]
+    for entry in perf_result["models"].values():
+        assert entry["real_sps"] > 0 and entry["bare_sps"] > 0 and entry["eval_sps"] > 0
+        assert entry["real_over_bare"] == pytest.approx(entry["real_sps"] / entry["bare_sps"])
+        assert set(entry["split_ms"]) == {"data", "forward", "backward", "optimizer", "step"}
+        assert entry["batch_size"] == 512 and entry["num_parameters"] > 0
+    cov = perf_result["covloss"]
+    assert set(cov["settings"]) == {"all rows", "32 rows", "no CovLoss"}
+    assert "cov_ms" not in cov["settings"]["no CovLoss"] and 0 < cov["settings"]["32 rows"]["share"]
+    assert cov["crocodile_over_me_mmoe"] > 0 and cov["num_tables"] == 5
+    assert set(perf_result["matched"]) == {"DNN", "MMoE"} and "stock" not in perf_result
+    assert perf_result["build"]["project"]["seconds"] > 0 and "fuxictr" not in perf_result["build"]
+    assert perf_result["ray"]["default_path"] == 0
+    assert perf_result["memory"]["project_peak_rss_bytes"] > 0
+
+
+def test_perf_gauc_agrees_with_fuxictr(perf_result):
+    gauc = perf_result["gauc"]
+    assert gauc["rows"] == 20_000 and gauc["max_abs_diff"] <= 1e-9
+    assert gauc["project_value"] == pytest.approx(gauc["fuxictr_value"], abs=1e-9)
+
+
+def test_perf_scaling_has_every_point(perf_result):
+    scaling = perf_result["scaling"]
+    assert scaling["tables"]["values"] == [1, 2] and scaling["domains"]["values"] == [2, 3]
+    for axis, key in (("tables", "num_tables"), ("domains", "num_domains")):
+        for name in ("Crocodile", "ME_MMoE"):
+            points = scaling[axis][name]
+            assert [p[key] for p in points] == scaling[axis]["values"]
+            assert all({"embedding", "experts", "gate", "towers"} <= set(p["components_ms"]) for p in points)
+    assert "cov" in scaling["tables"]["Crocodile"][0]["components_ms"]
+    assert "Why:" in scaling["explanation"]
+
+
+def test_perf_targets_and_markdown(perf_result):
+    targets = {row["target"].split(" (")[0]: row for row in perf_result["targets"]}
+    assert targets["DNN: this package / FuxiCTR stock pipeline"]["met"] is None  # skipped, not failed
+    assert targets["Ray processes on the default path"]["met"] is True
+    assert targets["gAUC |this package - fuxictr|"]["met"] is True
+    text = render_markdown(perf_result)
+    assert text == open(perf_result["files"]["markdown"]).read()
+    assert text.index("## Targets") < text.index("## Training throughput")  # ratios first
+    for heading in ("## FuxiCTR's stock pipeline", "## CovLoss", "## gAUC", "## Dataset build", "## Scaling"):
+        assert heading in text
+    assert "| ME-MMoE |" in text and "not measured (stock run skipped)" in text
+
+
+def test_targets_flag_a_missed_goal():
+    result = {"models": {"A": {"real_over_bare": 0.5}}, "covloss": {"settings": {"32 rows": {"share": 0.2}}},
+              "gauc": {"speedup": 30.0, "max_abs_diff": 0.0, "rows": 10}, "ray": {"default_path": 1}}
+    met = {row["target"].split(" (")[0].split(",")[0]: row["met"] for row in evaluate_targets(result)}
+    assert met["training / bare loop"] is False and met["CovLoss share of a Crocodile step"] is False
+    assert met["gAUC speed-up over fuxictr.metrics"] is True and met["Ray processes on the default path"] is False
+
+
+def test_gauc_data_has_ties_and_skippable_users():
+    y, score, group = gauc_data(5_000, 400)
+    assert np.unique(score).shape[0] < 1_000  # ties exercise the average-rank rule
+    single_class = [g for g in np.unique(group) if y[group == g].min() == y[group == g].max()]
+    assert single_class  # users with one class are skipped by both implementations
+    assert 0.5 < gauc_score(y, score, group) < 1.0
+
+
+def test_process_tree_helpers_and_first_batches():
+    rss, ray = tree_usage(os.getpid())
+    assert rss > 0 and ray == 0
+    assert is_ray_process("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --node")
+    assert is_ray_process("ray::IDLE") and not is_ray_process("/venv/bin/python -m pytest tests/test_perf.py")
+    batches = FirstBatches(list(range(10)), 3)
+    assert len(batches) == 3 and list(batches) == [0, 1, 2]
+    assert len(FirstBatches(list(range(2)), 5)) == 2 and len(FirstBatches(list(range(4)), None)) == 4
+
+
+def test_cli_perf_rejects_a_non_json_out(capsys, tmp_path):
+    assert cli.main(["perf", "--quick", "--out", str(tmp_path / "report.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and ".json" in err and err.count("\n") == 1
