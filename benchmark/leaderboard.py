@@ -159,7 +159,7 @@ class Board:
 
 
 def build_board(suite, store=None, config_dir=None, metrics=None, split=None, std=None, digits=None,
-                lift_base=None) -> Board:
+                lift_base=None, extra_overrides: dict | None = None) -> Board:
     """Collect the suite's runs from the store into tables (one per dataset), marks and lift tables."""
     from .data.build import domain_names
     from .store import Store
@@ -172,7 +172,7 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
             raise UserError(f"unknown metric {metric!r}{close_matches(metric, metric_lib.BASE_METRICS)}; known "
                             f"metrics: {', '.join(metric_lib.BASE_METRICS)}")
     split = split or lb["split"]
-    plan = suite.plan(config_dir, strict=False)
+    plan = suite.plan(config_dir, extra_overrides, strict=False)
     db = Store(store or suite.store, create=False)
     try:
         stored = db.stored_keys()

@@ -15,6 +15,17 @@ def _parse_set(items) -> dict:
     return parse_set(items)
 
 
+def _overrides(args) -> dict:
+    """``--set`` and ``--nproc``: the same on ``run``, ``leaderboard`` and ``runs``, so they find the same runs."""
+    overrides = _parse_set(getattr(args, "set", None))
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None:
+        if nproc < 1:
+            raise UserError(f"--nproc must be a positive number of processes, got {nproc}")
+        overrides["nproc"] = nproc
+    return overrides
+
+
 def _reports_dir(suite) -> Path:
     from .paths import bench_home
 
@@ -22,12 +33,13 @@ def _reports_dir(suite) -> Path:
 
 
 def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_file: str | None = None,
-                      metrics=None, split=None, std=None, lift_base=None, stdout=None) -> None:
+                      metrics=None, split=None, std=None, lift_base=None, stdout=None,
+                      extra_overrides: dict | None = None) -> None:
     from .leaderboard import build_board, make_plots, render
 
     stdout = stdout or sys.stdout
     board = build_board(suite, store=store, config_dir=config_dir, metrics=metrics, split=split, std=std,
-                        lift_base=lift_base)
+                        lift_base=lift_base, extra_overrides=extra_overrides)
     target = Path(out_file).expanduser() if out_file else None
     images = make_plots(board, target.parent if target else _reports_dir(suite)) if fmt in ("md", "html") else {}
     if target is not None and fmt == "md":  # relative image links next to the Markdown file
@@ -47,13 +59,9 @@ def cmd_run(args) -> int:
 
     suite = load_suite(args.suite, args.config)
     started = time.time()
-    overrides = _parse_set(args.set)
-    if args.nproc is not None:
-        if args.nproc < 1:
-            raise UserError(f"--nproc must be a positive number of processes, got {args.nproc}")
-        if args.nproc > 1 and args.jobs > 1:
-            raise UserError("--nproc and --jobs both split the cores; use one of them")
-        overrides["nproc"] = args.nproc
+    overrides = _overrides(args)
+    if args.nproc is not None and args.nproc > 1 and args.jobs > 1:
+        raise UserError("--nproc and --jobs both split the cores; use one of them")
     outcome = run_suite(suite, config_dir=args.config, store=args.store, jobs=args.jobs,
                         extra_overrides=overrides, dry_run=args.dry_run)
     if args.dry_run:
@@ -66,7 +74,7 @@ def cmd_run(args) -> int:
         print(f"  FAILED {run.describe()}: {message} (log: {run.log_file})")
     if not args.no_leaderboard:
         print()
-        print_leaderboard(suite, store=args.store, config_dir=args.config, fmt="md")
+        print_leaderboard(suite, store=args.store, config_dir=args.config, fmt="md", extra_overrides=overrides)
     return 1 if outcome.failed else 0
 
 
@@ -75,7 +83,8 @@ def cmd_leaderboard(args) -> int:
 
     suite = load_suite(args.suite, args.config)
     print_leaderboard(suite, store=args.store, config_dir=args.config, fmt=args.format, out_file=args.out,
-                      metrics=args.metric, split=args.split, std=args.std or None, lift_base=args.lift_base)
+                      metrics=args.metric, split=args.split, std=args.std or None, lift_base=args.lift_base,
+                      extra_overrides=_overrides(args))
     return 0
 
 
@@ -87,7 +96,7 @@ def cmd_runs(args) -> int:
         from .suite import load_suite
 
         suite = load_suite(args.suite, args.config)
-        plan = suite.plan(args.config, strict=False)
+        plan = suite.plan(args.config, _overrides(args), strict=False)
         db = Store(args.store or suite.store, create=False)
         stored = db.stored_keys()
         ids = [stored[r.key] for r in plan.unique_runs() if r.key in stored]
@@ -118,6 +127,12 @@ def cmd_rerun(args) -> int:
     return 0 if rerun(args.run_id, store=args.store) else 1
 
 
+def _add_variant_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="the overrides the suite was run with (`run --set`), to find those runs")
+    p.add_argument("--nproc", type=int, help="the --nproc the suite was run with, to find those runs")
+
+
 def add_commands(sub) -> None:
     """Add the suite subcommands to the ``mdl-bench`` parser's subparsers."""
     store_help = "results store (SQLite file; default the suite's `store`, else ${MDL_BENCH_HOME}/results.sqlite)"
@@ -144,12 +159,14 @@ def add_commands(sub) -> None:
     p.add_argument("--std", action="store_true", help="show the standard deviation over seeds in every cell")
     p.add_argument("--lift-base", help="also a lift table over this row (label or expid)")
     p.add_argument("--out", help="write to this file (plots beside it) instead of printing")
+    _add_variant_options(p)
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("runs", help="list stored runs (their ids are what `rerun` takes)")
     p.add_argument("--suite", help="only this suite's runs")
     p.add_argument("--store", help=store_help)
     p.add_argument("--config", help="config folder (default: the packaged config/)")
+    _add_variant_options(p)
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("rerun", help="rerun a stored run from its stored config alone and compare every metric")

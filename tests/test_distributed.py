@@ -256,3 +256,24 @@ def test_stream_stops_cleanly_when_abandoned_and_errors_are_raised(tmp_path):
     empty.mkdir()
     with pytest.raises(UserError, match="holds no parquet part"):
         StreamingLoader(feature_map, str(empty))
+
+
+def test_suite_with_nproc_stores_runs_that_leaderboard_and_runs_find_with_the_same_option(tiny, tmp_path, capsys):
+    from mdl_bench.benchmark.cli import main
+
+    suite = tmp_path / "ddp.yaml"
+    store = tmp_path / "store.sqlite"
+    suite.write_text(f"name: ddp\ndatasets: [tiny_synth]\nseeds: [3]\nexpids: [STAR_test]\nstore: {store}\n"
+                     f"overrides: {{epochs: 1}}\n")
+    assert main(["run", "--suite", str(suite), "--nproc", "2", "--no-leaderboard"]) == 0
+    assert main(["runs", "--suite", str(suite), "--nproc", "2"]) == 0
+    assert "STAR_test" in capsys.readouterr().out
+    assert main(["leaderboard", "--suite", str(suite), "--nproc", "2", "--format", "csv"]) == 0
+    with_option = capsys.readouterr().out
+    assert main(["leaderboard", "--suite", str(suite), "--format", "csv"]) == 0
+    without = capsys.readouterr().out
+    star = [line for line in with_option.splitlines() if "STAR" in line]
+    assert star and any(ch.isdigit() for ch in star[0].split(",", 2)[2])  # values present
+    assert with_option != without  # a 2-process run is another config: found only with the same --nproc
+    assert main(["run", "--suite", str(suite), "--nproc", "2", "--jobs", "2"]) == 2
+    assert "--nproc and --jobs" in capsys.readouterr().err
