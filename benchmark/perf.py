@@ -63,7 +63,11 @@ class PerfConfig:
         models: registered model names (``None``: all).
         expid_suffix: the expid of model ``X`` is ``X + expid_suffix`` (``_default``: the paper-like sizes).
         dataset_id: run every expid on this dataset instead of its own (``None``: the expid's, kuairand_like).
-        batches, repeats: training batches per measured epoch, and epochs (= bare passes) measured per model.
+        batches, repeats: training batches per measured epoch (at least; see ``min_epoch_seconds``), and epochs
+            (= bare passes) measured per model.
+        min_epoch_seconds: a fast model gets more batches per measured epoch, up to about this many seconds, so
+            that per-epoch costs (a new permutation, the loop's set-up) are amortised as in a real epoch (~100
+            batches of the default data) rather than over a handful of batches.
         eval_batches: test batches of the evaluation measurement.
         cov_repeats: repeats of the direct CovLoss forward+backward timing.
         matched_batches: batches per epoch of the matched DNN/MMoE runs (``None``: full epochs, as the stock side).
@@ -85,6 +89,7 @@ class PerfConfig:
     dataset_id: str | None = None
     batches: int = 10
     repeats: int = 3
+    min_epoch_seconds: float = 2.0
     eval_batches: int = 10
     cov_repeats: int = 10
     matched_batches: int | None = None
@@ -108,7 +113,8 @@ QUICK_MODELS = ["Crocodile", "ME_MMoE", "MMoE", "SharedBottom"]
 
 def quick_config(**overrides) -> PerfConfig:
     """The ``--quick`` settings: about 90 s on 2 cores; no stock FuxiCTR training and no FuxiCTR build."""
-    values = dict(models=list(QUICK_MODELS), batches=4, repeats=2, eval_batches=4, cov_repeats=5,
+    values = dict(models=list(QUICK_MODELS), batches=4, repeats=2, min_epoch_seconds=0.8, eval_batches=4,
+                  cov_repeats=5,
                   matched_batches=4, matched_epochs=2, stock=False, gauc_rows=300_000, gauc_users=3_000,
                   build_rows=100_000, build_fuxictr=False, scaling_tables=(1, 4, 8), scaling_domains=(2, 8, 16),
                   scaling_steps=3, scaling_rows=20_000, quick=True)
@@ -393,16 +399,21 @@ def _new_model(model_class, feature_map, params: dict):
 
 
 def measure_training(model, params: dict, paths: dict, batches: int | None, epochs: int,
-                     bare_batches: int | None = None, interleave_bare: bool = True) -> dict:
+                     bare_batches: int | None = None, interleave_bare: bool = True,
+                     min_epoch_seconds: float = 0.0) -> dict:
     """Real path (``make_loaders`` + ``fit``, one epoch of ``batches`` batches per call, ``epochs`` calls) with
-    the bare loop on the same number of in-memory batches after each epoch."""
+    the bare loop on the same number of in-memory batches after each epoch. ``batches=None``: full epochs;
+    ``min_epoch_seconds``: more batches for a fast model (from the warm-up step time)."""
     from .runner import make_loaders
 
     train, valid, test = make_loaders(model.feature_map, paths, params)
     max_norm = float(params.get("max_gradient_norm", 10.0))
+    warm = list(itertools.islice(iter(train), 3))
+    step = bare_loop(model, warm, max_norm)[-1]  # warm-up: allocations, optimiser state
+    if batches is not None and min_epoch_seconds > 0:
+        batches = int(min(len(train), max(batches, np.ceil(min_epoch_seconds / max(step, 1e-6)))))
     n_bare = bare_batches or batches or len(train)
     in_memory = list(itertools.islice(iter(train), n_bare))
-    bare_loop(model, in_memory[:2], max_norm)  # warm-up: allocations, optimiser state
     timer = EpochTimer(model)
     bare_sps, bare_steps = [], []
     fit_params = {k: v for k, v in params.items() if k != "epochs"}
@@ -418,6 +429,7 @@ def measure_training(model, params: dict, paths: dict, batches: int | None, epoc
             "bare_sps_repeats": bare_sps, "bare_step_ms": 1000 * median(bare_steps),
             "real_step_ms": 1000 * median([s * train.batch_size / r for s, r in zip(timer.seconds, timer.rows) if r]),
             "model_counter_sps": float(getattr(model, "train_samples_per_second", float("nan"))),
+            "batches": batches if batches is not None else len(train),
             "loaders": (train, valid, test), "in_memory": in_memory}
 
 
@@ -425,10 +437,10 @@ def measure_model(name: str, cfg: PerfConfig, work: Path) -> dict:
     """Real vs bare throughput, step split, evaluation speed of one registered model."""
     params, model_class, paths, feature_map = _prepare(name + cfg.expid_suffix, _base_overrides(cfg, work))
     model = _new_model(model_class, feature_map, params)
-    out = measure_training(model, params, paths, cfg.batches, cfg.repeats)
+    out = measure_training(model, params, paths, cfg.batches, cfg.repeats, min_epoch_seconds=cfg.min_epoch_seconds)
     train, valid, test = out.pop("loaders")
     out.pop("in_memory")
-    out["split_ms"] = split_steps(model, FirstBatches(train, cfg.batches + 1), cfg.batches,
+    out["split_ms"] = split_steps(model, FirstBatches(train, out["batches"] + 1), out["batches"],
                                   float(params.get("max_gradient_norm", 10.0)))
     eval_sps = []
     for _ in range(max(2, cfg.repeats)):
@@ -440,7 +452,7 @@ def measure_model(name: str, cfg: PerfConfig, work: Path) -> dict:
         eval_sps.append(rows / (_now(model.device) - tick))
     display = getattr(model_class, "display_name", None) or name
     out.update({"display_name": display, "expid": name + cfg.expid_suffix, "batch_size": train.batch_size,
-                "batches": cfg.batches, "repeats": cfg.repeats, "eval_sps": median(eval_sps),
+                "repeats": cfg.repeats, "eval_sps": median(eval_sps),
                 "real_over_bare": out["real_sps"] / out["bare_sps"], "num_parameters": model.num_parameters(),
                 "num_tables": getattr(model, "num_experts", None)})
     return out
@@ -882,14 +894,15 @@ def render_markdown(result: dict) -> str:
     models = result.get("models") or {}
     if models:
         first = next(iter(models.values()))
-        out += ["", f"## Training throughput per model (batch {first['batch_size']}, {first['batches']} batches x "
-                    f"{first['repeats']} epochs; medians)", "",
-                "| model | real samples/s | bare samples/s | real / bare | step ms | data | forward | backward | "
-                "optimiser | eval samples/s | parameters |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += ["", f"## Training throughput per model (batch {first['batch_size']}, {first['repeats']} epochs of "
+                    f"the batches shown; medians)", "",
+                "| model | real samples/s | bare samples/s | real / bare | batches | step ms | data | forward | "
+                "backward | optimiser | eval samples/s | parameters |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, m in models.items():
             s = m["split_ms"]
             out.append(f"| {m['display_name']} | {_fmt(m['real_sps'])} | {_fmt(m['bare_sps'])} | "
-                       f"{m['real_over_bare']:.2f} | {_fmt(m['bare_step_ms'], '{:.0f}')} | "
+                       f"{m['real_over_bare']:.2f} | {m['batches']} | {_fmt(m['bare_step_ms'], '{:.0f}')} | "
                        f"{_fmt(s.get('data'), '{:.1f}')} | {_fmt(s.get('forward'), '{:.0f}')} | "
                        f"{_fmt(s.get('backward'), '{:.0f}')} | {_fmt(s.get('optimizer'), '{:.0f}')} | "
                        f"{_fmt(m['eval_sps'])} | {m['num_parameters']:,} |")
