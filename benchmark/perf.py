@@ -103,7 +103,7 @@ class PerfConfig:
     scaling_tables: Sequence[int] = (1, 2, 4, 8)
     scaling_domains: Sequence[int] = (2, 4, 8, 16)
     scaling_fixed_tables: int = 4
-    scaling_steps: int = 6
+    scaling_steps: int = 8
     scaling_rows: int = 40_000
     quick: bool = False
 
@@ -733,7 +733,11 @@ SCALING_MODELS = ("Crocodile", "ME_MMoE")
 
 
 def measure_scaling(cfg: PerfConfig, work: Path) -> dict:
-    out: dict[str, Any] = {"models": list(SCALING_MODELS), "tables": {"values": list(cfg.scaling_tables)},
+    from mdl_bench.model_zoo import get_model
+
+    out: dict[str, Any] = {"models": list(SCALING_MODELS),
+                           "display": {n: get_model(n).display_name or n for n in SCALING_MODELS},
+                           "tables": {"values": list(cfg.scaling_tables)},
                            "domains": {"values": list(cfg.scaling_domains),
                                        "fixed_tables": cfg.scaling_fixed_tables}}
     for name in SCALING_MODELS:
@@ -753,7 +757,9 @@ REASONS = {
     "gate": "ME-MMoE's gate reads all M tables (M*F*D inputs); Crocodile's PEG maps the prior embedding to "
             "M x d weights per domain: both grow with M; per row only its own domain's gate is computed "
             "(DomainGroups), so K adds K small matmuls, not K times the work",
-    "towers": "every domain's tower runs on every row (so DDP sees all parameters): grows linearly in K",
+    "towers": "every domain's tower runs on every row and each row keeps its own domain's logit (so that DDP "
+              "sees every parameter, and batch norm in a tower sees the whole batch): compute grows linearly in "
+              "K; routing rows to their own tower would make it flat in K",
     "cov": "CovLoss's Gram over the sampled rows is (M*d)^2: quadratic in M but tiny on 32 rows",
     "optimizer": "Adam, clipping and the embedding L2 term touch every parameter every step: they grow with the "
                  "parameter count (embedding tables x M; gates and towers x K)",
@@ -779,7 +785,8 @@ def explain_scaling(scaling: dict) -> str:
             growth["optimizer"] = last["optimizer_ms"] - first["optimizer_ms"]
             top = sorted(growth.items(), key=lambda kv: -kv[1])
             grown = ", ".join(f"{part} +{ms:.0f} ms" for part, ms in top if ms > 0.5) or "nothing measurable"
-            lines.append(f"- {name}, {label} {values[0]} -> {values[-1]}: step {first['step_ms']:.0f} -> "
+            shown = (scaling.get("display") or {}).get(name, name)
+            lines.append(f"- {shown}, {label} {values[0]} -> {values[-1]}: step {first['step_ms']:.0f} -> "
                          f"{last['step_ms']:.0f} ms ({last['step_ms'] / first['step_ms']:.2f}x); grew: {grown}.")
     lines.append("")
     lines.append("Why:")
@@ -803,7 +810,8 @@ def plot_scaling(scaling: dict, path: Path) -> str | None:
             points = scaling[axis].get(name) or []
             if not points:
                 continue
-            ax.plot(values[:len(points)], [p["step_ms"] for p in points], marker="o", lw=2, label=f"{name} step")
+            ax.plot(values[:len(points)], [p["step_ms"] for p in points], marker="o", lw=2,
+                    label=f"{(scaling.get('display') or {}).get(name, name)} step")
         croc = scaling[axis].get("Crocodile") or []
         if croc and "error" not in croc[0]["components_ms"]:
             parts = list(croc[0]["components_ms"]) + ["optimizer"]
@@ -980,7 +988,9 @@ def render_markdown(result: dict) -> str:
             croc = scaling[axis].get("Crocodile") or []
             if croc and "error" not in croc[0]["components_ms"]:
                 parts = list(croc[0]["components_ms"])
-            header = (f"| {label} | " + " | ".join(f"{n} step ms" for n in scaling["models"]) + " | ratio | " +
+            display = scaling.get("display") or {}
+            header = (f"| {label} | " + " | ".join(f"{display.get(n, n)} step ms" for n in scaling["models"]) +
+                      " | " + " / ".join(display.get(n, n) for n in scaling["models"]) + " | " +
                       " | ".join(f"Crocodile {p}" for p in parts) + " | Crocodile optimiser |")
             out += [header, "|" + "---|" * (header.count("|") - 1)]
             for i, value in enumerate(values):
