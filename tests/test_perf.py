@@ -34,6 +34,9 @@ def test_perf_writes_json_markdown_and_png(perf_result):
     assert json.loads(open(files["json"]).read()) == perf_result  # what is returned is what is written
     assert list(perf_result)[:3] == ["meta", "targets", "models"]  # ratios first
     assert perf_result["meta"]["quick"] is True and len(perf_result["meta"]["load_start"]) == 3
+    others = perf_result["meta"]["others_cpu"]  # other processes' CPU share per phase, to judge the timings
+    assert {"models", "covloss", "matched", "scaling", "gauc", "build"} <= set(others)
+    assert all(0.0 <= v <= 1.0 for v in others.values())
 
 
 def test_perf_model_sections_have_every_measure(perf_result):
@@ -86,8 +89,13 @@ def test_perf_targets_and_markdown(perf_result):
 
 def test_targets_flag_a_missed_goal():
     result = {"models": {"A": {"real_over_bare": 0.5}}, "covloss": {"settings": {"32 rows": {"share": 0.2}}},
-              "gauc": {"speedup": 30.0, "max_abs_diff": 0.0, "rows": 10}, "ray": {"default_path": 1}}
-    met = {row["target"].split(" (")[0].split(",")[0]: row["met"] for row in evaluate_targets(result)}
+              "gauc": {"speedup": 30.0, "max_abs_diff": 0.0, "rows": 10}, "ray": {"default_path": 1},
+              "meta": {"others_cpu": {"models": 0.6, "gauc": 0.1}}}
+    rows = evaluate_targets(result)
+    met = {row["target"].split(" (")[0].split(",")[0]: row["met"] for row in rows}
+    notes = {row["target"].split(" (")[0].split(",")[0]: row["note"] for row in rows}
+    assert "other processes used 60% of the CPUs" in notes["training / bare loop"]
+    assert notes["gAUC speed-up over fuxictr.metrics"] == ""  # 10% is not flagged
     assert met["training / bare loop"] is False and met["CovLoss share of a Crocodile step"] is False
     assert met["gAUC speed-up over fuxictr.metrics"] is True and met["Ray processes on the default path"] is False
 
