@@ -50,10 +50,8 @@ def part_files(data_path: str) -> list[str]:
     return parts
 
 
-def load_columns(feature_map, data_path: str, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Read the feature and label columns (or just ``names``) of a built split into CPU tensors; a split built
-    in parts is read whole (for the analysis tools and small parted datasets)."""
-    names = list(names) if names is not None else list(feature_map.features) + list(feature_map.labels)
+def checked_parts(data_path: str, names: list[str]) -> list[str]:
+    """The parts of a built split (see :func:`part_files`) after checking that they hold the columns ``names``."""
     parts = part_files(data_path)
     try:
         schema = pl.read_parquet_schema(parts[0])
@@ -64,11 +62,35 @@ def load_columns(feature_map, data_path: str, names: list[str] | None = None) ->
     if missing:
         raise UserError(f"built data {data_path} has no column {missing[0]!r}; it was built from another config, so "
                         f"delete the dataset folder to rebuild it")
+    return parts
+
+
+def load_columns(feature_map, data_path: str, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read the feature and label columns (or just ``names``) of a built split into CPU tensors; a split built
+    in parts is read whole (for the analysis tools and small parted datasets)."""
+    names = list(names) if names is not None else list(feature_map.features) + list(feature_map.labels)
+    parts = checked_parts(data_path, names)
     frame = pl.read_parquet(parts if len(parts) > 1 else parts[0], columns=names)
     return {name: _column_tensor(frame[name]) for name in names}
 
 
-class InMemoryLoader:
+class _EpochLoader:
+    """What both loaders share: FuxiCTR's ``num_batches`` and the epoch that fixes the next pass's order."""
+
+    epoch: int = 0
+    _epoch_set: bool = False
+
+    @property
+    def num_batches(self) -> int:
+        return len(self)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the permutation of the next pass (as ``DistributedSampler.set_epoch`` does)."""
+        self.epoch = int(epoch)
+        self._epoch_set = True
+
+
+class InMemoryLoader(_EpochLoader):
     """Batches of one split from tensors held in memory.
 
     Args:
@@ -110,15 +132,6 @@ class InMemoryLoader:
         lo, hi = self._eval_range()
         return math.ceil((hi - lo) / self.batch_size)
 
-    @property
-    def num_batches(self) -> int:
-        return len(self)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the permutation of the next pass (as ``DistributedSampler.set_epoch`` does)."""
-        self.epoch = int(epoch)
-        self._epoch_set = True
-
     def read_columns(self, names: list[str]) -> dict[str, torch.Tensor]:
         """Whole columns of the split (all rows, in file order)."""
         return {name: self.columns[name] for name in names if name in self.columns}
@@ -152,7 +165,7 @@ class InMemoryLoader:
                 yield {name: col[start:stop] for name, col in self.columns.items()}
 
 
-class StreamingLoader:
+class StreamingLoader(_EpochLoader):
     """Batches of a split built in parts, streamed with bounded memory.
 
     An epoch's parts are dealt round-robin to the ranks, and each rank's parts round-robin to its
@@ -187,17 +200,13 @@ class StreamingLoader:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.feature_map = feature_map
         self.names = list(feature_map.features) + list(feature_map.labels)
-        self.parts = part_files(data_path)
+        self.data_path = data_path
+        self.parts = checked_parts(data_path, self.names)
         try:
             self.part_rows = [pl.scan_parquet(p).select(pl.len()).collect().item() for p in self.parts]
-            schema = pl.read_parquet_schema(self.parts[0])
         except Exception as exc:
             raise UserError(f"cannot read built data in {data_path} ({str(exc).splitlines()[0]}); delete the dataset "
                             f"folder so that it is rebuilt") from None
-        missing = [n for n in self.names if n not in schema]
-        if missing:
-            raise UserError(f"built data {self.parts[0]} has no column {missing[0]!r}; delete the dataset folder to "
-                            f"rebuild it")
         self.split, self.shuffle, self.seed = split, bool(shuffle), int(seed or 0)
         self.batch_size = int(batch_size)
         self.local_batch_size = max(1, self.batch_size // world_size)
@@ -233,14 +242,6 @@ class StreamingLoader:
             rows = sum(self.part_rows[i] for i in self.reader_parts(self.epoch, worker, workers))
             total += math.ceil(rows / self.local_batch_size)
         return total
-
-    @property
-    def num_batches(self) -> int:
-        return len(self)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self._epoch_set = True
 
     # ------------------------------------------------------------------ reading
     def _read_part(self, index: int) -> dict[str, torch.Tensor]:
@@ -336,5 +337,4 @@ class StreamingLoader:
 
     def read_columns(self, names: list[str]) -> dict[str, torch.Tensor]:
         """Whole columns of the split (all rows, part by part in name order); only the columns asked for."""
-        frame = pl.read_parquet(self.parts, columns=list(names))
-        return {name: _column_tensor(frame[name]) for name in names}
+        return load_columns(self.feature_map, self.data_path, names)
