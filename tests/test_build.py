@@ -1,10 +1,12 @@
 """Building a dataset: same ids as FuxiCTR's own transform, reuse and rebuild, and clear errors on bad raw data."""
+import json
 import os
 import pickle
 
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 from mdl_bench.benchmark.data.build import ensure_dataset, dataset_dir
 from mdl_bench.benchmark.errors import UserError
@@ -107,10 +109,63 @@ def test_config_without_domain_field(tmp_path):
     expect_error(tmp_path, r"has no `domain_field`; add", domain_field=None)
 
 
-def test_unparsable_value(tmp_path):
+@pytest.mark.parametrize("block", [0, 4])
+def test_unparsable_value_names_column_value_line_and_dtype(tmp_path, block):
     (tmp_path / "raw").mkdir()
     write_csv(tmp_path / "raw" / "train.csv", good_rows(10) + ["u1,abc,1,0.5,1\n"])
-    expect_error(tmp_path, r"cannot parse train_data file .*declare that column as dtype: str")
+    expect_error(tmp_path, r"train_data file .*train.csv line 12: column 'item_id' is declared dtype: int but holds "
+                           r"'abc'; declare `dtype: str` for 'item_id' in feature_cols", data_block_size=block)
+
+
+def test_numeric_column_with_a_word_for_missing(tmp_path):
+    (tmp_path / "raw").mkdir()
+    write_csv(tmp_path / "raw" / "valid.csv", good_rows(5) + ["u1,3,1,NA,1\n", "u2,3,1,NA,0\n"])
+    expect_error(tmp_path, r"valid_data file .*valid.csv line 7: column 'price' is declared dtype: float but holds "
+                           r"'NA'; 2 rows do not parse; a numeric column needs numbers: write a missing value as an "
+                           r"empty cell")
+
+
+@pytest.mark.parametrize("content, pattern", [
+    (b"\x1f\x8b\x08\x00rest", r"is not a CSV file: it is gzip-compressed \(unpack it with gunzip\)"),
+    (b"PAR1\x00\x00", r"is not a CSV file: it is a Parquet file"),
+    (b"", r"is empty or starts with a blank line; expected a CSV header line"),
+    (HEADER.encode() + b"u1,3,1,0.5,1,extra,fields\n", r"is not a well-formed CSV file"),
+])
+def test_not_a_csv_only_when_it_is_not_one(tmp_path, content, pattern):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "test.csv").write_bytes(content)
+    expect_error(tmp_path, r"test_data file .*test.csv " + pattern if b"," in content else pattern)
+
+
+def zip_rows(n, numeric_until, seed=0):
+    """Rows whose zip code is numeric for the first ``numeric_until`` rows and a Canadian postal code after."""
+    rng = np.random.default_rng(seed)
+    return [f"u{rng.integers(0, 20)},{rng.integers(0, 30)},{rng.choice([1, 2, 3])},{rng.random():.3f},"
+            f"{rng.integers(0, 2)},{rng.integers(10000, 10010) if i < numeric_until else 'M4J2K'}\n"
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("block", [0, 400])
+def test_str_column_numeric_for_its_first_thousand_rows_builds_and_trains(tmp_path, block):
+    """A ``dtype: str`` column is read as text everywhere (header check, reads, streamed vocabulary counting):
+    no step infers a type from its first rows."""
+    from mdl_bench.benchmark.runner import run_expid
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split, n, until in (("train", 1500, 1200), ("valid", 200, 150), ("test", 200, 150)):
+        (raw / f"{split}.csv").write_text(HEADER.strip() + ",zip_code\n" + "".join(zip_rows(n, until, len(split))))
+    params = params_for(tmp_path, data_block_size=block)
+    cols = params["feature_cols"] + [{"name": "zip_code", "dtype": "str", "type": "categorical"}]
+    (tmp_path / "dataset_config.yaml").write_text(yaml.safe_dump({"zips": dict(params, feature_cols=cols,
+                                                                               dataset_id="zips")}))
+    (tmp_path / "model_config.yaml").write_text(yaml.safe_dump({"zips_test": dict(
+        model="SharedBottom", dataset_id="zips", model_root=str(tmp_path / "models"), epochs=1, batch_size=256,
+        learning_rate=1.0e-2, embedding_dim=4, bottom_hidden_units=[8], tower_hidden_units=[4], verbose=0)}))
+    result = run_expid("zips_test", tmp_path, quiet=True)
+    vocab = json.loads((dataset_dir(dict(params, dataset_id="zips")) / "feature_vocab.json").read_text())
+    assert "M4J2K" in vocab["zip_code"] and "10003" in vocab["zip_code"]
+    assert 0.0 <= result.test["AUC"] <= 1.0
 
 
 def test_nan_feature_becomes_missing(tmp_path):

@@ -31,6 +31,7 @@ import polars as pl
 
 from ..errors import UserError
 from . import synth
+from .realdata import read_header
 
 BUILD_VERSION = 1  # bump when the encoding below changes, so old builds are rebuilt
 SPLITS = ("train", "valid", "test")
@@ -167,20 +168,72 @@ def _wanted_columns(cols: list[dict], label: dict) -> dict:
 
 
 def _check_header(path: str, wanted: dict, split: str) -> None:
-    try:
-        header = pl.read_csv(path, n_rows=0).columns
-    except Exception as exc:  # polars raises several exception types for unreadable CSV
-        raise UserError(f"cannot read {split}_data file {path} ({str(exc).splitlines()[0]}); check that it is a "
-                        f"CSV file with a header line") from None
+    """The file is CSV text with a header naming every wanted column; reads the header line only, so no data
+    row is looked at (or typed) here."""
+    header = read_header(path, fix=f"point {split}_data at a CSV file with a header line", strip=False)
     missing = [c for c in wanted if c not in header]
     if missing:
+        spaced = [h for h in header if h.strip() == missing[0]]
+        if spaced:
+            raise UserError(f"{split}_data file {path}: the header names column {spaced[0]!r} with spaces around "
+                            f"it, so there is no column {missing[0]!r}; remove the spaces from the header line")
         raise UserError(f"{split}_data file {path} has no column {missing[0]!r} (it has: {', '.join(header)}); "
                         f"fix feature_cols/label_col or the file")
 
 
-def _parse_error(split: str, path: str, exc: Exception) -> UserError:
-    return UserError(f"cannot parse {split}_data file {path} ({str(exc).splitlines()[0]}); fix the bad value or "
-                     f"declare that column as dtype: str")
+_DTYPE_NAMES = {pl.Utf8: "str", pl.Int64: "int", pl.Float64: "float"}
+
+
+def _bad_value(path: str, wanted: dict) -> tuple[str, str, int, int] | None:
+    """The declared column of ``path`` whose first value that does not parse as its declared dtype comes first:
+    ``(column, value, line, rows that do not parse)``, or ``None``. Scans the file as text, streamed."""
+    text = pl.scan_csv(path, infer_schema=False, null_values=[""]).select(list(wanted)).with_row_index("__row")
+    first = None
+    for name, dtype in wanted.items():
+        if dtype == pl.Utf8:
+            continue
+        number = pl.col(name).str.strip_chars().cast(dtype, strict=False)  # the CSV parser allows spaces
+        found = (text.filter(pl.col(name).is_not_null() & number.is_null())
+                 .select(pl.len().alias("count"), pl.col("__row").first(), pl.col(name).first())
+                 .collect(engine="streaming"))
+        count = int(found["count"][0])
+        if count and (first is None or int(found["__row"][0]) + 2 < first[2]):
+            first = (name, found[name][0], int(found["__row"][0]) + 2, count)  # +2: 1-based, after the header
+    return first
+
+
+def _diagnose(split: str, path: str, wanted: dict, cols: list[dict]) -> UserError | None:
+    """What is really wrong with a raw file Polars could not read: a value that does not parse as the dtype its
+    column declares (column, value, line, declared dtype and the fix), or a broken CSV layout; ``None`` if
+    neither is found."""
+    try:
+        found = _bad_value(path, wanted)
+    except Exception as exc:  # even as plain text it does not read: the CSV layout itself is broken
+        return _layout_error(split, path, exc)
+    if found is None:
+        return None
+    name, value, line, count = found
+    kind = next((c["type"] for c in cols if c["name"] == name), "label")
+    if kind == "label":
+        fix = "labels must be 0 or 1; fix or drop those rows"
+    elif kind == "numeric":
+        fix = "a numeric column needs numbers: write a missing value as an empty cell, or fix those values"
+    else:  # an id column: reading it as text keeps every value a category of its own
+        fix = f"declare `dtype: str` for {name!r} in feature_cols (its values are ids), or fix those values"
+    more = f"; {count:,} rows do not parse" if count > 1 else ""
+    return UserError(f"{split}_data file {path} line {line}: column {name!r} is declared dtype: "
+                     f"{_DTYPE_NAMES[wanted[name]]} but holds {value!r}{more}; {fix}")
+
+
+def _layout_error(split: str, path: str, exc: Exception) -> UserError:
+    return UserError(f"{split}_data file {path} is not a well-formed CSV file ({str(exc).splitlines()[0]}); every "
+                     f"line needs the header's number of fields and every quote its closing quote; fix the file")
+
+
+def _read_error(split: str, path: str, wanted: dict, cols: list[dict], exc: Exception) -> UserError:
+    """The one-line error for a raw file Polars failed to read (``exc``): :func:`_diagnose`'s; when every declared
+    value parses, the file's layout is what Polars refused."""
+    return _diagnose(split, path, wanted, cols) or _layout_error(split, path, exc)
 
 
 def _scan_csv(path: str, wanted: dict) -> pl.LazyFrame:
@@ -196,7 +249,7 @@ def _read_split(files: list[str], cols: list[dict], label: dict, split: str) -> 
             frame = pl.read_csv(path, columns=list(wanted), schema_overrides=wanted, infer_schema_length=0,
                                 null_values=[""])
         except Exception as exc:
-            raise _parse_error(split, path, exc) from None
+            raise _read_error(split, path, wanted, cols, exc) from None
         frames.append(frame.select(list(wanted)))
     return pl.concat(frames) if len(frames) > 1 else frames[0]
 
@@ -382,8 +435,14 @@ def _build_parts(processor, params, files, cols, label, field, domains, meta_col
     except UserError:
         raise
     except Exception as exc:  # a value that does not parse surfaces while the streaming engine counts
-        raise UserError(f"cannot parse the raw files of dataset {params['dataset_id']!r} "
-                        f"({str(exc).splitlines()[0]}); fix the bad value or declare that column as dtype: str") from None
+        wanted = _wanted_columns(cols, label)
+        for split in SPLITS:  # name the file, line and column; the streaming engine's error does not
+            for path in files[split]:
+                error = _diagnose(split, path, wanted, cols)
+                if error is not None:
+                    raise error from None
+        raise UserError(f"cannot read the raw files of dataset {params['dataset_id']!r} ({str(exc).splitlines()[0]}); "
+                        f"fix the files or report this as a bug") from None
     wanted = _wanted_columns(cols, label)
     rows, parts = {}, {}
     for split in SPLITS:
@@ -418,7 +477,7 @@ def _build_parts(processor, params, files, cols, label, field, domains, meta_col
             except UserError:
                 raise
             except Exception as exc:
-                raise _parse_error(split, path, exc) from None
+                raise _read_error(split, path, wanted, cols, exc) from None
         flush(final=True)
         if split == "train":
             _check_train_domains(counts, field, domains)
