@@ -665,6 +665,9 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
         out(f"Suite {suite.name}: {len(plan.variants)} rows, {len(plan.unique_runs())} runs, none stored yet (no store "
             f"at {store_path(store or suite.store)})")
         return SuiteOutcome(plan=plan, store_path=store_path(store or suite.store))
+    if not dry_run:  # a data error is the dataset's, not each run's: one error, before any run starts
+        stored = _stored_keys(store or suite.store)
+        prepare_datasets([r for r in plan.unique_runs() if r.key not in stored], out=out)
     db = Store(store or suite.store)
     outcome = SuiteOutcome(plan=plan, store_path=db.path)
     try:
@@ -693,6 +696,39 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
     finally:
         db.close()
     return outcome
+
+
+def _stored_keys(store: str | None) -> dict:
+    """The stored runs of an existing store; ``{}`` (and no file created) when there is none yet."""
+    path = store_path(store)
+    if not path.exists():
+        return {}
+    with Store(path, create=False) as db:
+        return db.stored_keys()
+
+
+def prepare_datasets(runs: list, out=print) -> None:
+    """Check (or build) each dataset the ``runs`` need, once, before the first run starts.
+
+    A dataset that cannot be built stops the suite with one :class:`UserError` naming the dataset, the number of
+    its runs and the cause; nothing is stored. Datasets are told apart by their build folder (a variant that
+    changes how data is built has its own, see :meth:`Suite._separate_data_variant`).
+    """
+    from .data.build import ensure_dataset
+
+    needed: dict[tuple, list] = {}
+    for run in runs:
+        needed.setdefault((run.params.get("data_root"), run.params.get("dataset_id")), []).append(run)
+    for (_, dataset_id), of_dataset in needed.items():
+        try:
+            ensure_dataset(of_dataset[0].params, log=lambda message: out(f"  {message}"))
+        except UserError as exc:
+            count = len(of_dataset)
+            raise UserError(f"dataset {dataset_id!r} cannot be built, so none of the {count} run"
+                            f"{'s' if count > 1 else ''} that need{'' if count > 1 else 's'} it started: {exc}") from None
+        except Exception as exc:  # a bug, not input: keep the traceback, say where it happened
+            exc.add_note(f"while building dataset {dataset_id!r} before the suite's runs")
+            raise
 
 
 def _run_here(pending: list, db: Store, suite_name: str, progress: SuiteProgress, outcome: SuiteOutcome,

@@ -331,6 +331,60 @@ def test_shipped_suites_plan_against_the_registry():
                                                             "Crocodile"}
 
 
+
+def zip_dataset(folder: Path, zip_dtype: str) -> Path:
+    """A config folder with dataset ``zips``: a ``zip_code`` column numeric for 1,200 rows, then ``M4J2K``."""
+    rng = np.random.default_rng(0)
+    raw = folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 1500), ("valid", 200), ("test", 200)):
+        rows = [f"u{rng.integers(0, 30)},{rng.choice([1, 2])},{rng.integers(10000, 10010) if i < 1200 else 'M4J2K'},"
+                f"{rng.integers(0, 2)}" for i in range(n)]
+        (raw / f"{split}.csv").write_text("user_id,domain,zip_code,click\n" + "\n".join(rows) + "\n")
+    block = dict(data_root=str(folder / "data"), data_format="csv", domain_field="domain", domains=[1, 2],
+                 label_col={"name": "click", "dtype": "float"},
+                 feature_cols=[{"name": "user_id", "dtype": "str", "type": "categorical"},
+                               {"name": "domain", "dtype": "int", "type": "categorical"},
+                               {"name": "zip_code", "dtype": zip_dtype, "type": "categorical"},
+                               {"name": "group_id", "dtype": "str", "type": "meta",
+                                "preprocess": "copy_from(user_id)"}],
+                 group_id="group_id", **{f"{s}_data": str(raw / f"{s}.csv") for s in ("train", "valid", "test")})
+    (folder / "dataset_config.yaml").write_text(yaml.safe_dump({"zips": block}))
+    return folder
+
+
+def test_a_dataset_that_cannot_be_built_stops_the_suite_with_one_error(tmp_path, capsys):
+    config = zip_dataset(tmp_path / "config", zip_dtype="int")
+    data = dict(TWO_ROWS, datasets=["zips"], expids=["Crocodile_test", "SharedBottom_test"], seeds=[1, 2, 3])
+    store = tmp_path / "results.sqlite"
+    code = main(["run", "--suite", str(write_suite(tmp_path, data)), "--config", str(config), "--store",
+                 str(store)])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.fullmatch(r"error: dataset 'zips' cannot be built, so none of the 6 runs that need it started: "
+                        r"train_data file \S+train.csv line 1202: column 'zip_code' is declared dtype: int but holds "
+                        r"'M4J2K'; 300 rows do not parse; declare `dtype: str` for 'zip_code' .*", err), err
+    assert "FAILED" not in captured.out
+    assert not store.exists() and not (config / "data" / "zips").exists()
+    from mdl_bench.benchmark.paths import bench_home
+
+    assert not (bench_home() / "checkpoints" / "zips").exists()
+
+
+def test_a_suite_builds_each_dataset_once_before_its_runs(tmp_path):
+    from mdl_bench.benchmark.suite import prepare_datasets
+
+    config = zip_dataset(tmp_path / "config", zip_dtype="str")
+    data = dict(TWO_ROWS, datasets=["zips"], expids=["Crocodile_test", "SharedBottom_test"], seeds=[1, 2])
+    plan = load_suite(str(write_suite(tmp_path, data)), str(config)).plan(str(config))
+    lines: list[str] = []
+    prepare_datasets(plan.unique_runs(), out=lines.append)
+    assert len(plan.unique_runs()) == 4
+    assert [line.split(" in ")[0] for line in lines] == ["  Built dataset zips"]
+    prepare_datasets(plan.unique_runs(), out=lines.append)  # built: reused, silently
+    assert len(lines) == 1 and (config / "data" / "zips" / "feature_map.json").is_file()
+
 # ---------------------------------------------------------------------------------------------- the store
 def test_store_refuses_foreign_files_and_newer_schemas_and_leaves_them_untouched(tmp_path, capsys):
     suite = write_suite(tmp_path, TWO_ROWS)
