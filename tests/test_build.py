@@ -130,11 +130,12 @@ def test_numeric_column_with_a_word_for_missing(tmp_path):
     (b"PAR1\x00\x00", r"is not a CSV file: it is a Parquet file"),
     (b"", r"is empty or starts with a blank line; expected a CSV header line"),
     (HEADER.encode() + b"u1,3,1,0.5,1,extra,fields\n", r"is not a well-formed CSV file"),
+    (HEADER.replace(",", ";").encode() + b"u1;3;1;0.5;1\n", r"looks ';'-separated .*convert the file to commas"),
 ])
 def test_not_a_csv_only_when_it_is_not_one(tmp_path, content, pattern):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "test.csv").write_bytes(content)
-    expect_error(tmp_path, r"test_data file .*test.csv " + pattern if b"," in content else pattern)
+    expect_error(tmp_path, r"test_data file .*test.csv " + pattern if b"," in content or b";" in content else pattern)
 
 
 def zip_rows(n, numeric_until, seed=0):

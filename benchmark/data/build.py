@@ -173,6 +173,11 @@ def _check_header(path: str, wanted: dict, split: str) -> None:
     header = read_header(path, fix=f"point {split}_data at a CSV file with a header line", strip=False)
     missing = [c for c in wanted if c not in header]
     if missing:
+        seps = [sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]]
+        if seps:  # FuxiCTR's dataset config has no separator option: its CSV files are comma-separated
+            raise UserError(f"{split}_data file {path} looks {seps[0]!r}-separated (its header is one field, "
+                            f"{header[0][:60]!r}); this build reads comma-separated CSV files, so convert the file "
+                            f"to commas")
         spaced = [h for h in header if h.strip() == missing[0]]
         if spaced:
             raise UserError(f"{split}_data file {path}: the header names column {spaced[0]!r} with spaces around "
