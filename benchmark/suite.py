@@ -34,7 +34,9 @@ resolved config (:func:`~mdl_bench.benchmark.store.config_hash`); each seed of a
 ``(hash, seed)``. Running a suite skips the runs already in the store; a changed config has a new hash and runs.
 
 Everything is checked before the first run starts: unknown suite keys, expids, datasets, models, config keys
-and metrics are one-line errors naming the offender and the known names.
+and metrics are one-line errors naming the offender and the known names. Then each dataset the pending runs need
+is checked (built if it is not yet) once (:func:`prepare_datasets`): a data error is the dataset's, so it stops
+the suite as one error instead of failing every run the same way.
 
 Execution: runs go one after another in this process (``jobs=1``), or in ``jobs`` worker processes, each
 storing its own runs (:class:`~mdl_bench.benchmark.store.Store` commits one transaction per run). One progress
@@ -80,7 +82,8 @@ LIFT_KEYS = ("base", "metrics", "domain", "title")
 PLOT_KEYS = ("name", "x", "metrics", "series", "lift_over", "xscale", "title", "domain", "xlabel")
 SPLITS = ("test", "valid")
 # Dataset keys that change the built data: a suite overriding one builds that variant in its own folder.
-BUILD_KEYS = ("feature_cols", "label_col", "min_categr_count", "domain_field", "domains", "group_id", "oracle_field")
+BUILD_KEYS = ("feature_cols", "label_col", "min_categr_count", "domain_field", "domains", "group_id", "oracle_field",
+              "data_block_size")
 # Dataset keys a suite may not override (they name the raw data): make a dataset block instead.
 RAW_KEYS = ("synth", "train_data", "valid_data", "test_data", "data_format")
 
@@ -726,9 +729,6 @@ def prepare_datasets(runs: list, out=print) -> None:
             count = len(of_dataset)
             raise UserError(f"dataset {dataset_id!r} cannot be built, so none of the {count} run"
                             f"{'s' if count > 1 else ''} that need{'' if count > 1 else 's'} it started: {exc}") from None
-        except Exception as exc:  # a bug, not input: keep the traceback, say where it happened
-            exc.add_note(f"while building dataset {dataset_id!r} before the suite's runs")
-            raise
 
 
 def _run_here(pending: list, db: Store, suite_name: str, progress: SuiteProgress, outcome: SuiteOutcome,

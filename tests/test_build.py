@@ -131,6 +131,7 @@ def test_numeric_column_with_a_word_for_missing(tmp_path):
     (b"", r"is empty or starts with a blank line; expected a CSV header line"),
     (HEADER.encode() + b"u1,3,1,0.5,1,extra,fields\n", r"is not a well-formed CSV file"),
     (HEADER.replace(",", ";").encode() + b"u1;3;1;0.5;1\n", r"looks ';'-separated .*convert the file to commas"),
+    (HEADER.encode() + "Zürich,3,1,0.5,1\n".encode("latin-1"), r"is not UTF-8 text .*convert it to UTF-8"),
 ])
 def test_not_a_csv_only_when_it_is_not_one(tmp_path, content, pattern):
     (tmp_path / "raw").mkdir()

@@ -385,6 +385,14 @@ def test_a_suite_builds_each_dataset_once_before_its_runs(tmp_path):
     prepare_datasets(plan.unique_runs(), out=lines.append)  # built: reused, silently
     assert len(lines) == 1 and (config / "data" / "zips" / "feature_map.json").is_file()
 
+
+def test_a_variant_with_other_data_blocks_builds_in_its_own_folder():
+    """Two parts layouts of one dataset must not rebuild each other's folder between runs."""
+    data = dict(TWO_ROWS, seeds=[1], expids=["Crocodile_test", {"expid": "Crocodile_test", "label": "parts",
+                                                                "overrides": {"data_block_size": 500}}])
+    whole, parts = (v.params["data_root"] for v in Suite(data).plan().variants)
+    assert whole != parts and Path(parts).parent == Path(whole) / "variants"
+
 # ---------------------------------------------------------------------------------------------- the store
 def test_store_refuses_foreign_files_and_newer_schemas_and_leaves_them_untouched(tmp_path, capsys):
     suite = write_suite(tmp_path, TWO_ROWS)

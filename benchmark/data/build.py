@@ -231,6 +231,10 @@ def _diagnose(split: str, path: str, wanted: dict, cols: list[dict]) -> UserErro
 
 
 def _layout_error(split: str, path: str, exc: Exception) -> UserError:
+    """The error for a file Polars cannot read even as plain text: its encoding or its CSV structure."""
+    if "utf-8" in str(exc).lower():
+        return UserError(f"{split}_data file {path} is not UTF-8 text ({str(exc).splitlines()[0]}); convert it to "
+                         f"UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > NEW`) and point {split}_data at the result")
     return UserError(f"{split}_data file {path} is not a well-formed CSV file ({str(exc).splitlines()[0]}); every "
                      f"line needs the header's number of fields and every quote its closing quote; fix the file")
 
