@@ -726,9 +726,9 @@ def prepare_datasets(runs: list, out=print) -> None:
         try:
             ensure_dataset(of_dataset[0].params, log=lambda message: out(f"  {message}"))
         except UserError as exc:
-            count = len(of_dataset)
-            raise UserError(f"dataset {dataset_id!r} cannot be built, so none of the {count} run"
-                            f"{'s' if count > 1 else ''} that need{'' if count > 1 else 's'} it started: {exc}") from None
+            runs_text = f"none of the {len(of_dataset)} runs that need it started" if len(of_dataset) > 1 else \
+                "the run that needs it did not start"
+            raise UserError(f"dataset {dataset_id!r} cannot be built, so {runs_text}: {exc}") from None
 
 
 def _run_here(pending: list, db: Store, suite_name: str, progress: SuiteProgress, outcome: SuiteOutcome,

@@ -126,7 +126,8 @@ def test_numeric_column_with_a_word_for_missing(tmp_path):
 
 
 @pytest.mark.parametrize("content, pattern", [
-    (b"\x1f\x8b\x08\x00rest", r"is not a CSV file: it is gzip-compressed \(unpack it with gunzip\)"),
+    (b"\x1f\x8b\x08\x00rest",
+     r"is not a CSV file: it is gzip-compressed; unpack it with gunzip, or point test_data at a CSV file"),
     (b"PAR1\x00\x00", r"is not a CSV file: it is a Parquet file"),
     (b"", r"is empty or starts with a blank line; expected a CSV header line"),
     (HEADER.encode() + b"u1,3,1,0.5,1,extra,fields\n", r"is not a well-formed CSV file"),

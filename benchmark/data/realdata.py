@@ -149,9 +149,10 @@ def line_blocks(path, block_bytes: int = 32 << 20, skip_header: bool = False) ->
 
 
 # Leading bytes of files often given where a CSV belongs, so the error can say what the file is instead.
-_NOT_CSV_MAGIC = {b"\x1f\x8b": "gzip-compressed (unpack it with gunzip)", b"PK\x03\x04": "a zip archive (unpack it)",
-                  b"PAR1": "a Parquet file (give the CSV it was made from)",
-                  b"\x89HDF": "an HDF5 file (give the CSV it was made from)"}
+_NOT_CSV_MAGIC = {b"\x1f\x8b": ("gzip-compressed", "unpack it with gunzip"),
+                  b"PK\x03\x04": ("a zip archive", "unpack it"),
+                  b"PAR1": ("a Parquet file", "give the CSV file it was made from"),
+                  b"\x89HDF": ("an HDF5 file", "give the CSV file it was made from")}
 
 
 def read_header(path, fix: str = "re-download it", strip: bool = True) -> list[str]:
@@ -161,9 +162,9 @@ def read_header(path, fix: str = "re-download it", strip: bool = True) -> list[s
     ending in ``fix``. ``strip=False`` keeps spaces around names (as Polars reads them)."""
     with open(path, "rb") as fh:
         start = fh.read(4096)
-    for magic, what in _NOT_CSV_MAGIC.items():
+    for magic, (what, action) in _NOT_CSV_MAGIC.items():
         if start.startswith(magic):
-            raise UserError(f"{path} is not a CSV file: it is {what}; {fix}")
+            raise UserError(f"{path} is not a CSV file: it is {what}; {action}, or {fix}")
     if b"\x00" in start:
         raise UserError(f"{path} is not a CSV text file (it holds binary NUL bytes); {fix}")
     with open(path, "r", encoding="utf-8-sig", errors="replace", newline="") as fh:  # -sig: a BOM is no name
