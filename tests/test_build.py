@@ -214,3 +214,27 @@ def test_parts_build_reports_the_line_of_a_bad_value_in_a_later_block(tmp_path):
 def test_bad_data_block_size(tmp_path, value):
     with pytest.raises(UserError, match="data_block_size must be 0"):
         ensure_dataset(params_for(tmp_path, data_block_size=value), log=lambda m: None)
+
+
+@pytest.mark.parametrize("block", [0, 3])
+def test_public_csv_layouts_build_as_declared(tmp_path, block):
+    """MovieLens/Avazu-like text: ZIP+4 and hex ids, a multi-valued ``sequence``, a quoted field with a comma,
+    words for missing in a ``str`` column, an empty numeric cell, CRLF line ends and a BOM."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = ['u1,10001,Action|Comedy,"American President, The",1,0.5,1', "u2,98107-2117,Drama,Heat,1,,0",
+            "u3,1fbe01fe,,Heat,2,0.25,1", "u1,NA,Action,unknown,2,0.75,0", "u2,10001,Comedy|Drama,Heat,1,0.1,1"]
+    text = "\ufeffuser_id,zip,genres,title,domain,price,click\r\n" + "\r\n".join(rows) + "\r\n"
+    for split in ("train", "valid", "test"):
+        (raw / f"{split}.csv").write_text(text, encoding="utf-8", newline="")
+    params = params_for(tmp_path, domains=[1, 2], group_id=None, min_categr_count=1, data_block_size=block,
+                        feature_cols=[{"name": ["user_id", "zip", "title", "domain"], "dtype": "str",
+                                       "type": "categorical"},
+                                      {"name": "genres", "dtype": "str", "type": "sequence", "splitter": "|",
+                                       "max_len": 2},
+                                      {"name": "price", "dtype": "float", "type": "numeric"}])
+    ensure_dataset(params, log=lambda m: None)
+    vocab = json.loads((dataset_dir(params) / "feature_vocab.json").read_text())
+    assert {"10001", "98107-2117", "1fbe01fe", "NA"} <= set(vocab["zip"])
+    assert {"American President, The", "unknown"} <= set(vocab["title"])
+    assert {"Action", "Comedy", "Drama"} <= set(vocab["genres"]) and "Action|Comedy" not in vocab["genres"]
