@@ -2,8 +2,9 @@
 
 One implementation, two callers: ``tests/test_models.py`` runs it over every registered model, and
 ``mdl-bench check-model NAME`` runs it on one model (a user's too, with ``--models-from``/``--config``) and
-prints PASS/FAIL per check. Each check takes the tiny data, a batch and an expid, and raises ``AssertionError``
-with a message naming what is wrong; :func:`run_contract` turns them into :class:`CheckResult` rows.
+prints PASS/FAIL per check. Each check takes the tiny data, a batch and an expid, and raises
+:class:`ContractError` (an ``AssertionError``, raised explicitly so that ``python -O`` checks as much) with a
+message naming what is wrong; :func:`run_contract` turns them into :class:`CheckResult` rows.
 
 The checks (the expid is ``<Name>_test``, a small config on tiny data):
 
@@ -15,7 +16,11 @@ The checks (the expid is ``<Name>_test``, a small config on tiny data):
 * ``one step``: one optimiser step on a fixed batch lowers the loss on that batch (dropout off where the model
   takes ``net_dropout``, the same random state before and after);
 * ``checkpoint``: weights saved after a step and loaded into a model built with another seed give identical
-  predictions.
+  predictions;
+* ``field options``: every ``__init__`` option that names fields (``*_fields``) is taken through a
+  :class:`~mdl_bench.model_zoo.layers.FieldSelection`; in a forward pass its slot ``j`` holds the embedding of its
+  ``j``-th field, looked up on its own; and the option's fields in another order build the same model (same
+  parameters, same predictions).
 """
 from __future__ import annotations
 
@@ -29,6 +34,16 @@ from typing import Callable
 from .errors import UserError
 
 TEST_SUFFIX, DEFAULT_SUFFIX = "_test", "_default"
+
+
+class ContractError(AssertionError):
+    """A check of the model contract failed (its message says what is wrong)."""
+
+
+def require(condition, message: str) -> None:
+    """Raise :class:`ContractError` with ``message`` unless ``condition``; unlike ``assert``, ``python -O`` keeps it."""
+    if not condition:
+        raise ContractError(message)
 
 
 @dataclass
@@ -78,18 +93,17 @@ def check_config(name: str, config_dir=None, require_default: bool = False) -> s
     config = ConfigSet(config_dir)
     wanted = [name + TEST_SUFFIX] + ([name + DEFAULT_SUFFIX] if require_default else [])
     for expid in wanted:
-        assert expid in config.models, (f"no expid {expid} in the model configs; add a block `{expid}:` with "
+        require(expid in config.models, f"no expid {expid} in the model configs; add a block `{expid}:` with "
                                         f"`model: {name}` to model_config.yaml of your --config folder")
-        assert config.model_params(expid)["model"] == name, (
-            f"{expid} ({config.model_files[expid]}) selects model {config.model_params(expid)['model']!r}, not "
-            f"{name!r}")
+        selected = config.model_params(expid)["model"]
+        require(selected == name, f"{expid} ({config.model_files[expid]}) selects model {selected!r}, not {name!r}")
         try:
             resolve(expid, config_dir)
         except UserError as exc:
             raise AssertionError(str(exc)) from None
     cls = get_model(name)
-    assert isinstance(cls.group, str) and cls.group, f"{name}.group must be a leaderboard group name (a string)"
-    assert cls.display_name is None or isinstance(cls.display_name, str), f"{name}.display_name must be a string"
+    require(isinstance(cls.group, str) and cls.group, f"{name}.group must be a leaderboard group name (a string)")
+    require(cls.display_name is None or isinstance(cls.display_name, str), f"{name}.display_name must be a string")
     return (f"{' and '.join(wanted)} resolve{'s' if len(wanted) == 1 else ''}; every key is a parameter of {name}; group {cls.group!r}, display name "
             f"{cls.display_name or name!r}")
 
@@ -102,12 +116,13 @@ def check_shapes(tiny, batch: dict, expid: str, config_dir=None) -> str:
     with torch.no_grad():
         out = model(batch)
     B = batch[model.feature_map.labels[0]].shape[0]
-    assert tuple(out["y_pred"].shape) == (B, 1), f"y_pred has shape {tuple(out['y_pred'].shape)}, expected ({B}, 1)"
-    assert tuple(out["logit"].shape) == (B,), f"logit has shape {tuple(out['logit'].shape)}, expected ({B},)"
-    assert torch.all((out["y_pred"] > 0) & (out["y_pred"] < 1)), "y_pred has values outside (0, 1)"
+    require(tuple(out["y_pred"].shape) == (B, 1),
+            f"y_pred has shape {tuple(out['y_pred'].shape)}, expected ({B}, 1)")
+    require(tuple(out["logit"].shape) == (B,), f"logit has shape {tuple(out['logit'].shape)}, expected ({B},)")
+    require(torch.all((out["y_pred"] > 0) & (out["y_pred"] < 1)), "y_pred has values outside (0, 1)")
     seen = set(out["domain"].tolist())
-    assert seen == set(range(model.num_domains)), (f"the batch's domain indices are {sorted(seen)}, expected "
-                                                   f"0..{model.num_domains - 1}")
+    require(seen == set(range(model.num_domains)),
+            f"the batch's domain indices are {sorted(seen)}, expected 0..{model.num_domains - 1}")
     return f"y_pred {B} x 1 in (0, 1), logit {B}, all {model.num_domains} domains"
 
 
@@ -115,13 +130,14 @@ def check_gradients(tiny, batch: dict, expid: str, config_dir=None) -> str:
     model = build_model(tiny, expid, config_dir)
     model.train()
     domains = set(model.domain_of(batch).tolist())
-    assert domains == set(range(model.num_domains)), f"the batch lacks domains {set(range(model.num_domains)) - domains}"
+    require(domains == set(range(model.num_domains)),
+            f"the batch lacks domains {set(range(model.num_domains)) - domains}")
     loss = model.compute_loss(model(batch), model.get_labels(batch))
     loss.backward()
     count = 0
     for pname, p in model.named_parameters():
-        assert p.grad is not None, f"{pname} gets no gradient (unused, detached or routed away)"
-        assert p.grad.abs().sum() > 0, f"{pname} gets a zero gradient"
+        require(p.grad is not None, f"{pname} gets no gradient (unused, detached or routed away)")
+        require(p.grad.abs().sum() > 0, f"{pname} gets a zero gradient")
         count += 1
     return f"all {count} parameter tensors get a non-zero gradient"
 
@@ -144,7 +160,7 @@ def check_one_step(tiny, batch: dict, expid: str, config_dir=None) -> str:
     torch.manual_seed(0)
     with torch.no_grad():
         after = model.add_loss(model(batch), labels).item()
-    assert after < before, f"one step (learning rate 1e-3) did not lower the loss: {before:.6f} -> {after:.6f}"
+    require(after < before, f"one step (learning rate 1e-3) did not lower the loss: {before:.6f} -> {after:.6f}")
     return f"loss {before:.5f} -> {after:.5f}"
 
 
@@ -162,8 +178,78 @@ def check_checkpoint(tiny, batch: dict, expid: str, folder, config_dir=None) -> 
     with torch.no_grad():
         a, b = model(batch)["y_pred"], other(batch)["y_pred"]
     diff = (a - b).abs().max().item()
-    assert torch.equal(a, b), f"predictions after save/load differ (max abs difference {diff:.3g})"
+    require(torch.equal(a, b), f"predictions after save/load differ (max abs difference {diff:.3g})")
     return "identical predictions after save_weights/load_weights into a model built with another seed"
+
+
+def field_options(model_class) -> list[str]:
+    """The ``__init__`` options of a model that name fields: ``fields`` and every ``*_fields``."""
+    import inspect
+
+    return [p for p in inspect.signature(model_class.__init__).parameters if p == "fields" or p.endswith("_fields")]
+
+
+def check_field_options(tiny, batch: dict, expid: str, config_dir=None) -> str:
+    """Each field-naming option is selected by name (compared with each field's own lookup), and its order is
+    immaterial."""
+    import torch
+    from .runner import resolve
+
+    model_class = resolve(expid, config_dir, {"verbose": 0})[1]
+    options = field_options(model_class)
+    if not options:
+        return "no option names fields"
+    model = build_model(tiny, expid, config_dir)
+    model.eval()
+    selections = model.field_selections()
+    active = [o for o in options if o in selections]
+    for option in options:
+        # an option may be inert in some configurations (Crocodile's prior_fields under gating: mmoe)
+        require(option in selections or _option_inert(model, option),
+                f"option {option!r} names fields but the model takes none through a FieldSelection named "
+                f"{option!r}; select them with FieldSelection({option!r}, fields, table)")
+    X = model.get_inputs(batch)
+    for sel in selections.values():
+        sel.record, sel.last = True, None
+    try:
+        with torch.no_grad():
+            model(batch)
+        for option in active:
+            sel = selections[option]
+            require(sel.last is not None, f"FieldSelection {option!r} is not used in the forward pass")
+            out = sel.last if sel.last.dim() == 4 else sel.last.unsqueeze(0)  # M x B x n x D
+            D = out.shape[-1]
+            own = sel.table.embedding.embedding_layer(X)  # field -> B x (M*D), each field looked up alone
+            for j, field in enumerate(sel.fields):
+                for p in range(out.shape[0]):
+                    ref = own[field][:, p * D:(p + 1) * D]
+                    require(torch.equal(out[p, :, j], ref),
+                            f"{option}: slot {j} of table {p} is not the embedding of {field!r} (max abs difference "
+                            f"{(out[p, :, j] - ref).abs().max().item():.3g}); select fields by name, not position")
+    finally:
+        for sel in selections.values():
+            sel.record, sel.last = False, None
+    inputs = [n for n, spec in model.feature_map.features.items() if spec.get("type") != "meta"]
+    for option in active:
+        fields = list(selections[option].fields)
+        if len(fields) < 2:  # add one more field so that there is an order to change
+            fields += [next(n for n in inputs if n not in fields)]
+        a = build_model(tiny, expid, config_dir, **{option: fields})
+        b = build_model(tiny, expid, config_dir, **{option: fields[::-1]})
+        a.eval(), b.eval()
+        sa, sb = a.state_dict(), b.state_dict()
+        require(list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa),
+                f"{option}: listing its fields as {fields[::-1]} instead of {fields} builds other parameters")
+        with torch.no_grad():
+            require(torch.equal(a(batch)["y_pred"], b(batch)["y_pred"]),
+                    f"{option}: listing its fields as {fields[::-1]} instead of {fields} changes the predictions")
+    return (f"{', '.join(active)}: every slot is its field's own embedding; field order changes nothing"
+            if active else f"{', '.join(options)} unused in this configuration")
+
+
+def _option_inert(model, option: str) -> bool:
+    """An option a model declares but does not use in its current configuration (it says so itself)."""
+    return option in getattr(model, "unused_options", ())
 
 
 # ------------------------------------------------------------------------------------------------ all of them
@@ -204,6 +290,7 @@ def run_contract(name: str, config_dir=None, require_default: bool = False) -> l
         for label, check in (("shapes", lambda: check_shapes(tiny, batch, expid, config_dir)),
                              ("gradients", lambda: check_gradients(tiny, batch, expid, config_dir)),
                              ("one step", lambda: check_one_step(tiny, batch, expid, config_dir)),
-                             ("checkpoint", lambda: check_checkpoint(tiny, batch, expid, folder, config_dir))):
+                             ("checkpoint", lambda: check_checkpoint(tiny, batch, expid, folder, config_dir)),
+                             ("field options", lambda: check_field_options(tiny, batch, expid, config_dir))):
             results.append(_attempt(label, check))
     return results

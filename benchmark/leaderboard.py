@@ -98,15 +98,25 @@ def column_marks(values: list[dict], metric: str) -> ColumnMarks:
 
 
 # ================================================================================================ the board
+OUTDATED_MARK = "†"
+
+
 @dataclass
 class Row:
     variant: object
     run_ids: dict            # seed -> run_id
     values: dict             # column -> {seed: value}
+    code: str = ""           # the code fingerprint every run of the row was made by (never a mix)
+    outdated: bool = False   # no run of the current code yet: the row shows the newest older revision
 
     @property
     def label(self) -> str:
         return self.variant.label
+
+    @property
+    def shown_label(self) -> str:
+        """The label with the marks of the row: :data:`OUTDATED_MARK` for runs of older code."""
+        return self.label + (f" {OUTDATED_MARK}" if self.outdated else "")
 
     @property
     def group(self) -> str:
@@ -176,8 +186,10 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
     db = Store(store or suite.store, create=False)
     try:
         stored = db.stored_keys()
+        by_config = db.stored_by_config()
         wanted = {r.key: stored[r.key] for r in plan.runs if r.key in stored}
-        values_of = db.metrics_of(set(wanted.values()))
+        rows_runs = {v.index: _row_runs(v, stored, by_config) for v in plan.variants}
+        values_of = db.metrics_of({rid for _, ids, _ in rows_runs.values() for rid in ids.values()})
     finally:
         db.close()
     datasets = list(dict.fromkeys(v.dataset_id for v in plan.variants))
@@ -195,10 +207,10 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
         info_keys = list(dict.fromkeys(k for v in variants for k in v.entry.info))
         table = Table(dataset_id=dataset, domains=shown, metrics=metrics, rows=[], info_keys=info_keys)
         for v in variants:
-            run_ids = {s: wanted[(v.config_hash, s)] for s in v.seeds if (v.config_hash, s) in wanted}
+            code, run_ids, outdated = rows_runs[v.index]
             values = {c: {s: values_of[r].get(split, {}).get(c, float("nan")) for s, r in run_ids.items()}
                       for c in table.columns}
-            table.rows.append(Row(variant=v, run_ids=run_ids, values=values))
+            table.rows.append(Row(variant=v, run_ids=run_ids, values=values, code=code, outdated=outdated))
         for c in table.columns:
             table.marks[c] = column_marks([row.values[c] for row in table.rows], c)
         for row in table.rows:  # the data's oracle (same for every run of the dataset): a reference row
@@ -223,6 +235,21 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
                  store_path=_store_path(store or suite.store),
                  std=lb["std"] if std is None else std, digits=lb["digits"] if digits is None else digits,
                  missing=missing)
+
+
+def _row_runs(variant, stored: dict, by_config: dict) -> tuple[str, dict, bool]:
+    """``(code, {seed: run_id}, outdated)`` of a row: its runs of the current code; when there are none yet, the
+    runs of the newest older code revision (every seed from that one revision: a cell never mixes code)."""
+    current = {s: stored[(variant.config_hash, s, variant.code)] for s in variant.seeds
+               if (variant.config_hash, s, variant.code) in stored}
+    if current:
+        return variant.code, current, False
+    older = [(t, code) for s in variant.seeds for _, code, t in by_config.get((variant.config_hash, s), [])]
+    if not older:
+        return variant.code, {}, False
+    code = max(older)[1]
+    runs = {s: rid for s in variant.seeds for rid, c, _ in by_config.get((variant.config_hash, s), []) if c == code}
+    return code, runs, True
 
 
 def _store_path(path):
@@ -297,9 +324,14 @@ def _notes(board: Board) -> list[str]:
     if any(t.oracle for t in board.tables):
         notes.append(f"{ORACLE_LABEL}: the metrics of the data's true click probability (synthetic data), a ceiling "
                      f"for reference; not ranked.")
+    outdated = [r for t in board.tables for r in t.rows if r.outdated]
+    if outdated:
+        notes.append(f"{OUTDATED_MARK}: {len(outdated)} row(s) ({', '.join(r.label for r in outdated)}) come from runs "
+                     f"of older code (their model, the layers it uses or the run path changed since); every cell of "
+                     f"a row comes from one code revision. `mdl-bench run --suite {board.suite.name}` reruns them.")
     if board.missing:
-        notes.append(f"{len(board.missing)} of {board.planned} runs are not in the store yet (`mdl-bench run --suite "
-                     f"{board.suite.name}`); their rows show the runs found.")
+        notes.append(f"{len(board.missing)} of {board.planned} runs are not in the store for the current code yet "
+                     f"(`mdl-bench run --suite {board.suite.name}`); their rows show the runs found.")
     notes.append(f"Store: {board.store_path}; {board.found} runs.")
     return notes
 
@@ -316,7 +348,7 @@ def render_md(board: Board, images: dict | None = None) -> str:
         last_group = None
         for i, row in enumerate(table.rows):
             group = GROUP_TITLES.get(row.group, row.group)
-            cells = [group if group != last_group else "", row.label] + \
+            cells = [group if group != last_group else "", row.shown_label] + \
                 [str(row.variant.entry.info.get(k, "")) for k in table.info_keys]
             last_group = group
             for col in table.columns:
@@ -342,7 +374,7 @@ def render_md(board: Board, images: dict | None = None) -> str:
             header += [metric, "Lift (%)"]
         lines = [header]
         for row, cells in lift.rows:
-            line = [row.label] + [str(row.variant.entry.info.get(k, "")) for k in lift.table.info_keys]
+            line = [row.shown_label] + [str(row.variant.entry.info.get(k, "")) for k in lift.table.info_keys]
             for metric in lift.spec["metrics"]:
                 mean, pct, p = cells[metric]
                 star = "\\*" if p < P_VALUE else ""
@@ -385,7 +417,7 @@ def render_csv(board: Board) -> str:
             name = f"lift[{lift.base.label}] {column(metric, lift.spec['domain'])}"
             if name not in lift_cols:
                 lift_cols.append(name)
-    header = ["dataset", "group", "method", "expid", "config_hash", "seeds"] + info_keys
+    header = ["dataset", "group", "method", "expid", "config_hash", "code", "outdated", "seeds"] + info_keys
     for c in columns:
         header += [c, f"{c} std", f"{c} mark"]
     for name in lift_cols:
@@ -393,8 +425,8 @@ def render_csv(board: Board) -> str:
     writer.writerow(header)
     for table in board.tables:
         for i, row in enumerate(table.rows):
-            line = [table.dataset_id, row.group, row.label, row.variant.expid, row.variant.config_hash,
-                    len(row.run_ids)] + [row.variant.entry.info.get(k, "") for k in info_keys]
+            line = [table.dataset_id, row.group, row.label, row.variant.expid, row.variant.config_hash, row.code,
+                    int(row.outdated), len(row.run_ids)] + [row.variant.entry.info.get(k, "") for k in info_keys]
             for c in columns:
                 if c not in table.columns:
                     line += ["", "", ""]
@@ -417,7 +449,7 @@ def render_csv(board: Board) -> str:
                 line += list(extra.get(name, ("", "")))
             writer.writerow(line)
         if table.oracle:
-            line = [table.dataset_id, "Oracle", ORACLE_LABEL, "", "", ""] + [""] * len(info_keys)
+            line = [table.dataset_id, "Oracle", ORACLE_LABEL, "", "", "", "", ""] + [""] * len(info_keys)
             for c in columns:
                 value = table.oracle.get(c, float("nan"))
                 line += ["" if math.isnan(value) else repr(value), "", ""]
@@ -460,7 +492,7 @@ def render_html(board: Board, images: dict | None = None) -> str:
                 while i + span < len(groups) and groups[i + span] == groups[i]:
                     span += 1
                 cells.append(f"<td class='l group' rowspan='{span}'>{e(groups[i])}</td>")
-            cells.append(f"<td class='l'>{e(row.label)}</td>")
+            cells.append(f"<td class='l'>{e(row.shown_label)}</td>")
             cells += [f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in table.info_keys]
             for col in table.columns:
                 mean, std, n = mean_std(row.values[col])
@@ -491,7 +523,7 @@ def render_html(board: Board, images: dict | None = None) -> str:
                      + "".join(f"<th>{e(m)}</th><th>Lift (%)</th>" for m in lift.spec["metrics"]) +
                      "</tr></thead><tbody>")
         for row, cells in lift.rows:
-            line = f"<td class='l'>{e(row.label)}</td>" + "".join(
+            line = f"<td class='l'>{e(row.shown_label)}</td>" + "".join(
                 f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in lift.table.info_keys)
             for metric in lift.spec["metrics"]:
                 mean, pct, p = cells[metric]

@@ -2,9 +2,12 @@
 
 Design (issue 4):
 
-* **Identity.** A run is ``(config_hash, seed)``: the hash of its fully resolved config (see
-  :func:`config_hash` for the keys left out) plus the seed. ``UNIQUE(config_hash, seed)`` makes a duplicate
-  impossible, even when several processes finish the same run at once (the second insert is dropped).
+* **Identity.** A run is ``(config_hash, seed, code_fingerprint)``: the hash of its fully resolved config (see
+  :func:`config_hash` for the keys left out), the seed, and the fingerprint of the code that computes its numbers
+  (:mod:`~mdl_bench.benchmark.codeid`: the model's file, the layers and base it uses, the shared run path).
+  ``UNIQUE(config_hash, seed, code_fingerprint)`` makes a duplicate impossible, even when several processes
+  finish the same run at once (the second insert is dropped). A run of the same config and seed made by other
+  code is *outdated*: suites rerun it and the leaderboard never mixes it with current runs.
 * **Crash safety.** Everything a run stores (its ``runs`` row and all its ``metrics`` rows) goes in one
   ``BEGIN IMMEDIATE ... COMMIT``; SQLite's journal makes that all-or-nothing, so a process killed at any moment
   (SIGKILL included) leaves either the whole run or nothing.
@@ -33,7 +36,7 @@ from .errors import UserError
 from .paths import bench_home, expand_path
 
 APPLICATION_ID = 0x4D444C42  # "MDLB"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: code_fingerprint in the identity of runs and claims (1 is migrated on open)
 DEFAULT_STORE = "${MDL_BENCH_HOME}/results.sqlite"
 BUSY_TIMEOUT_S = 120.0
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -48,8 +51,8 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 #   rebuild_dataset  - forces a rebuild of the same data;
 #   seed             - the seed is the second half of a run's identity, so the replicates of one config share
 #                      a hash (the leaderboard averages over them);
-#   models_from      - where a model outside the package was found (the model is identified by its name, and
-#                      code is not in the hash: the git commit is stored instead).
+#   models_from      - where a model outside the package was found (the model is identified by its name; its
+#                      code is identified by the run's code_fingerprint, not by the config hash).
 HASH_EXCLUDED = ("verbose", "model_id", "model_root", "data_root", "train_data", "valid_data", "test_data",
                  "rebuild_dataset", "seed", "models_from")
 # Path keys stored with ${MDL_BENCH_HOME} in place of the working area, so a stored config reruns elsewhere.
@@ -61,6 +64,7 @@ CREATE TABLE runs (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT,
     config_hash TEXT NOT NULL,
     seed INTEGER NOT NULL,
+    code_fingerprint TEXT NOT NULL DEFAULT '',
     expid TEXT NOT NULL,
     model TEXT NOT NULL,
     dataset_id TEXT NOT NULL,
@@ -85,7 +89,7 @@ CREATE TABLE runs (
     result_json TEXT NOT NULL,
     started_at REAL NOT NULL,
     finished_at REAL NOT NULL,
-    UNIQUE (config_hash, seed)
+    UNIQUE (config_hash, seed, code_fingerprint)
 );
 CREATE TABLE metrics (
     run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -98,12 +102,21 @@ CREATE TABLE metrics (
 CREATE TABLE claims (
     config_hash TEXT NOT NULL,
     seed INTEGER NOT NULL,
+    code_fingerprint TEXT NOT NULL DEFAULT '',
     pid INTEGER NOT NULL,
     hostname TEXT NOT NULL,
     claimed_at REAL NOT NULL,
-    PRIMARY KEY (config_hash, seed)
+    PRIMARY KEY (config_hash, seed, code_fingerprint)
 );
 """
+
+
+def _create_statement(table: str, name: str | None = None) -> str:
+    """``CREATE TABLE`` of ``table`` from :data:`_SCHEMA`, optionally under another name."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip().startswith(f"CREATE TABLE {table} ("):
+            return statement.strip().replace(f"CREATE TABLE {table} (", f"CREATE TABLE {name or table} (", 1)
+    raise KeyError(table)
 
 
 # ---------------------------------------------------------------------------------------------- identity
@@ -253,7 +266,9 @@ class Store:
             return
         if app != 0 or tables:
             self._refuse_foreign(app, version, tables)
-            # ours, older schema: no older schema exists yet (version 1 is the first)
+            if version == 1:
+                self._migrate_from_1()
+                return
             raise UserError(f"results store {self.path} has schema version {version}, which this mdl-bench cannot "
                             f"upgrade; pass another --store")
         # An empty database (new file): create the schema, unless another process is doing it right now.
@@ -277,6 +292,31 @@ class Store:
             self._refuse_foreign(app, version, tables)
         self.conn.execute("PRAGMA journal_mode = WAL")
 
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2 in one transaction: ``runs`` and ``claims`` gain ``code_fingerprint`` in their keys.
+
+        Runs of schema 1 get ``''`` (code unknown): outdated for every current fingerprint, so suites rerun them and
+        the leaderboard marks them, but they stay readable (``runs``, ``rerun``). Run ids, and so the ``metrics``
+        rows, are kept. Foreign keys are off on this connection until the schema is checked, so rebuilding
+        ``runs`` does not cascade into ``metrics``."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self.conn.execute("PRAGMA user_version").fetchone()[0] == 1:  # not migrated meanwhile
+                cols = [r[1] for r in self.conn.execute("PRAGMA table_info(runs)")]
+                self.conn.execute(_create_statement("runs", "runs_v2"))
+                self.conn.execute(f"INSERT INTO runs_v2 ({', '.join(cols)}) SELECT {', '.join(cols)} FROM runs")
+                self.conn.execute("DROP TABLE runs")
+                self.conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
+                self.conn.execute("DROP TABLE claims")  # claims are transient: in-flight runs of live processes
+                self.conn.execute(_create_statement("claims"))
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('migrated_from_1_at', ?)", (str(time.time()),))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("PRAGMA journal_mode = WAL")
+
     def close(self) -> None:
         self.conn.close()
 
@@ -287,13 +327,23 @@ class Store:
         self.close()
 
     # -------------------------------------------------------------------------------------- reading
-    def stored_keys(self) -> dict[tuple[str, int], int]:
-        """``{(config_hash, seed): run_id}`` of every stored run."""
-        return {(h, s): r for r, h, s in self.conn.execute("SELECT run_id, config_hash, seed FROM runs")}
+    def stored_keys(self) -> dict[tuple[str, int, str], int]:
+        """``{(config_hash, seed, code_fingerprint): run_id}`` of every stored run."""
+        return {(h, s, c): r for r, h, s, c in
+                self.conn.execute("SELECT run_id, config_hash, seed, code_fingerprint FROM runs")}
 
-    def run_id(self, config_hash: str, seed: int) -> int | None:
-        row = self.conn.execute("SELECT run_id FROM runs WHERE config_hash=? AND seed=?",
-                                (config_hash, int(seed))).fetchone()
+    def stored_by_config(self) -> dict[tuple[str, int], list[tuple[int, str, float]]]:
+        """``{(config_hash, seed): [(run_id, code_fingerprint, finished_at), ...]}``, newest first: every code
+        revision a config and seed was run with (to find outdated runs)."""
+        out: dict[tuple[str, int], list[tuple[int, str, float]]] = {}
+        for r, h, s, c, t in self.conn.execute("SELECT run_id, config_hash, seed, code_fingerprint, finished_at "
+                                               "FROM runs ORDER BY finished_at DESC, run_id DESC"):
+            out.setdefault((h, s), []).append((r, c, t))
+        return out
+
+    def run_id(self, config_hash: str, seed: int, code_fingerprint: str) -> int | None:
+        row = self.conn.execute("SELECT run_id FROM runs WHERE config_hash=? AND seed=? AND code_fingerprint=?",
+                                (config_hash, int(seed), code_fingerprint)).fetchone()
         return row[0] if row else None
 
     def get_run(self, run_id: int) -> dict:
@@ -322,8 +372,10 @@ class Store:
         return out
 
     def list_runs(self, run_ids: Iterable[int] | None = None) -> list[dict]:
-        sql = ("SELECT run_id, expid, model, dataset_id, seed, config_hash, suite, best_epoch, train_seconds, "
-               "wall_seconds, finished_at FROM runs")
+        sql = ("SELECT run_id, expid, model, dataset_id, seed, config_hash, code_fingerprint, git_commit, suite, "
+               "best_epoch, epochs_run, train_seconds, wall_seconds, finished_at, "
+               "json_extract(config_json, '$.models_from') AS models_from, "
+               "json_extract(config_json, '$.epochs') AS epochs FROM runs")
         args: list = []
         if run_ids is not None:
             ids = [int(r) for r in run_ids]
@@ -336,14 +388,15 @@ class Store:
         return [dict(zip(cols, r)) for r in cur]
 
     # -------------------------------------------------------------------------------------- claims
-    def claim(self, config_hash: str, seed: int) -> dict | None:
+    def claim(self, config_hash: str, seed: int, code_fingerprint: str) -> dict | None:
         """Claim a run for this process. Returns ``None`` when claimed (or already ours), else the live claim of
         another process. A claim of a process that no longer exists (on this host) is taken over."""
         me, host = os.getpid(), socket.gethostname()
+        key = (config_hash, int(seed), code_fingerprint)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            row = self.conn.execute("SELECT pid, hostname, claimed_at FROM claims WHERE config_hash=? AND seed=?",
-                                    (config_hash, int(seed))).fetchone()
+            row = self.conn.execute("SELECT pid, hostname, claimed_at FROM claims WHERE config_hash=? AND seed=? "
+                                    "AND code_fingerprint=?", key).fetchone()
             if row is not None:
                 pid, other_host, claimed_at = row
                 live = (pid != me or other_host != host) and (
@@ -351,23 +404,22 @@ class Store:
                 if live:
                     self.conn.execute("COMMIT")
                     return {"pid": pid, "hostname": other_host, "claimed_at": claimed_at}
-            self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
-                              (config_hash, int(seed), me, host, time.time()))
+            self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)", key + (me, host, time.time()))
             self.conn.execute("COMMIT")
             return None
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
 
-    def release(self, config_hash: str, seed: int) -> None:
+    def release(self, config_hash: str, seed: int, code_fingerprint: str) -> None:
         """Drop this process's claim (a run that failed); stored runs drop theirs in the same transaction."""
-        self.conn.execute("DELETE FROM claims WHERE config_hash=? AND seed=? AND pid=? AND hostname=?",
-                          (config_hash, int(seed), os.getpid(), socket.gethostname()))
+        self.conn.execute("DELETE FROM claims WHERE config_hash=? AND seed=? AND code_fingerprint=? AND pid=? AND "
+                          "hostname=?", (config_hash, int(seed), code_fingerprint, os.getpid(), socket.gethostname()))
 
     # -------------------------------------------------------------------------------------- writing
     def insert_run(self, record: dict) -> int | None:
-        """Store one finished run and all its metrics in ONE transaction; ``None`` if that (hash, seed) is stored
-        already (then nothing is written).
+        """Store one finished run and all its metrics in ONE transaction; ``None`` if that (hash, seed, code) is
+        stored already (then nothing is written).
 
         ``record`` holds the ``runs`` columns (``config``, ``versions`` and ``result`` as objects) and
         ``metrics``: ``{split: {"AUC": v, "AUC@S0": v, ...}}``.
@@ -393,8 +445,8 @@ class Store:
                     value = None if value is None or value != value else float(value)
                     rows.append((run_id, split, metric, domain or "Overall", value))
             self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
-            self.conn.execute("DELETE FROM claims WHERE config_hash=? AND seed=?",
-                              (cols["config_hash"], int(cols["seed"])))
+            self.conn.execute("DELETE FROM claims WHERE config_hash=? AND seed=? AND code_fingerprint=?",
+                              (cols["config_hash"], int(cols["seed"]), cols.get("code_fingerprint", "")))
             self.conn.execute("COMMIT")
             return run_id
         except BaseException:

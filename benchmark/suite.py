@@ -31,7 +31,9 @@ A suite file (``config/suites/<name>.yaml``; ``--suite`` takes a name or a path)
 
 Every (expid, dataset, tuner point) is one leaderboard row, a *variant*, identified by the hash of its fully
 resolved config (:func:`~mdl_bench.benchmark.store.config_hash`); each seed of a variant is one *run*
-``(hash, seed)``. Running a suite skips the runs already in the store; a changed config has a new hash and runs.
+``(hash, seed, code)``, where ``code`` is the fingerprint of the model's code (:mod:`~mdl_bench.benchmark.codeid`).
+Running a suite skips the runs already in the store; a changed config has a new hash and runs, and a run made by
+other code (an *outdated* run: its model, the layers it uses or the run path changed since) runs again.
 
 Everything is checked before the first run starts: unknown suite keys, expids, datasets, models, config keys
 and metrics are one-line errors naming the offender and the known names. Then each dataset the pending runs need
@@ -42,7 +44,8 @@ Execution: runs go one after another in this process (``jobs=1``), or in ``jobs`
 storing its own runs (:class:`~mdl_bench.benchmark.store.Store` commits one transaction per run). One progress
 bar spans the suite (epochs of all pending runs), showing the current run, its epoch and the ETA; each run's
 FuxiCTR log goes to its log file ``<model_root>/<dataset_id>/<model_id>.log``. A run's ``model_id`` is
-``<expid>__s<seed>__<hash8>``, so seeds and configs of one expid never share a checkpoint or log.
+``<expid>__s<seed>__<hash8>__<code8>``, so seeds, configs and code revisions of one expid never share a
+checkpoint or log.
 
 Extension points kept small on purpose: external models (``models_from:``) are registered by :meth:`Suite.plan`
 before it resolves the expids; another launcher (``--nproc``) only replaces
@@ -72,6 +75,7 @@ import yaml
 
 from .errors import UserError, close_matches
 from .paths import expand_path, packaged_config_dir
+from .codeid import code_fingerprint
 from .store import Store, config_hash, git_state, library_versions, portable_config, store_path
 
 SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "store",
@@ -119,6 +123,7 @@ class Variant:
     display_name: str
     series: str
     label: str = ""
+    code: str = ""  # fingerprint of the model's code now (codeid); "" when the model cannot be imported
 
     @property
     def short_hash(self) -> str:
@@ -134,8 +139,9 @@ class PlannedRun:
     params: dict
 
     @property
-    def key(self) -> tuple[str, int]:
-        return (self.variant.config_hash, self.seed)
+    def key(self) -> tuple[str, int, str]:
+        """The run's identity in the store: config hash, seed and code fingerprint."""
+        return (self.variant.config_hash, self.seed, self.variant.code)
 
     @property
     def expid(self) -> str:
@@ -389,16 +395,18 @@ class Suite:
                     seeds = space_seeds or entry.seeds or self.seeds or [int(params.get("seed") or 0)]
                     model = str(params.get("model"))
                     tuned = {k: v for k, v in point.items() if isinstance(space.get(k), list) and len(space[k]) > 1}
+                    code = code_fingerprint(model, params.get("models_from")).digest if model_class else ""
                     variant = Variant(
                         index=len(variants), entry=entry, expid=entry.expid, dataset_id=params["dataset_id"],
                         tuned=tuned, params=params, config_hash=digest, seeds=list(seeds), model=model,
                         group=entry.group or (getattr(model_class, "group", None) if model_class else None) or "Other",
                         display_name=(getattr(model_class, "display_name", None) or model_class.__name__)
                         if model_class else model,
-                        series=entry.label or entry.expid)
+                        series=entry.label or entry.expid, code=code)
                     variants.append(variant)
                     for seed in variant.seeds:
-                        run_params = dict(params, seed=int(seed), model_id=f"{entry.expid}__s{seed}__{digest[:8]}")
+                        run_params = dict(params, seed=int(seed),
+                                          model_id=f"{entry.expid}__s{seed}__{digest[:8]}__{code[:8]}")
                         runs.append(PlannedRun(variant=variant, seed=int(seed), params=run_params))
         _label_variants(variants)
         return Plan(suite=self, variants=variants, runs=runs)
@@ -554,13 +562,19 @@ def execute_run(run: PlannedRun, store: Store, suite_name: str | None, step_call
     digest = config_hash(result.params)
     if digest != run.variant.config_hash:  # run_expid resolved something else than planned: a bug, not input
         raise RuntimeError(f"{run.describe()}: the config that ran hashes to {digest[:8]}, not {run.variant.short_hash}")
+    code = code_fingerprint(result.model, result.params.get("models_from"))
+    if code.digest != run.variant.code:  # the files changed while the suite ran: store what really ran
+        logging.getLogger().warning(f"{run.describe()}: the model's code changed since the suite was planned "
+                                    f"({run.variant.code[:8]} -> {code.digest[:8]})")
     git = git_state()
     versions = library_versions()
     versions["git_dirty"] = git["dirty"]
+    versions["code_files"] = code.files
     outcome = result.to_dict()
     outcome.pop("params", None)
     record = dict(
-        config_hash=digest, seed=run.seed, expid=run.expid, model=result.model, dataset_id=result.dataset_id,
+        config_hash=digest, seed=run.seed, code_fingerprint=code.digest, expid=run.expid, model=result.model,
+        dataset_id=result.dataset_id,
         model_id=run.model_id, suite=suite_name, config=portable_config(result.params),
         best_epoch=result.best_epoch, epochs_run=result.epochs_run, train_seconds=result.train_seconds,
         train_samples_per_second=result.train_samples_per_second, wall_seconds=result.wall_seconds,
@@ -642,6 +656,7 @@ class SuiteOutcome:
     plan: Plan
     store_path: Path
     stored_before: int = 0
+    outdated: list = field(default_factory=list)  # pending runs whose config and seed are stored by other code
     stored_now: list = field(default_factory=list)
     stored_elsewhere: list = field(default_factory=list)
     failed: list = field(default_factory=list)
@@ -675,15 +690,22 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
     outcome = SuiteOutcome(plan=plan, store_path=db.path)
     try:
         stored = db.stored_keys()
+        by_config = db.stored_by_config()
         unique = plan.unique_runs()
         pending = [r for r in unique if r.key not in stored]
+        outdated = {r.key: by_config[r.key[:2]][0] for r in pending if r.key[:2] in by_config}
         outcome.stored_before = len(unique) - len(pending)
+        outcome.outdated = [r for r in pending if r.key in outdated]
+        stale = (f", {len(outdated)} of them outdated (stored by other code: "
+                 f"{', '.join(sorted({r.variant.label for r in outcome.outdated}))})" if outdated else "")
         out(f"Suite {suite.name}: {len(plan.variants)} rows, {len(unique)} runs ({outcome.stored_before} stored "
-            f"already, {len(pending)} to run{f', {jobs} at a time' if jobs > 1 and pending else ''}); store "
-            f"{db.path}")
+            f"already, {len(pending)} to run{stale}{f', {jobs} at a time' if jobs > 1 and pending else ''}); "
+            f"store {db.path}")
         if dry_run:
             for run in unique:
-                state = f"stored (run {stored[run.key]})" if run.key in stored else "to run"
+                state = (f"stored (run {stored[run.key]})" if run.key in stored else
+                         f"outdated (run {outdated[run.key][0]}, code {outdated[run.key][1][:8] or 'unknown'} -> "
+                         f"{run.variant.code[:8]}): to run" if run.key in outdated else "to run")
                 out(f"  {run.variant.short_hash} seed {run.seed:<6} {run.variant.label:<34} {run.expid:<32} {state}")
             return outcome
         if not pending:
@@ -959,12 +981,22 @@ def rerun(run_id: int, store: str | None = None, out=print, progress_stream=None
     out(f"Rerunning run {run_id}: {run['expid']} ({run['model']}) on {run['dataset_id']}, seed {run['seed']}, "
         f"config {run['config_hash'][:8]}, {run['torch_threads']} torch threads; stored with commit "
         f"{(run['git_commit'] or 'unknown')[:12]}, now {(git_state()['commit'] or 'unknown')[:12]}")
+    code = code_fingerprint(run["model"], params.get("models_from"))
+    if code.digest == run.get("code_fingerprint"):
+        out(f"  code: the same as the run's (fingerprint {code.digest[:8]}): the values should match exactly")
+    else:
+        changed = code.changed_files((run.get("versions") or {}).get("code_files"))
+        what = (f"changed since: {', '.join(changed)}" if (run.get("versions") or {}).get("code_files")
+                else "the run predates code fingerprints")
+        out(f"  code: DIFFERS from the run's (fingerprint {(run.get('code_fingerprint') or 'unknown')[:8]}, now "
+            f"{code.digest[:8]}; {what}): differences below may come from the code, not from nondeterminism")
     old_threads = torch.get_num_threads()
     if run.get("torch_threads"):
         torch.set_num_threads(int(run["torch_threads"]))
     fake = PlannedRun(variant=Variant(0, Entry(run["expid"]), run["expid"], run["dataset_id"], {}, params,
                                       run["config_hash"], [run["seed"]], run["model"], "", run["model"],
-                                      run["expid"], label=run["expid"]), seed=int(run["seed"]), params=params)
+                                      run["expid"], label=run["expid"], code=code.digest),
+                      seed=int(run["seed"]), params=params)
     progress = SuiteProgress([fake], stream=progress_stream)
     try:
         progress.started(fake.key)

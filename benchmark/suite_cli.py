@@ -67,9 +67,11 @@ def cmd_run(args) -> int:
     if args.dry_run:
         return 0
     elapsed = time.time() - started
-    print(f"Suite {suite.name}: {len(outcome.stored_now)} runs stored now, {outcome.stored_before} were stored "
-          f"already, {len(outcome.stored_elsewhere)} stored by another process, {len(outcome.failed)} failed "
-          f"({elapsed:.0f}s).")
+    rerun_outdated = sum(1 for r in outcome.outdated if r in outcome.stored_now)
+    print(f"Suite {suite.name}: {len(outcome.stored_now)} runs stored now"
+          f"{f' ({rerun_outdated} of them in place of outdated runs)' if rerun_outdated else ''}, "
+          f"{outcome.stored_before} were stored already, {len(outcome.stored_elsewhere)} stored by another process, "
+          f"{len(outcome.failed)} failed ({elapsed:.0f}s).")
     for run, message in outcome.failed:
         print(f"  FAILED {run.describe()}: {message} (log: {run.log_file})")
     if not args.no_leaderboard:
@@ -89,35 +91,51 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    from .codeid import code_fingerprint
     from .store import Store
 
-    db = Store(args.store, create=False) if not args.suite else None
     if args.suite:
         from .suite import load_suite
 
         suite = load_suite(args.suite, args.config)
         plan = suite.plan(args.config, _overrides(args), strict=False)
         db = Store(args.store or suite.store, create=False)
-        stored = db.stored_keys()
-        ids = [stored[r.key] for r in plan.unique_runs() if r.key in stored]
+        by_config = db.stored_by_config()
+        # every stored revision of the suite's runs: the current ones and the outdated ones
+        ids = sorted({rid for r in plan.unique_runs() for rid, _, _ in by_config.get(r.key[:2], [])})
         rows = db.list_runs(ids)
-        missing = len(plan.unique_runs()) - len(ids)
+        current = {r.key for r in plan.unique_runs()}
+        missing = sum(1 for r in plan.unique_runs() if r.key not in db.stored_keys())
     else:
-        rows, missing = db.list_runs(), 0
+        db = Store(args.store, create=False)
+        rows, missing, current = db.list_runs(), 0, None
     try:
         metrics = db.metrics_of([r["run_id"] for r in rows])
     finally:
         db.close()
-    print(f"{'run':>5}  {'expid':32s} {'seed':>6}  {'hash':8s}  {'test AUC':>8}  {'gAUC':>8}  {'best ep':>7}  "
-          f"{'train s':>8}  finished")
+
+    def code_state(r) -> str:
+        if current is not None:
+            return "current" if (r["config_hash"], r["seed"], r["code_fingerprint"]) in current else "outdated"
+        try:
+            now = code_fingerprint(r["model"], r.get("models_from")).digest
+        except UserError:
+            return "?"  # the model cannot be imported here
+        return "current" if now == r["code_fingerprint"] else "outdated"
+
+    print(f"{'run':>5}  {'expid':32s} {'seed':>6}  {'hash':8s}  {'code':8s} {'':8s}  {'commit':7s}  {'test AUC':>8}  "
+          f"{'gAUC':>8}  {'best ep':>7}  {'train s':>8}  finished")
     for r in rows:
         test = metrics[r["run_id"]].get("test", {})
         print(f"{r['run_id']:>5}  {r['expid']:32s} {r['seed']:>6}  {r['config_hash'][:8]}  "
+              f"{(r['code_fingerprint'] or 'unknown')[:8]:8s} {code_state(r):8s}  {(r['git_commit'] or '-')[:7]:7s}  "
               f"{test.get('AUC', float('nan')):8.4f}  {test.get('gAUC', float('nan')):8.4f}  "
               f"{r['best_epoch'] if r['best_epoch'] is not None else '-':>7}  {r['train_seconds'] or 0:8.1f}  "
               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['finished_at']))}")
+    print("(code: fingerprint of the code that made the run; outdated: the model's code, the layers it uses or the "
+          "run path changed since, so `mdl-bench run` reruns it)")
     if missing:
-        print(f"({missing} runs of the suite are not stored yet)")
+        print(f"({missing} runs of the suite are not stored for the current code yet)")
     return 0
 
 

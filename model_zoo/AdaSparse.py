@@ -41,7 +41,7 @@ from fuxictr.pytorch.torch_utils import get_activation
 
 from mdl_bench.benchmark.errors import UserError
 from .base import MultiDomainModel
-from .layers import MultiEmbedding, check_fields
+from .layers import FieldSelection, MultiEmbedding, check_fields
 
 WEIGHTINGS = ("binarization", "scaling", "fusion")
 
@@ -82,7 +82,7 @@ class AdaSparse(MultiDomainModel):
         domain_fields = check_fields(feature_map, list(domain_fields or [self.domain_field]), "domain_fields",
                                      "AdaSparse")
         self.embedding = MultiEmbedding(feature_map, embedding_dim, 1)
-        self.domain_index = [self.embedding.fields.index(f) for f in domain_fields]
+        self.domain_inputs = FieldSelection("domain_fields", domain_fields, self.embedding)
         domain_dim = len(domain_fields) * embedding_dim
         dims = [self.embedding.output_dim] + list(hidden_units)
         self.layers = nn.ModuleList([nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:])])
@@ -125,7 +125,7 @@ class AdaSparse(MultiDomainModel):
     def forward_layers(self, X) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """``(logit B, [pi_l], [s_l])`` for a batch."""
         emb = self.embedding(X)[0]  # B x F x D
-        e_d = emb[:, self.domain_index].flatten(1)
+        e_d = self.domain_inputs(emb).flatten(1)
         h = emb.flatten(1)
         pis, soft = [], []
         pruners = iter(self.pruners)

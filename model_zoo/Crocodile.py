@@ -28,8 +28,8 @@ from torch import nn
 
 from mdl_bench.benchmark.errors import UserError
 from .base import MultiDomainModel
-from .layers import (BatchedMLP, DomainGroups, DomainTowers, ElementwiseGate, MultiEmbedding, SoftmaxGate,
-                     check_fields, gather_domain, make_disentangle_loss, mix_own)
+from .layers import (BatchedMLP, DomainGroups, DomainTowers, ElementwiseGate, FieldSelection, MultiEmbedding,
+                     SoftmaxGate, check_fields, gather_domain, make_disentangle_loss, mix_own)
 
 
 class Crocodile(MultiDomainModel):
@@ -87,9 +87,11 @@ class Crocodile(MultiDomainModel):
         if self.gating in ("pg", "peg"):
             fields = check_fields(feature_map, prior_fields, "prior_fields", "Crocodile")
             self.prior_embedding = MultiEmbedding(feature_map, prior_embedding_dim or embedding_dim, 1, fields=fields)
+            self.prior = FieldSelection("prior_fields", fields, self.prior_embedding)
             gate_input = self.prior_embedding.output_dim
         else:
             gate_input = tables * self.embedding.output_dim
+            self.unused_options = ("prior_fields",)
         if self.gating == "peg":
             self.gate = ElementwiseGate(gate_input, self.num_domains, M, expert_dim)
         else:
@@ -121,7 +123,7 @@ class Crocodile(MultiDomainModel):
         if self.gating == "mmoe":
             gate_in = emb.permute(1, 0, 2).reshape(emb.shape[1], -1)  # B x (tables*F*D)
         else:
-            gate_in = self.prior_embedding.flat(X)[0]  # B x l
+            gate_in = self.prior(self.prior_embedding(X)[0]).flatten(1)  # B x l
         weights = self.gate.own(gate_in, DomainGroups(domain, self.num_domains))  # B x M [x d], own domain
         tower_in = mix_own(expert_out, weights)  # B x d
         logit = gather_domain(self.towers(tower_in), domain)  # every tower on every row, own one kept

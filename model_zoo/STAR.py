@@ -41,7 +41,7 @@ from fuxictr.pytorch.layers import MLP_Block
 from fuxictr.pytorch.torch_utils import get_activation
 
 from .base import MultiDomainModel
-from .layers import DomainGroups, MultiEmbedding, check_fields
+from .layers import DomainGroups, FieldSelection, MultiEmbedding, check_fields
 from .layers.partitioned_norm import PartitionedNorm
 
 
@@ -104,9 +104,9 @@ class STAR(MultiDomainModel):
                          embedding_dim=embedding_dim, **kwargs)
         K = self.num_domains
         self.embedding = MultiEmbedding(feature_map, embedding_dim, 1)
-        aux_fields = list(aux_fields) if aux_fields else [self.domain_field]
-        check_fields(feature_map, aux_fields, "aux_fields", "STAR")
-        self.aux_index = [self.embedding.fields.index(f) for f in aux_fields]
+        aux_fields = check_fields(feature_map, list(aux_fields) if aux_fields else [self.domain_field],
+                                  "aux_fields", "STAR")
+        self.aux_inputs = FieldSelection("aux_fields", aux_fields, self.embedding)
         input_dim = self.embedding.output_dim
         self.input_norm = PartitionedNorm(input_dim, K, momentum=pn_momentum) if partitioned_norm else None
         dims = [input_dim] + list(star_hidden_units)
@@ -139,5 +139,5 @@ class STAR(MultiDomainModel):
 
     def logits(self, X, domain):
         emb = self.embedding(X)[0]  # B x F x D
-        aux_logit = self.aux_net(emb[:, self.aux_index].flatten(1)).squeeze(-1)
+        aux_logit = self.aux_net(self.aux_inputs(emb).flatten(1)).squeeze(-1)
         return self.main_logit(emb, domain) + aux_logit, {}

@@ -134,6 +134,17 @@ class MultiDomainModel(BaseModel):
         """
         return None
 
+    #: options of ``__init__`` that the current configuration ignores (e.g. Crocodile's ``prior_fields`` under
+    #: ``gating: mmoe``); the contract's field check skips them.
+    unused_options: tuple = ()
+
+    def field_selections(self) -> dict:
+        """``{option: FieldSelection}`` of every model option that names fields (see
+        :class:`~mdl_bench.model_zoo.layers.FieldSelection`); found on the model's attributes."""
+        from .layers.embedding import FieldSelection
+
+        return {v.option: v for v in vars(self).values() if isinstance(v, FieldSelection)}
+
     # ------------------------------------------------------------------ forward and loss
     def logits(self, X: dict[str, torch.Tensor], domain: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return ``(logit of shape B, {name: weighted auxiliary loss})``. Implemented by every model."""

@@ -97,7 +97,7 @@ def star_reference_logit(model, X, domain):
         out = model.star_output
         s_m = h @ (out.weight * out.domain_weight[d]) + out.bias + out.domain_bias[d]
         logits.append(s_m.squeeze())
-    aux = model.aux_net(emb[:, model.aux_index].flatten(1)).squeeze(-1)
+    aux = model.aux_net(model.aux_inputs(emb).flatten(1)).squeeze(-1)
     return torch.stack(logits) + aux
 
 
@@ -277,7 +277,7 @@ def test_adasparse_alpha_anneals_with_training_steps_only(tiny, tiny_batch):
     assert int(model.state_dict()["anneal_steps"]) == 3  # checkpoints carry it
     # alpha sharpens the pruner: s = sigmoid(alpha * (W [e_d, h] + b))
     emb = model.embedding(X)[0]
-    e_d, h = emb[:, model.domain_index].flatten(1), emb.flatten(1)
+    e_d, h = model.domain_inputs(emb).flatten(1), emb.flatten(1)
     _, s = model.weighting_factors(e_d, h, model.pruners[0], model.alpha)
     torch.testing.assert_close(s, torch.sigmoid(2.2 * model.pruners[0](torch.cat([e_d, h], 1))))
 

@@ -40,3 +40,10 @@ def test_one_step_lowers_the_loss(tiny, tiny_batch, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_checkpoint_round_trip(tiny, tiny_batch, tmp_path, name):
     contract.check_checkpoint(tiny, tiny_batch, f"{name}_test", tmp_path)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_field_options_select_by_name(tiny, tiny_batch, name):
+    """Every option naming fields (prior_fields, epnet_fields, ppnet_prior_fields, aux_fields, domain_fields,
+    ...) feeds the model exactly those fields' embeddings, whatever order the option lists them in."""
+    contract.check_field_options(tiny, tiny_batch, f"{name}_test")

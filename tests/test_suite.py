@@ -26,6 +26,7 @@ from scipy import stats
 from mdl_bench.benchmark.cli import main
 from mdl_bench.benchmark.errors import UserError
 from mdl_bench.benchmark.leaderboard import build_board, make_plots, render
+from mdl_bench.benchmark.codeid import code_fingerprint
 from mdl_bench.benchmark.store import (APPLICATION_ID, SCHEMA_VERSION, Store, config_hash, local_config,
                                        portable_config)
 from mdl_bench.benchmark.suite import Suite, load_suite, rerun, run_suite
@@ -85,7 +86,10 @@ def test_suite_stores_every_run_once_with_everything_needed(two):
     for planned, run in zip(plan.runs, runs):
         assert run["config_hash"] == config_hash(planned.params) == config_hash(local_config(run["config"]))
         assert run["seed"] == planned.seed == run["config"]["seed"]
-        assert run["model_id"] == f"Crocodile_test__s{planned.seed}__{run['config_hash'][:8]}"
+        assert run["model_id"] == (f"Crocodile_test__s{planned.seed}__{run['config_hash'][:8]}__"
+                                   f"{run['code_fingerprint'][:8]}")
+        assert run["code_fingerprint"] == code_fingerprint("Crocodile").digest == planned.variant.code
+        assert run["versions"]["code_files"] == code_fingerprint("Crocodile").files
         assert run["config"]["aux_loss"] == planned.params["aux_loss"] and run["config"]["epochs"] == 1
         assert run["config"]["model_root"].startswith("${MDL_BENCH_HOME}")  # portable, reruns elsewhere
         for split in ("valid", "test"):
@@ -118,7 +122,7 @@ def test_rerunning_the_suite_skips_stored_runs_and_a_changed_config_runs_again(t
     outcome, text, _ = run_quiet(changed, store)
     assert "3 runs (2 stored already, 1 to run)" in text
     assert [(r.variant.label, r.seed) for r in outcome.stored_now] == [("Crocodile B", 1)]
-    assert outcome.stored_now[0].variant.config_hash not in {h for h, _ in Store(store).stored_keys()
+    assert outcome.stored_now[0].variant.config_hash not in {h for h, _, _ in Store(store).stored_keys()
                                                              if h != outcome.stored_now[0].variant.config_hash}
     assert count_runs(store) == 5
     with contextlib.closing(sqlite3.connect(str(store))) as conn:
@@ -156,7 +160,8 @@ def test_leaderboard_of_the_run_suite(two, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- leaderboard
 def fake_record(run, metrics: dict) -> dict:
-    return dict(config_hash=run.variant.config_hash, seed=run.seed, expid=run.expid, model="Crocodile",
+    return dict(config_hash=run.variant.config_hash, seed=run.seed, code_fingerprint=run.variant.code,
+                expid=run.expid, model="Crocodile",
                 dataset_id=run.variant.dataset_id, model_id=run.model_id, suite="fake",
                 config=portable_config(run.params), best_epoch=1, epochs_run=1, train_seconds=1.0,
                 train_samples_per_second=1.0, wall_seconds=1.0, num_parameters=1, peak_rss_bytes=1,
@@ -251,7 +256,7 @@ def test_std_cells_and_missing_runs(tmp_path):
     more = dict(data, seeds=[1, 2, 3])  # one seed more than stored: rows show 2/3 and a note
     board = build_board(Suite(more, suite.path), store=str(store), std=True)
     md = render(board, "md")
-    assert "2/3" in md and "3 of 9 runs are not in the store yet" in md and " ± " in md
+    assert "2/3" in md and "3 of 9 runs are not in the store for the current code yet" in md and " ± " in md
 
 
 def test_figure8_plot_is_a_png_embedded_in_the_html(tmp_path):
@@ -481,6 +486,6 @@ def test_sigkill_mid_suite_then_restart_stores_each_run_exactly_once(tiny, tmp_p
     outcome, text, _ = run_quiet(suite, store)
     assert outcome.stored_before == before and len(outcome.stored_now) == 4 - before and not outcome.failed
     with contextlib.closing(sqlite3.connect(str(store))) as conn:
-        keys = conn.execute("SELECT config_hash, seed FROM runs").fetchall()
+        keys = conn.execute("SELECT config_hash, seed, code_fingerprint FROM runs").fetchall()
         assert not conn.execute("SELECT * FROM claims").fetchall()
     assert sorted(keys) == sorted({r.key for r in suite.plan().runs}) and len(keys) == 4

@@ -23,8 +23,14 @@ class MultiEmbedding(nn.Module):
         num_tables: ``M``.
         fields: restrict the tables to these fields (all non-meta fields when ``None``).
 
+    Field order: FuxiCTR's ``FeatureEmbedding`` returns fields in *feature-map* order whatever order they were
+    asked for, so :attr:`fields` lists them in that order (the order of the ``F`` axis), never in the order of
+    ``fields``. A caller that wants named fields asks :meth:`positions` or :meth:`select` by name instead of
+    indexing by its own list.
+
     Shapes:
-        ``forward(X)`` returns ``M x B x F x D``; ``flat(X)`` returns ``M x B x (F*D)``.
+        ``forward(X)`` returns ``M x B x F x D``; ``flat(X)`` returns ``M x B x (F*D)``;
+        ``select(emb, names)`` takes ``... x F x D`` to ``... x len(names) x D``.
     """
 
     def __init__(self, feature_map, embedding_dim: int, num_tables: int = 1,
@@ -39,8 +45,13 @@ class MultiEmbedding(nn.Module):
                                 f"width for all fields, so remove it from feature_cols")
         self.embedding_dim = embedding_dim
         self.num_tables = num_tables
-        self.fields = list(fields) if fields is not None else [
-            n for n, s in feature_map.features.items() if s.get("type") != "meta"]
+        wanted = None if fields is None else set(fields)
+        self.fields = [n for n, s in feature_map.features.items()
+                       if s.get("type") != "meta" and (wanted is None or n in wanted)]
+        if wanted is not None and len(self.fields) != len(wanted):
+            missing = sorted(wanted - set(self.fields))
+            raise UserError(f"MultiEmbedding: fields {', '.join(map(repr, missing))} are not model inputs of "
+                            f"dataset {feature_map.dataset_id!r}")
         self.num_fields = len(self.fields)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim * num_tables,
                                           embedding_initializer=embedding_initializer,
@@ -50,6 +61,19 @@ class MultiEmbedding(nn.Module):
     def output_dim(self) -> int:
         """Width of one flattened table, ``F * D``."""
         return self.num_fields * self.embedding_dim
+
+    def positions(self, names: Sequence[str]) -> list[int]:
+        """Index on the ``F`` axis of each field in ``names`` (in the order of ``names``)."""
+        try:
+            return [self.fields.index(n) for n in names]
+        except ValueError:
+            unknown = [n for n in names if n not in self.fields]
+            raise UserError(f"MultiEmbedding: fields {', '.join(map(repr, unknown))} are not among its fields "
+                            f"({', '.join(self.fields)})") from None
+
+    def select(self, emb: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """The named fields of an embedding ``... x F x D`` (from :meth:`forward`), in the order of ``names``."""
+        return emb.index_select(emb.dim() - 2, torch.as_tensor(self.positions(names), device=emb.device))
 
     def forward(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = self.embedding(X)  # B x F x (M*D)
@@ -64,10 +88,52 @@ class MultiEmbedding(nn.Module):
 
 
 def check_fields(feature_map, fields: Sequence[str], option: str, model: str) -> list[str]:
-    """Every name in ``fields`` must be a model input of the dataset; else a one-line error naming both."""
+    """The fields of a model option that names fields, in feature-map order and without repeats.
+
+    Every name must be a model input of the dataset (else a one-line error naming both). Returning a canonical
+    order makes a model independent of the order the option lists its fields in: ``[a, b]`` and ``[b, a]`` build
+    the same model (same parameters, same outputs), and no caller can pair a field with the wrong position."""
     inputs = [n for n, s in feature_map.features.items() if s.get("type") != "meta"]
+    if isinstance(fields, str):
+        fields = [fields]
     for name in fields:
         if name not in inputs:
             raise UserError(f"{model}: `{option}` names field {name!r}, which dataset {feature_map.dataset_id!r} "
                             f"lacks (its fields: {', '.join(inputs)}); fix `{option}` in the model config")
-    return list(fields)
+    wanted = set(fields)
+    return [n for n in inputs if n in wanted]
+
+
+class FieldSelection:
+    """The fields a model option names (``prior_fields``, ``aux_fields``, ...), taken *by name* from the output
+    of one :class:`MultiEmbedding`.
+
+    A model builds one per option and calls it on that table's output; the model contract finds every
+    selection of a model (:meth:`MultiDomainModel.field_selections`) and checks that, in a real forward pass,
+    slot ``j`` holds the embedding of ``fields[j]`` (``tests/test_models.py``).
+
+    Args:
+        option: the model option's name, e.g. ``"ppnet_prior_fields"``.
+        fields: the option's fields, as :func:`check_fields` returns them (feature-map order).
+        table: the embedding whose output is selected from.
+
+    Shapes:
+        ``__call__(emb)``: ``... x F x D`` -> ``... x len(fields) x D``.
+    """
+
+    def __init__(self, option: str, fields: Sequence[str], table: MultiEmbedding):
+        self.option, self.fields, self.table = option, list(fields), table
+        self.positions = table.positions(self.fields)
+        self.identity = self.positions == list(range(table.num_fields))
+        self.record = False  # set by the contract check: keep the last output in ``last``
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        out = emb if self.identity else emb.index_select(
+            emb.dim() - 2, torch.as_tensor(self.positions, device=emb.device))
+        if self.record:
+            self.last = out
+        return out
+
+    def __len__(self) -> int:
+        return len(self.fields)

@@ -57,7 +57,7 @@ class PartitionedNorm(nn.Module):
         counts = torch.bincount(domain, minlength=K).to(x.dtype)
         denom = counts.clamp(min=1.0).unsqueeze(1)
         mean = x.new_zeros(K, x.shape[1]).index_add(0, domain, x) / denom
-        var = x.new_zeros(K, x.shape[1]).index_add(0, domain, (x - mean[domain]) ** 2) / denom
+        var = x.new_zeros(K, x.shape[1]).index_add(0, domain, (x - mean.index_select(0, domain)) ** 2) / denom
         return counts, mean, var
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -75,5 +75,9 @@ class PartitionedNorm(nn.Module):
             var = torch.where(usable, var, self.running_var)
         else:
             mean, var = self.running_mean, self.running_var
-        z = (x - mean[domain]) * torch.rsqrt(var[domain] + self.eps)
-        return z * (self.gamma * self.domain_gamma[domain]) + (self.beta + self.domain_beta[domain])
+        # index_select, not ``t[domain]``: the backward of advanced indexing (index_put_ with accumulate) sums
+        # repeated rows in a thread-dependent order on the CPU, so results varied run to run; index_select's
+        # backward (index_add_) is deterministic. Pinned by tests/test_determinism.py.
+        rows = lambda t: t.index_select(0, domain)  # K x I -> B x I
+        z = (x - rows(mean)) * torch.rsqrt(rows(var) + self.eps)
+        return z * (self.gamma * rows(self.domain_gamma)) + (self.beta + rows(self.domain_beta))
