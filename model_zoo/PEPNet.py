@@ -41,7 +41,7 @@ from fuxictr.pytorch.torch_utils import get_activation
 
 from mdl_bench.benchmark.errors import UserError
 from .base import MultiDomainModel
-from .layers import BatchedMLP, MultiEmbedding, check_fields, gather_domain
+from .layers import BatchedMLP, FieldSelection, MultiEmbedding, check_fields, gather_domain
 from .layers.gate_nu import GateNU
 
 
@@ -79,10 +79,10 @@ class PEPNet(MultiDomainModel):
         if not ppnet_fields:
             raise UserError("PEPNet: ppnet_prior_fields is empty; list the user/item-side fields of PPNet's gates")
         self.embedding = MultiEmbedding(feature_map, D, 1)
-        prior_fields = list(dict.fromkeys(epnet_fields + ppnet_fields))
-        self.prior_embedding = MultiEmbedding(feature_map, D, 1, fields=prior_fields)
-        self.epnet_index = [prior_fields.index(f) for f in epnet_fields]
-        self.ppnet_index = [prior_fields.index(f) for f in ppnet_fields]
+        self.prior_embedding = MultiEmbedding(feature_map, D, 1, fields=epnet_fields + ppnet_fields)
+        # by name: the prior table returns its fields in feature-map order, not in the options' order
+        self.epnet_prior = FieldSelection("epnet_fields", epnet_fields, self.prior_embedding)
+        self.ppnet_prior = FieldSelection("ppnet_prior_fields", ppnet_fields, self.prior_embedding)
         F, FD = self.embedding.num_fields, self.embedding.output_dim
         self.ep_gate = GateNU(len(epnet_fields) * D + FD, F if epnet_gate == "field" else FD,
                               gate_hidden_dim or FD, gate_gamma)
@@ -112,7 +112,7 @@ class PEPNet(MultiDomainModel):
         ``B x F*D``) and the prior embeddings ``B x P x D``."""
         emb = self.embedding(X)[0]  # B x F x D
         prior = self.prior_embedding(X)[0]  # B x P x D
-        gate_in = torch.cat([prior[:, self.epnet_index].flatten(1), self._gate_input(emb.flatten(1))], dim=1)
+        gate_in = torch.cat([self.epnet_prior(prior).flatten(1), self._gate_input(emb.flatten(1))], dim=1)
         delta = self.ep_gate(gate_in)
         if self.epnet_gate == "field":
             o_ep = (emb * delta.unsqueeze(-1)).flatten(1)
@@ -123,12 +123,12 @@ class PEPNet(MultiDomainModel):
     def gates(self, X) -> list[torch.Tensor]:
         """Every Gate NU output of a batch (EPNet's, then PPNet's per layer), for inspection and tests."""
         o_ep, delta, prior = self.epnet(X)
-        pp_in = torch.cat([prior[:, self.ppnet_index].flatten(1), self._gate_input(o_ep)], dim=1)
+        pp_in = torch.cat([self.ppnet_prior(prior).flatten(1), self._gate_input(o_ep)], dim=1)
         return [delta] + [gate(pp_in) for gate in list(self.dnn_gates) + list(self.tower_gates)]
 
     def logits(self, X, domain):
         o_ep, _, prior = self.epnet(X)
-        pp_in = torch.cat([prior[:, self.ppnet_index].flatten(1), self._gate_input(o_ep)], dim=1)
+        pp_in = torch.cat([self.ppnet_prior(prior).flatten(1), self._gate_input(o_ep)], dim=1)
         h = o_ep  # the tower consumes the un-detached personalised embedding
         for linear, act, gate in zip(self.dnn_layers, self.activations, self.dnn_gates):
             h = act(linear(h)) * gate(pp_in)
