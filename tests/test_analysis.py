@@ -179,6 +179,54 @@ def test_single_domain_expert_output_is_the_input_of_each_logit_layer(tiny, tiny
         torch.testing.assert_close(dnn.mlp[-1](O[s][rows]).view(-1), logit[rows])
 
 
+def test_star_experts_are_each_domains_network_on_every_row(tiny, tiny_batch):
+    model = build_model(tiny, "STAR_test")
+    model.eval()
+    X = model.get_inputs(tiny_batch)
+    domain = model.domain_of(X)
+    with torch.no_grad():
+        O, bound = expert_outputs(model, X)
+        main = model.main_logit(model.embedding(X)[0], domain)
+        weight, bias = model.star_output.effective()  # K x H x 1, K x 1
+    assert O.shape == (model.num_domains, X["user_id"].shape[0], 8) and bound == list(range(model.num_domains))
+    for s in range(model.num_domains):  # a row's own domain's expert is the input of its star output layer
+        rows = domain == s
+        torch.testing.assert_close((O[s][rows] @ weight[s] + bias[s]).view(-1), main[rows])
+    with torch.no_grad():  # expert s uses domain s's leaf weights only
+        model.star_layers[0].domain_weight[1].mul_(1.5)
+        changed, _ = expert_outputs(model, X)
+    assert torch.equal(changed[0], O[0]) and not torch.allclose(changed[1], O[1])
+
+
+def test_pepnet_experts_are_the_gated_tower_hidden_outputs(tiny, tiny_batch):
+    from mdl_bench.model_zoo.layers import gather_domain
+
+    model = build_model(tiny, "PEPNet_test")
+    model.eval()
+    X = model.get_inputs(tiny_batch)
+    domain = model.domain_of(X)
+    with torch.no_grad():
+        O, bound = expert_outputs(model, X)
+        logit, _ = model.logits(X, domain)
+        from_experts = gather_domain(model.tower_output(O).squeeze(-1), domain)
+    assert O.shape == (model.num_domains, X["user_id"].shape[0], 8) and bound == list(range(model.num_domains))
+    torch.testing.assert_close(from_experts, logit)
+    assert build_model(tiny, "PEPNet_test", tower_hidden_units=[]).expert_outputs_for_analysis(X) is None
+
+
+def test_probe_reads_model_hooks_not_class_names(tiny):
+    import inspect
+
+    from mdl_bench.benchmark.analysis import probe
+    from mdl_bench.model_zoo import registry
+
+    source = inspect.getsource(probe)
+    assert not [name for name in registry() if f'"{name}"' in source]
+    model = build_model(tiny, "MMoE_test")
+    model.embedding_table_domains = [3]  # a model that declares its one table as domain 3's
+    assert table_domains(model, "embedding", 1) == [3]
+
+
 @pytest.mark.parametrize("expid, overrides", [("SDEM_test", {}), ("SingleDomain_test", {}),
                                                ("ME_PLE_test", {"num_levels": 1})])
 def test_domain_tables_learn_only_from_their_domain(tiny, tiny_batch, expid, overrides):
