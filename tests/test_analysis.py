@@ -105,6 +105,38 @@ def test_per_expert_quantiles_ignore_the_scale_of_an_expert_pooled_do_not():
                                                                                        scope="pooled").mean
 
 
+# Two experts on the rows of SD: A large (6-7), B small (0-1); their ranks move partly apart.
+A = [6, 6, 7, 7, 6, 6, 7, 7]
+B = [0, 1, 0, 1, 0, 1, 0, 1]
+
+
+def test_diversity_index_fixed_and_quantile_thresholds_by_hand():
+    experts = np.array([A, B], dtype=float)
+    # D(i,j) is rows 0-3 / rows 4-7 under both rules (SD's per-network and pooled quantiles are both 2 and 0)
+    quantile = diversity_index(SD, experts, [None, None])
+    fixed = diversity_index(SD, experts, [None, None], scope="pooled")
+    # fixed: pooled 16 norms, numpy's linear quantiles: tau_t = 6 + 0.25 * 1 = 6.25, tau_b = 0 + 0.75 * 1 = 0.75;
+    # A strong on rows 2, 3, 6, 7, B weak on rows 0, 2, 4, 6, A never weak, B never strong -> hits on rows 2, 6
+    assert fixed.rule == "fixed" and fixed.tau["tau_t"] == [6.25, 6.25] and fixed.tau["tau_b"] == [0.75, 0.75]
+    assert fixed.per_pair[0, 1] == 0.25 and fixed.per_pair[1, 0] == 0.25 and fixed.mean == 0.25
+    # quantile: A's own (7, 6), B's own (1, 0): A strong 2, 3, 6, 7 / weak 0, 1, 4, 5; B strong 1, 3, 5, 7 / weak
+    # 0, 2, 4, 6 -> a strong expert and another weak one on rows 1, 2, 5, 6
+    assert quantile.rule == "quantile" and quantile.tau["tau_t"] == [7.0, 1.0] and quantile.tau["tau_b"] == [6.0, 0.0]
+    assert quantile.per_pair[0, 1] == 0.5 and quantile.per_pair[1, 0] == 0.5 and quantile.mean == 0.5
+    # eq. (3), A bound to domain 0 and B to domain 1: D(0,1) needs A strong and B weak (row 2 of rows 0-3 under
+    # both rules); D(1,0) needs B strong and A weak: never with the fixed thresholds, row 5 with the quantile ones
+    fixed3 = diversity_index(SD, experts, [0, 1], scope="pooled")
+    quantile3 = diversity_index(SD, experts, [0, 1])
+    assert fixed3.equation == 3 and fixed3.per_pair[0, 1] == 0.25 and fixed3.per_pair[1, 0] == 0.0
+    assert fixed3.mean == 0.125
+    assert quantile3.per_pair[0, 1] == 0.25 and quantile3.per_pair[1, 0] == 0.25 and quantile3.mean == 0.25
+    # the fixed rule is invariant to a global rescaling of a model's outputs, not to one expert's
+    assert diversity_index(SD, 10 * experts, [None, None], scope="pooled").mean == fixed.mean
+    assert diversity_index(SD, experts * [[1.0], [10.0]], [None, None], scope="pooled").mean != fixed.mean
+    as_dict = fixed.to_dict(["S0", "S1"])
+    assert as_dict["rule"] == "fixed" and as_dict["thresholds"]["single_domain_tau_t"] == [2.0, 2.0]
+
+
 def test_domain_norms_concatenate_the_experts_of_a_domain():
     norms = np.array([[3.0, 0.0], [4.0, 1.0], [7.0, 7.0]])
     grouped = domain_norms(norms, [0, 0, None], 2)
@@ -293,6 +325,11 @@ def test_analyze_checkpoints_writes_numbers_and_figures(tiny_runs, tmp_path, cap
     run = report["runs"][0]
     di = run["diversity_index"]
     assert di["equation"] == 2 and len(di["per_pair"]) == 20 and 0.0 <= di["mean"] <= 1.0
+    fixed = run["diversity_index_fixed"]
+    assert fixed["rule"] == "fixed" and di["rule"] == "quantile" and 0.0 <= fixed["mean"] <= 1.0
+    assert len(set(fixed["thresholds"]["tau_t"])) == 1 and len(set(di["thresholds"]["tau_t"])) == 5
+    assert report["methods"][0]["di_fixed"] == pytest.approx(fixed["mean"])
+    assert "DI(fix)" in printed and "fig1a_di_fixed_vs_ia.png" in report["figures"]
     assert sum(di["pair_sizes"].values()) > 0
     assert report["datasets"]["tiny_synth"]["rows"] == 1500
     tables = [t for t in run["tables"] if t["module"] == "embedding"]

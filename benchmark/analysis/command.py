@@ -43,7 +43,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tau-bottom", dest="tau_bottom", type=float, default=0.25,
                    help="tau_b: quantile of the output norms (default 0.25), or a norm with --tau-absolute")
     p.add_argument("--tau-scope", dest="tau_scope", default="per_expert",
-                   help="quantiles of each expert's norms (per_expert, default) or of all experts' (pooled)")
+                   help="thresholds of the quantile DI, DI(q): quantiles of each expert's norms (per_expert, "
+                        "default) or of all experts' (pooled); the fixed DI, DI(fix), always pools them")
     p.add_argument("--tau-absolute", dest="tau_absolute", action="store_true",
                    help="--tau-top/--tau-bottom are norms, not quantiles")
     p.add_argument("--groups", type=int, default=5, help="exposure-frequency groups of the tables (default 5)")
@@ -187,8 +188,10 @@ def default_out_dir(args, name: str) -> Path:
 
 
 def summary_table(report: dict) -> str:
-    """One line per method: group, runs, DI (eq.), IA of the id tables, mean IA of the experts' outputs."""
-    head = f"{'method':28s} {'group':14s} {'runs':>4s} {'DI':>7s} {'eq':>3s} {'IA(ids)':>8s} {'IA(experts)':>11s}"
+    """One line per method: group, runs, DI under both threshold rules (eq.), IA of the id tables, mean IA of the
+    experts' outputs; a legend line names the two rules."""
+    head = (f"{'method':28s} {'group':14s} {'runs':>4s} {'DI(q)':>7s} {'DI(fix)':>7s} {'eq':>3s} {'IA(ids)':>8s} "
+            f"{'IA(experts)':>11s}")
     lines = [head, "-" * len(head)]
     equations = {}
     for run in report["runs"]:
@@ -200,7 +203,17 @@ def summary_table(report: dict) -> str:
 
     for m in report["methods"]:
         lines.append(f"{m['label'][:28]:28s} {str(m['group'] or '-')[:14]:14s} {m['runs']:>4d} {fmt(m['di'], 7)} "
-                     f"{str(equations.get(m['label'], '-')):>3s} {fmt(m['ia'], 8)} {fmt(m['expert_ia'], 11)}")
+                     f"{fmt(m.get('di_fixed'), 7)} {str(equations.get(m['label'], '-')):>3s} {fmt(m['ia'], 8)} "
+                     f"{fmt(m['expert_ia'], 11)}")
+    options = report.get("options", {})
+    if options.get("tau_absolute"):
+        lines.append(f"DI(q), DI(fix): tau_t / tau_b = norms {options.get('tau_top')} / {options.get('tau_bottom')} "
+                     f"(--tau-absolute: both rules alike)")
+    else:
+        whose = "each expert's own norms" if options.get("tau_scope") != "pooled" else "the pooled norms (--tau-scope)"
+        lines.append(f"DI(q): tau_t / tau_b = the {options.get('tau_top')} / {options.get('tau_bottom')} quantiles of "
+                     f"{whose}; DI(fix): the same quantiles of the pooled norms of all the model's experts, one "
+                     f"threshold pair per model")
     notes = {m["label"]: m["di_note"] for m in report["methods"] if m["di"] is None and m.get("di_note")}
     for label, note in notes.items():
         lines.append(f"  {label}: no DI - {note}")

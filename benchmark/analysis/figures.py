@@ -45,7 +45,7 @@ def _save(fig, path) -> Path:
     return path
 
 
-def di_vs_ia(points: Sequence[dict], path) -> Path:
+def di_vs_ia(points: Sequence[dict], path, xlabel: str = "Diversity Index") -> Path:
     """Figure 1a: one point per method, ``{"label", "di", "ia"}`` (points with a missing value are skipped)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -56,7 +56,7 @@ def di_vs_ia(points: Sequence[dict], path) -> Path:
     missing = [p["label"] for p in points if p not in shown]
     if missing:
         ax.text(0.01, 0.01, "no DI: " + ", ".join(missing), transform=ax.transAxes, fontsize=7, va="bottom")
-    ax.set_xlabel("Diversity Index")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Information Abundance (id tables)")
     ax.set_title("Domain distinctiveness vs sufficient learning")
     ax.grid(alpha=0.3)

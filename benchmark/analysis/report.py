@@ -8,8 +8,11 @@ into ``out_dir``:
 * ``fig1a_di_vs_ia.png``, ``fig5_spectra_<field>.png``, ``fig6_di_sorted.png``, ``fig7_cov_<method>.png``
   (+ ``.npz`` with the full matrices), ``fig2_ia_epochs_<method>.png`` for runs recorded with ``record_ia``.
 
-Defaults, each an option: 20,000 random rows of the test split (seed 0); ``tau_t`` / ``tau_b`` = the 0.75 / 0.25
-quantiles of each expert's (each Single Domain network's) output norms on those rows; 5 exposure groups; the IA
+Defaults, each an option: 20,000 random rows of the test split (seed 0); the Diversity Index under both threshold
+rules (:func:`~.measures.diversity_index`): ``diversity_index`` with the 0.75 / 0.25 quantiles of each expert's
+(each Single Domain network's) own output norms ("quantile"), ``diversity_index_fixed`` with one ``tau_t`` /
+``tau_b`` per model, the 0.75 / 0.25 quantiles of the pooled norms of all its experts ("fixed"); 5 exposure
+groups; the IA
 of a model in figure 1a = the mean IA over its user-id and item-id tables (all rows, every table of the main
 multi-embedding).
 """
@@ -182,9 +185,10 @@ def analyze_model(model, dataset: _Dataset, options: AnalysisOptions, sd_norms: 
             result["diversity_index"] = None
             result["di_note"] = "no Single Domain run of this dataset to define D(i,j)"
         else:
-            di = diversity_index(sd_norms, stats.norms, stats.bound, options.tau_top, options.tau_bottom,
-                                 options.tau_scope, options.tau_absolute)
-            result["diversity_index"] = di.to_dict(model.domain_names)
+            for key, scope in (("diversity_index", options.tau_scope), ("diversity_index_fixed", "pooled")):
+                di = diversity_index(sd_norms, stats.norms, stats.bound, options.tau_top, options.tau_bottom,
+                                     scope, options.tau_absolute)
+                result[key] = di.to_dict(model.domain_names)
     frequencies = dataset.frequencies(model)
     tables = table_information(model, frequencies, options.groups, options.summary_fields)
     result["tables"] = tables
@@ -253,12 +257,14 @@ def _methods(runs: list[dict]) -> list[dict]:
     methods = []
     for label in dict.fromkeys(r["label"] for r in runs):
         mine = [r for r in runs if r["label"] == label]
-        di = [r["diversity_index"]["mean"] for r in mine if r.get("diversity_index") and
-              r["diversity_index"]["mean"] is not None]
+        di, di_fixed = ([r[key]["mean"] for r in mine if r.get(key) and r[key]["mean"] is not None]
+                        for key in ("diversity_index", "diversity_index_fixed"))
         ia = [r["ia_summary"] for r in mine if r.get("ia_summary") is not None]
         expert_ia = [np.mean([v for v in r["experts"]["ia"] if v is not None]) for r in mine if r.get("experts")]
         methods.append({"label": label, "model": mine[0]["model"], "group": mine[0]["group"], "runs": len(mine),
-                        "di": float(np.mean(di)) if di else None, "ia": float(np.mean(ia)) if ia else None,
+                        "di": float(np.mean(di)) if di else None,
+                        "di_fixed": float(np.mean(di_fixed)) if di_fixed else None,
+                        "ia": float(np.mean(ia)) if ia else None,
                         "expert_ia": float(np.mean(expert_ia)) if expert_ia else None,
                         "di_note": None if di else mine[0].get("di_note")})
     return methods
@@ -268,7 +274,11 @@ def _figures(report: dict, moments_by_label: dict, smallest: dict, options: Anal
     written = []
     methods = report["methods"]
     written.append(figures.di_vs_ia([{"label": m["label"], "di": m["di"], "ia": m["ia"]} for m in methods],
-                                    out / "fig1a_di_vs_ia.png").name)
+                                    out / "fig1a_di_vs_ia.png", "Diversity Index (per-expert quantile thresholds)").name)
+    if any(m.get("di_fixed") is not None for m in methods):
+        written.append(figures.di_vs_ia([{"label": m["label"], "di": m["di_fixed"], "ia": m["ia"]} for m in methods],
+                                        out / "fig1a_di_fixed_vs_ia.png",
+                                        "Diversity Index (fixed thresholds: pooled-norm quantiles)").name)
     firsts = {}
     for r in report["runs"]:
         firsts.setdefault(r["label"], r)
