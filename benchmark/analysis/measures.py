@@ -6,7 +6,8 @@
 * :func:`norm_thresholds`, :func:`diversity_index`: the Diversity Index of eq. (1)-(3), under the two threshold
   rules of :data:`THRESHOLD_RULES` (see :func:`diversity_index`).
 * :class:`OutputMoments` and its ``cov_block_norms`` / ``dim_covariance``: figure 7's heatmaps, from running sums
-  over batches (no ``N x E x H`` tensor is ever kept).
+  over batches (no ``N x E x H`` tensor is ever kept); :func:`covloss_total`, :func:`cross_expert_mask` and
+  :func:`dim_covariance_summary`: figure 7 as numbers (eq. 7 per expert pair and in total, the dimension level).
 
 Notation: ``N`` rows, ``E`` experts, ``H`` width of an expert's output, ``K`` domains, ``D`` embedding width.
 """
@@ -262,3 +263,53 @@ class OutputMoments:
         with the covariance divided by ``N`` so that the number does not grow with the rows analysed."""
         E, H = self.E, self.H
         return self.dim_covariance().reshape(E, H, E, H).sum(axis=(1, 3)) / (H * H)
+
+
+def covloss_total(blocks: np.ndarray, pairs: str = "p>=q") -> float:
+    """Eq. (7) from its per-pair terms ``blocks`` (``E x E``, :meth:`OutputMoments.cov_block_norms`): the sum over
+    ``p >= q`` (as written, each expert's own covariance included) or ``p > q`` (cross-expert pairs only)."""
+    if pairs not in ("p>=q", "p>q"):
+        raise ValueError(f"pairs must be p>=q or p>q, got {pairs!r}")
+    return float(np.tril(np.asarray(blocks, dtype=np.float64), k=0 if pairs == "p>=q" else -1).sum())
+
+
+def cross_expert_mask(num_experts: int, width: int) -> np.ndarray:
+    """``E*H x E*H`` booleans: True where the two dimensions belong to different experts."""
+    expert = np.repeat(np.arange(num_experts), width)
+    return expert[:, None] != expert[None, :]
+
+
+def dim_covariance_summary(cov: np.ndarray, num_experts: int, high: float | None = None) -> dict:
+    """Figure 7 (right) as numbers, from the ``E*H x E*H`` covariance of all dimensions of all experts.
+
+    Over the ordered cross-expert entries (dimension pairs of two different experts): mean, 99th percentile and
+    maximum of ``|cov|``, the mean ``|correlation|`` (scale-free: CovLoss is quadratic in the outputs' scale, so a
+    lower covariance may be smaller outputs rather than less correlated ones; dimensions with zero variance on the
+    rows are left out and counted as ``dead_dims``), and with ``high`` the number of entries with
+    ``|cov| >= high`` (the "high-value points" of the heatmap). Also the mean ``|cov|`` of the off-diagonal
+    entries within an expert and the mean variance.
+    """
+    cov = np.asarray(cov, dtype=np.float64)
+    n = cov.shape[0]
+    width = n // max(int(num_experts), 1)
+    cross = cross_expert_mask(int(num_experts), width)
+    within = ~cross & ~np.eye(n, dtype=bool)
+    absolute = np.abs(cov)
+    var = np.diag(cov).copy()
+    alive = var > 1e-12 * max(float(var.max(initial=0.0)), 1e-300)
+    std = np.sqrt(np.where(alive, var, 1.0))
+    corr = np.abs(cov / np.outer(std, std))
+    both = cross & alive[:, None] & alive[None, :]
+
+    def stat(values: np.ndarray, how) -> float | None:
+        return float(how(values)) if values.size else None
+
+    return {"dims": int(n), "dead_dims": int((~alive).sum()),
+            "cross_mean_abs_cov": stat(absolute[cross], np.mean),
+            "cross_p99_abs_cov": stat(absolute[cross], lambda v: np.quantile(v, 0.99)),
+            "cross_max_abs_cov": stat(absolute[cross], np.max),
+            "cross_mean_abs_corr": stat(corr[both], np.mean),
+            "within_mean_abs_cov": stat(absolute[within], np.mean),
+            "mean_variance": float(var.mean()) if n else None,
+            "high_threshold": None if high is None else float(high),
+            "high_cross_points": None if high is None else int((absolute[cross] >= high).sum())}
