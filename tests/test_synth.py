@@ -207,3 +207,23 @@ def test_every_synthetic_dataset_block_lists_its_presets_domains():
         spec = synth.make_spec(params["synth"]["preset"])
         assert list(params["domains"]) == list(spec.domains), name
         assert params["train_data"].endswith(f"/raw/{name}/train.csv")
+
+
+def test_the_conflict_like_block_builds(tmp_path):
+    """The packaged block's columns and domains fit the preset (a small variant with the regime options)."""
+    import json
+
+    from mdl_bench.benchmark.config import ConfigSet
+    from mdl_bench.benchmark.data.build import ensure_dataset
+
+    params = ConfigSet().dataset_params("conflict_like")
+    params.update(dataset_id="conflict_small", data_root=str(tmp_path / "data"),
+                  **{f"{s}_data": str(tmp_path / "raw" / f"{s}.csv") for s in ("train", "valid", "test")})
+    params["synth"] = {**params["synth"], **SMALL, "small_rho": -0.7, "size_skew": 8}
+    paths = ensure_dataset(params, log=lambda *a: None)
+    vocab = json.loads((tmp_path / "data" / "conflict_small" / "feature_vocab.json").read_text())["domain"]
+    assert sorted(k for k in vocab if not k.startswith("__")) == ["0", "1", "2", "3", "4"]
+    import polars as pl
+
+    train = pl.read_parquet(paths["train"])
+    assert train.height == SMALL["n_train"] and "true_prob" in train.columns
