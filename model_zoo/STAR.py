@@ -152,7 +152,8 @@ class STAR(MultiDomainModel):
         STAR has no mixture of experts; the per-domain networks are the only per-domain representations it has,
         and they have the structure of the Single Domain reference networks of eq. (1), so they are bound to their
         domains (eq. 3). The paper lists STAR among the models without domain-bound experts (eq. 2) without
-        saying what its experts are.
+        saying what its experts are. Meant for eval mode (the analysis calls it so): in train mode partitioned
+        normalization would update domain ``s``'s running statistics with every row.
         """
         emb = self.embedding(X)[0]  # B x F x D
         outputs = []

@@ -12,11 +12,16 @@ import numpy as np
 
 # One caption per figure file prefix; the HTML report shows them under the images.
 CAPTIONS = {
-    "fig1a": "Figure 1a: Diversity Index vs Information Abundance of every method (the dilemma).",
+    "fig1a_di_fixed": "Figure 1a with the fixed-threshold Diversity Index (one tau_t / tau_b per model: quantiles of "
+                      "the pooled norms of all its experts).",
+    "fig1a": "Figure 1a: Diversity Index (per-expert quantile thresholds) vs Information Abundance of every method "
+             "(the dilemma).",
     "fig2": "Figure 2: log IA over training epochs: (a) experts, (b) item-id tables per exposure group.",
     "fig5": "Figure 5: singular value spectra log(sigma) of the id embeddings (smallest domain's table where "
             "the model has domain tables, else the mean over tables).",
     "fig6": "Figure 6: Diversity Index of every domain pair (i, j), in descending order.",
+    "fig7_compare": "Figure 7 for two runs (A without, B with CovLoss): CovLoss between experts of each and their "
+                    "ratio A/B (top), |covariance| of all dimensions of all experts (bottom).",
     "fig7": "Figure 7: CovLoss between experts (left) and |covariance| of all dimensions of all experts (right).",
 }
 
