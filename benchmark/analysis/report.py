@@ -381,12 +381,12 @@ def _methods(runs: list[dict]) -> list[dict]:
 def _figures(report: dict, moments_by_label: dict, smallest: dict, options: AnalysisOptions, out: Path) -> list[str]:
     written = []
     methods = report["methods"]
-    written.append(figures.di_vs_ia([{"label": m["label"], "di": m["di"], "ia": m["ia"]} for m in methods],
-                                    out / "fig1a_di_vs_ia.png", "Diversity Index (per-expert quantile thresholds)").name)
-    if any(m.get("di_fixed") is not None for m in methods):
-        written.append(figures.di_vs_ia([{"label": m["label"], "di": m["di_fixed"], "ia": m["ia"]} for m in methods],
-                                        out / "fig1a_di_fixed_vs_ia.png",
-                                        "Diversity Index (fixed thresholds: pooled-norm quantiles)").name)
+    variants = [("di", "fig1a_di_vs_ia.png", "Diversity Index (per-expert quantile thresholds)"),
+                ("di_fixed", "fig1a_di_fixed_vs_ia.png", "Diversity Index (fixed thresholds: pooled-norm quantiles)")]
+    for key, name, xlabel in variants:
+        if key == "di" or any(m.get(key) is not None for m in methods):
+            points = [{"label": m["label"], "di": m.get(key), "ia": m["ia"]} for m in methods]
+            written.append(figures.di_vs_ia(points, out / name, xlabel).name)
     firsts = {}
     for r in report["runs"]:
         firsts.setdefault(r["label"], r)
