@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="generate or convert datasets").add_subparsers(dest="data_command",
                                                                                         required=True)
     p = data.add_parser("synth", help="write a seeded synthetic multi-domain dataset (raw CSV files)")
-    p.add_argument("--preset", default="kuairand_like", help="kuairand_like (default) or aliccp_like")
+    p.add_argument("--preset", default="kuairand_like",
+                   help="kuairand_like (default), aliccp_like or conflict_like (domain taste in the id factors too)")
     p.add_argument("--out", required=True, help="output folder for train.csv, valid.csv, test.csv")
     p.add_argument("--seed", type=int)
     p.add_argument("--n-train", dest="n_train", type=int)

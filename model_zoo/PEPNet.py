@@ -27,6 +27,8 @@ Choices where the paper is open (each with its reason):
   task tower the same way); a row reads its own domain's tower. Gates act on the hidden units (the abstract:
   "scales the bottom-level Embedding and top-level DNN hidden units"), not on the DNN input, which EPNet
   already scales.
+* ``expert_outputs_for_analysis`` (Diversity Index, covariance heatmaps): one expert per domain, its gated tower
+  hidden output on every row; bound to domain s (eq. 3).
 * Gate NU hidden width ``gate_hidden_dim``: the paper does not give it; default = the width of what the gate
   scales (F*D for EPNet, the layer width for PPNet). ``stop_gradient: False`` removes both stop-gradients (an
   ablation, and the reference the tests compare against).
@@ -126,7 +128,9 @@ class PEPNet(MultiDomainModel):
         pp_in = torch.cat([self.ppnet_prior(prior).flatten(1), self._gate_input(o_ep)], dim=1)
         return [delta] + [gate(pp_in) for gate in list(self.dnn_gates) + list(self.tower_gates)]
 
-    def logits(self, X, domain):
+    def tower_hidden(self, X) -> torch.Tensor:
+        """The input of the towers' logit layer: ``K x B x H`` (every domain's gated tower on every row), or the
+        shared ``B x H`` when ``tower_hidden_units`` is empty."""
         o_ep, _, prior = self.epnet(X)
         pp_in = torch.cat([self.ppnet_prior(prior).flatten(1), self._gate_input(o_ep)], dim=1)
         h = o_ep  # the tower consumes the un-detached personalised embedding
@@ -140,5 +144,19 @@ class PEPNet(MultiDomainModel):
             h = t * delta
             if self.dropout is not None:
                 h = self.dropout(h)
-        logit = self.tower_output(h).squeeze(-1)  # K x B
+        return h
+
+    def expert_outputs_for_analysis(self, X):
+        """One expert per domain: domain ``s``'s tower hidden output (PPNet-gated, the input of its logit layer)
+        on every row, ``K x B x H``, bound to domain ``s`` (eq. 3); ``None`` without tower hidden layers.
+
+        PEPNet has no mixture of experts; its per-domain towers (each gated by PPNet per row) are its only
+        per-domain representations. The paper plots PEPNet in figure 1a without saying what its experts are.
+        """
+        if not len(self.tower_layers):
+            return None
+        return self.tower_hidden(X), list(range(self.num_domains))
+
+    def logits(self, X, domain):
+        logit = self.tower_output(self.tower_hidden(X)).squeeze(-1)  # K x B
         return gather_domain(logit, domain), {}

@@ -71,6 +71,11 @@ class SDEM(MultiDomainModel):
         self.reset_parameters()
         self.model_to_device()
 
+    @property
+    def embedding_table_domains(self) -> list:
+        """Tables ``0..K-1`` of the main embedding belong to domains ``0..K-1``; table ``K`` is shared."""
+        return list(range(self.num_domains)) + [None]
+
     def expert_outputs_for_analysis(self, X):
         return self.extraction(self.embedding.flat(X))[1], list(self.extraction.bound)
 

@@ -26,6 +26,8 @@ Choices where the paper is open or public code differs (each with its reason):
 * Auxiliary network: a small MLP on the embeddings of ``aux_fields`` (default the domain indicator; the paper
   feeds "the domain indicator and other features that depict the domain" - the synthetic data has no other
   domain-describing field, so add them here when a dataset has some). Its logit is added to the main logit.
+* ``expert_outputs_for_analysis`` (Diversity Index, covariance heatmaps): one expert per domain, domain s's
+  effective star FCN on every row, its last hidden layer; bound to domain s (eq. 3).
 * Widths follow the benchmark's size rule: the star FCN is [256, 128, 64] (bottom [256, 128] plus the [64]
   tower width of the other methods), because STAR has no separate towers - the star product is its per-domain
   part.
@@ -122,9 +124,9 @@ class STAR(MultiDomainModel):
         self.reset_parameters()
         self.model_to_device()
 
-    def main_logit(self, emb: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        """The star FCN's logit ``s_m`` from the field embeddings ``B x F x D``; shape ``B``."""
-        groups = DomainGroups(domain, self.num_domains)
+    def star_hidden(self, emb: torch.Tensor, domain: torch.Tensor, groups: DomainGroups) -> torch.Tensor:
+        """The star FCN's last hidden layer ``B x H`` (the input of its output layer) from the field embeddings
+        ``B x F x D``, row ``b`` through domain ``domain[b]``'s weights and PN statistics."""
         h = emb.flatten(1)
         if self.input_norm is not None:
             h = self.input_norm(h, domain)
@@ -135,7 +137,30 @@ class STAR(MultiDomainModel):
             h = self.activations[layer](h)
             if self.dropout is not None:
                 h = self.dropout(h)
-        return self.star_output(h, groups).squeeze(-1)  # a logit: no activation
+        return h
+
+    def main_logit(self, emb: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """The star FCN's logit ``s_m`` from the field embeddings ``B x F x D``; shape ``B``."""
+        groups = DomainGroups(domain, self.num_domains)
+        return self.star_output(self.star_hidden(emb, domain, groups), groups).squeeze(-1)  # a logit: no activation
+
+    def expert_outputs_for_analysis(self, X):
+        """One expert per domain: domain ``s``'s effective star FCN (``W ⊙ W_s``, ``b + b_s``, PN with domain
+        ``s``'s statistics) run on every row, its last hidden layer ``B x H`` (the input of its output layer, the
+        representation its main logit is a linear function of); ``K x B x H``, expert ``s`` bound to domain ``s``.
+
+        STAR has no mixture of experts; the per-domain networks are the only per-domain representations it has,
+        and they have the structure of the Single Domain reference networks of eq. (1), so they are bound to their
+        domains (eq. 3). The paper lists STAR among the models without domain-bound experts (eq. 2) without
+        saying what its experts are. Meant for eval mode (the analysis calls it so): in train mode partitioned
+        normalization would update domain ``s``'s running statistics with every row.
+        """
+        emb = self.embedding(X)[0]  # B x F x D
+        outputs = []
+        for s in range(self.num_domains):
+            domain = torch.full((emb.shape[0],), s, dtype=torch.long, device=emb.device)
+            outputs.append(self.star_hidden(emb, domain, DomainGroups(domain, self.num_domains)))
+        return torch.stack(outputs), list(range(self.num_domains))
 
     def logits(self, X, domain):
         emb = self.embedding(X)[0]  # B x F x D

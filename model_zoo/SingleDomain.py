@@ -18,12 +18,18 @@ Choices where the paper is open (each with its reason):
 * DNN widths ``dnn_hidden_units: [256, 128, 64]`` = the size rule's bottom [256, 128] plus its tower [64], as
   for the other single-network rows. No batch normalisation: a small domain may have one row (or none) in a
   batch, where batch statistics are undefined.
-* No experts: ``expert_outputs_for_analysis`` keeps the default ``None``.
+* ``expert_outputs_for_analysis``: eq. (1) needs "the output norm of domain-specific experts" of the Single
+  Domain models. Chosen: the expert output of domain s's network on a row is DNN_s's last hidden layer (the
+  input of its logit layer) computed on the row's embeddings from table s - the representation the network's
+  prediction is a linear function of. Every domain's network runs on every row (also rows of other domains),
+  since D(i,j) compares two networks on the same sample; network s is bound to domain s.
+* ``embedding_table_domains``: table s belongs to domain s.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 from fuxictr.pytorch.layers import MLP_Block
 
@@ -53,6 +59,25 @@ class SingleDomain(MultiDomainModel):
         self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
         self.reset_parameters()
         self.model_to_device()
+
+    @property
+    def embedding_table_domains(self) -> list:
+        """Table ``s`` of the main embedding belongs to domain ``s``."""
+        return list(range(self.num_domains))
+
+    def expert_outputs_for_analysis(self, X):
+        """``K x B x H``: every domain's DNN on every row (its own table), its last hidden layer; bound ``0..K-1``."""
+        emb = self.embedding.flat(X)  # K x B x F*D, table s in slot s
+        outputs = []
+        for s, dnn in enumerate(self.dnns):
+            layers = list(dnn.mlp)
+            if not isinstance(layers[-1], nn.Linear):
+                raise ValueError("SingleDomain's DNN no longer ends with its logit layer; update this hook")
+            hidden = emb[s]
+            for layer in layers[:-1]:
+                hidden = layer(hidden)
+            outputs.append(hidden)
+        return torch.stack(outputs), list(range(self.num_domains))
 
     def logits(self, X, domain):
         own_table = gather_domain(self.embedding.flat(X), domain)  # B x F*D: row b reads its domain's table

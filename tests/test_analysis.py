@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mdl_bench.benchmark.analysis.measures import (OutputMoments, diversity_index, domain_norms, gram,
-                                                   information_abundance, singular_values)
+from mdl_bench.benchmark.analysis.measures import (OutputMoments, covloss_total, dim_covariance_summary,
+                                                   diversity_index, domain_norms, gram, information_abundance,
+                                                   singular_values)
 from mdl_bench.benchmark.analysis.probe import (embedding_tables, expert_outputs, frequency_groups, table_domains)
 from mdl_bench.benchmark.analysis.report import table_information
 from mdl_bench.model_zoo.layers import CovLoss, MultiEmbedding
@@ -105,6 +106,38 @@ def test_per_expert_quantiles_ignore_the_scale_of_an_expert_pooled_do_not():
                                                                                        scope="pooled").mean
 
 
+# Two experts on the rows of SD: A large (6-7), B small (0-1); their ranks move partly apart.
+A = [6, 6, 7, 7, 6, 6, 7, 7]
+B = [0, 1, 0, 1, 0, 1, 0, 1]
+
+
+def test_diversity_index_fixed_and_quantile_thresholds_by_hand():
+    experts = np.array([A, B], dtype=float)
+    # D(i,j) is rows 0-3 / rows 4-7 under both rules (SD's per-network and pooled quantiles are both 2 and 0)
+    quantile = diversity_index(SD, experts, [None, None])
+    fixed = diversity_index(SD, experts, [None, None], scope="pooled")
+    # fixed: pooled 16 norms, numpy's linear quantiles: tau_t = 6 + 0.25 * 1 = 6.25, tau_b = 0 + 0.75 * 1 = 0.75;
+    # A strong on rows 2, 3, 6, 7, B weak on rows 0, 2, 4, 6, A never weak, B never strong -> hits on rows 2, 6
+    assert fixed.rule == "fixed" and fixed.tau["tau_t"] == [6.25, 6.25] and fixed.tau["tau_b"] == [0.75, 0.75]
+    assert fixed.per_pair[0, 1] == 0.25 and fixed.per_pair[1, 0] == 0.25 and fixed.mean == 0.25
+    # quantile: A's own (7, 6), B's own (1, 0): A strong 2, 3, 6, 7 / weak 0, 1, 4, 5; B strong 1, 3, 5, 7 / weak
+    # 0, 2, 4, 6 -> a strong expert and another weak one on rows 1, 2, 5, 6
+    assert quantile.rule == "quantile" and quantile.tau["tau_t"] == [7.0, 1.0] and quantile.tau["tau_b"] == [6.0, 0.0]
+    assert quantile.per_pair[0, 1] == 0.5 and quantile.per_pair[1, 0] == 0.5 and quantile.mean == 0.5
+    # eq. (3), A bound to domain 0 and B to domain 1: D(0,1) needs A strong and B weak (row 2 of rows 0-3 under
+    # both rules); D(1,0) needs B strong and A weak: never with the fixed thresholds, row 5 with the quantile ones
+    fixed3 = diversity_index(SD, experts, [0, 1], scope="pooled")
+    quantile3 = diversity_index(SD, experts, [0, 1])
+    assert fixed3.equation == 3 and fixed3.per_pair[0, 1] == 0.25 and fixed3.per_pair[1, 0] == 0.0
+    assert fixed3.mean == 0.125
+    assert quantile3.per_pair[0, 1] == 0.25 and quantile3.per_pair[1, 0] == 0.25 and quantile3.mean == 0.25
+    # the fixed rule is invariant to a global rescaling of a model's outputs, not to one expert's
+    assert diversity_index(SD, 10 * experts, [None, None], scope="pooled").mean == fixed.mean
+    assert diversity_index(SD, experts * [[1.0], [10.0]], [None, None], scope="pooled").mean != fixed.mean
+    as_dict = fixed.to_dict(["S0", "S1"])
+    assert as_dict["rule"] == "fixed" and as_dict["thresholds"]["single_domain_tau_t"] == [2.0, 2.0]
+
+
 def test_domain_norms_concatenate_the_experts_of_a_domain():
     norms = np.array([[3.0, 0.0], [4.0, 1.0], [7.0, 7.0]])
     grouped = domain_norms(norms, [0, 0, None], 2)
@@ -127,6 +160,42 @@ def test_heatmaps_match_covloss_and_numpy_over_batches():
         np.testing.assert_allclose(sigma, np.linalg.svd(O[e].numpy(), compute_uv=False), rtol=1e-8)
     blocks = moments.cov_block_norms()
     assert blocks[0, 1] > 2 * blocks[0, 2]
+
+
+def test_covloss_of_every_expert_pair_against_numpy():
+    rng = np.random.default_rng(16)
+    O = rng.normal(size=(4, 120, 3)) + np.arange(3)  # E x N x H
+    O[2] = 0.5 * O[0] + 0.1 * O[2]  # experts 1 and 3 (numbered from 1) strongly covary
+    O[3][:, 1] = 0.0  # a dead dimension
+    moments = OutputMoments(4, 3)
+    for part in np.array_split(O, 3, axis=1):
+        moments.update(part)
+    blocks = moments.cov_block_norms()
+    for p in range(4):  # eq. (7)'s term of (p, q), the covariance over the N rows
+        for q in range(4):
+            cp, cq = O[p] - O[p].mean(axis=0), O[q] - O[q].mean(axis=0)
+            assert blocks[p, q] == pytest.approx(np.abs(cp.T @ cq / 120).sum() / 9, rel=1e-10)
+    direct = sum(np.abs(np.cov(O[p].T, O[q].T, bias=True)[:3, 3:]).sum() / 9 for p in range(4) for q in range(p + 1))
+    assert covloss_total(blocks) == pytest.approx(direct, rel=1e-10)
+    # the training loss with normalization "mean" on all rows is the same sum
+    torch_loss = CovLoss(normalization="mean")(torch.from_numpy(O)).item()
+    assert covloss_total(blocks) == pytest.approx(torch_loss, rel=1e-9)
+    assert covloss_total(blocks, "p>q") == pytest.approx(direct - sum(blocks[e, e] for e in range(4)), rel=1e-10)
+    summary = dim_covariance_summary(moments.covariance(), 4, high=0.2)
+    flat = O.transpose(1, 0, 2).reshape(120, 12)
+    cov = np.cov(flat.T, bias=True)
+    expert = np.repeat(np.arange(4), 3)
+    cross = expert[:, None] != expert[None, :]
+    alive = flat.std(axis=0) > 0
+    corr = np.abs(np.corrcoef(flat[:, alive].T))
+    cross_alive = cross[np.ix_(alive, alive)]
+    assert summary["dead_dims"] == 1 and summary["dims"] == 12
+    assert summary["cross_mean_abs_cov"] == pytest.approx(np.abs(cov[cross]).mean(), rel=1e-9)
+    assert summary["cross_max_abs_cov"] == pytest.approx(np.abs(cov[cross]).max(), rel=1e-9)
+    assert summary["cross_mean_abs_corr"] == pytest.approx(corr[cross_alive].mean(), rel=1e-9)
+    assert summary["high_cross_points"] == int((np.abs(cov[cross]) >= 0.2).sum()) > 0
+    within = ~cross & ~np.eye(12, dtype=bool)
+    assert summary["within_mean_abs_cov"] == pytest.approx(np.abs(cov[within]).mean(), rel=1e-9)
 
 
 # ------------------------------------------------------------------ memory: 5 tables of 200k x 16
@@ -179,6 +248,54 @@ def test_single_domain_expert_output_is_the_input_of_each_logit_layer(tiny, tiny
         torch.testing.assert_close(dnn.mlp[-1](O[s][rows]).view(-1), logit[rows])
 
 
+def test_star_experts_are_each_domains_network_on_every_row(tiny, tiny_batch):
+    model = build_model(tiny, "STAR_test")
+    model.eval()
+    X = model.get_inputs(tiny_batch)
+    domain = model.domain_of(X)
+    with torch.no_grad():
+        O, bound = expert_outputs(model, X)
+        main = model.main_logit(model.embedding(X)[0], domain)
+        weight, bias = model.star_output.effective()  # K x H x 1, K x 1
+    assert O.shape == (model.num_domains, X["user_id"].shape[0], 8) and bound == list(range(model.num_domains))
+    for s in range(model.num_domains):  # a row's own domain's expert is the input of its star output layer
+        rows = domain == s
+        torch.testing.assert_close((O[s][rows] @ weight[s] + bias[s]).view(-1), main[rows])
+    with torch.no_grad():  # expert s uses domain s's leaf weights only
+        model.star_layers[0].domain_weight[1].mul_(1.5)
+        changed, _ = expert_outputs(model, X)
+    assert torch.equal(changed[0], O[0]) and not torch.allclose(changed[1], O[1])
+
+
+def test_pepnet_experts_are_the_gated_tower_hidden_outputs(tiny, tiny_batch):
+    from mdl_bench.model_zoo.layers import gather_domain
+
+    model = build_model(tiny, "PEPNet_test")
+    model.eval()
+    X = model.get_inputs(tiny_batch)
+    domain = model.domain_of(X)
+    with torch.no_grad():
+        O, bound = expert_outputs(model, X)
+        logit, _ = model.logits(X, domain)
+        from_experts = gather_domain(model.tower_output(O).squeeze(-1), domain)
+    assert O.shape == (model.num_domains, X["user_id"].shape[0], 8) and bound == list(range(model.num_domains))
+    torch.testing.assert_close(from_experts, logit)
+    assert build_model(tiny, "PEPNet_test", tower_hidden_units=[]).expert_outputs_for_analysis(X) is None
+
+
+def test_probe_reads_model_hooks_not_class_names(tiny):
+    import inspect
+
+    from mdl_bench.benchmark.analysis import probe
+    from mdl_bench.model_zoo import registry
+
+    source = inspect.getsource(probe)
+    assert not [name for name in registry() if f'"{name}"' in source]
+    model = build_model(tiny, "MMoE_test")
+    model.embedding_table_domains = [3]  # a model that declares its one table as domain 3's
+    assert table_domains(model, "embedding", 1) == [3]
+
+
 @pytest.mark.parametrize("expid, overrides", [("SDEM_test", {}), ("SingleDomain_test", {}),
                                                ("ME_PLE_test", {"num_levels": 1})])
 def test_domain_tables_learn_only_from_their_domain(tiny, tiny_batch, expid, overrides):
@@ -217,7 +334,10 @@ def tiny_runs(tiny, tmp_path_factory):
     common = {"verbose": 0, "model_root": str(root), "epochs": 2}
     sd = run_expid("SingleDomain_test", overrides=common, quiet=True)
     croc = run_expid("Crocodile_test", overrides={**common, "record_ia": True}, quiet=True)
-    return SimpleNamespace(sd=sd, croc=croc)
+    # its twin without CovLoss: same structure and seed (its own folder: the checkpoint is named by the expid)
+    twin = run_expid("Crocodile_test", overrides={**common, "record_ia": True, "aux_loss": "none",
+                                                  "model_root": str(root / "no_cov")}, quiet=True)
+    return SimpleNamespace(sd=sd, croc=croc, twin=twin)
 
 
 def test_ia_recorder_writes_a_snapshot_per_epoch(tiny_runs):
@@ -245,6 +365,11 @@ def test_analyze_checkpoints_writes_numbers_and_figures(tiny_runs, tmp_path, cap
     run = report["runs"][0]
     di = run["diversity_index"]
     assert di["equation"] == 2 and len(di["per_pair"]) == 20 and 0.0 <= di["mean"] <= 1.0
+    fixed = run["diversity_index_fixed"]
+    assert fixed["rule"] == "fixed" and di["rule"] == "quantile" and 0.0 <= fixed["mean"] <= 1.0
+    assert len(set(fixed["thresholds"]["tau_t"])) == 1 and len(set(di["thresholds"]["tau_t"])) == 5
+    assert report["methods"][0]["di_fixed"] == pytest.approx(fixed["mean"])
+    assert "DI(fix)" in printed and "fig1a_di_fixed_vs_ia.png" in report["figures"]
     assert sum(di["pair_sizes"].values()) > 0
     assert report["datasets"]["tiny_synth"]["rows"] == 1500
     tables = [t for t in run["tables"] if t["module"] == "embedding"]
@@ -266,8 +391,39 @@ def test_analyze_checkpoints_writes_numbers_and_figures(tiny_runs, tmp_path, cap
     assert figures_section(tmp_path / "nothing") == ""
 
 
+def test_analyze_compare_prints_figure_7_ratios(tiny_runs, tmp_path, capsys):
+    from mdl_bench.benchmark.cli import main
+
+    out = tmp_path / "fig7"
+    rc = main(["analyze", "--compare", tiny_runs.twin.checkpoint, tiny_runs.croc.checkpoint, "--out", str(out),
+               "--rows", "800"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    print(printed)  # the table, for `pytest -s`
+    assert "Figure 7: CovLoss between experts" in printed and "aux_loss: none -> cov" in printed
+    report = json.loads((out / "fig7_compare.json").read_text())
+    saved = np.load(out / "fig7_compare.npz")
+    first, second = saved["cov_blocks_first"], saved["cov_blocks_second"]
+    assert first.shape == (5, 5) and len(report["pairs"]) == 15 and report["rows"] == 800
+    for row in report["pairs"]:  # each pair: the two CovLosses and their ratio, as printed
+        p, q = (int(v) - 1 for v in row["pair"].split(","))
+        assert row["first"] == pytest.approx(first[p, q]) and row["second"] == pytest.approx(second[p, q])
+        assert row["ratio"] == pytest.approx(first[p, q] / second[p, q])
+        line = next(x for x in printed.splitlines() if x.split()[:1] == [row["pair"]])
+        assert float(line.split()[3]) == pytest.approx(row["ratio"], rel=5e-3)
+    assert report["total"]["ratio"] == pytest.approx(covloss_total(first) / covloss_total(second))
+    assert report["dimensions"]["first"]["high_cross_points"] > 0  # A's 99th percentile: ~1 % of the entries
+    assert (out / "fig7_compare.png").stat().st_size > 1000
+    # a run with other experts, or of another model, is no twin
+    rc = main(["analyze", "--compare", tiny_runs.sd.checkpoint, tiny_runs.croc.checkpoint, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "same model" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["analyze"], "exactly one of --suite NAME, --run RUN_ID or --checkpoint PATH"),
+    (["analyze", "--compare", "x.model", "7"], "x.model is neither a checkpoint file nor a run id"),
+    (["analyze", "--compare", "1", "2", "--expid", "Crocodile_test"], "--expid, --set and --single-domain do not"),
+    (["analyze"], "exactly one of --suite NAME, --run RUN_ID, --checkpoint PATH or --compare A B"),
     (["analyze", "--checkpoint", "/nonexistent/x.model"], "checkpoint /nonexistent/x.model does not exist"),
     (["analyze", "--checkpoint", "X", "--tau-top", "0.2", "--tau-bottom", "0.5"], "0 <= --tau-bottom < --tau-top"),
 ])
@@ -294,16 +450,17 @@ def test_analyze_a_suite_from_the_store(tiny, tmp_path, capsys):
     suite_file = tmp_path / "mini.yaml"
     suite_file.write_text(
         "name: mini\nseeds: [1]\nstore: results.sqlite\noverrides: {epochs: 1, record_ia: true}\n"
-        "expids:\n  - SingleDomain_test\n  - {expid: Crocodile_test, label: Croc}\n")
+        "expids:\n  - SingleDomain_test\n  - {expid: Crocodile_test, label: Croc}\n"
+        "  - {expid: Crocodile_test, label: CrocB, overrides: {aux_loss: none}}\n")
     outcome = run_suite(load_suite(str(suite_file)), out=lambda *a: None, progress_stream=open("/dev/null", "w"))
-    assert len(outcome.stored_now) == 2 and not outcome.failed
+    assert len(outcome.stored_now) == 3 and not outcome.failed
     rc = main(["analyze", "--suite", str(suite_file), "--rows", "800"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     out = suite_analysis_dir(None, str(suite_file))
     assert out == tmp_path / "analysis" / "mini"
     report = json.loads((out / "analysis.json").read_text())
-    assert [m["label"] for m in report["methods"]] == ["Croc"]  # the suite's label; SingleDomain defines D(i,j)
+    assert [m["label"] for m in report["methods"]] == ["Croc", "CrocB"]  # the suite's labels; SingleDomain: D(i,j)
     assert report["datasets"]["tiny_synth"]["single_domain"]["label"] == "Single Domain"
     assert all(m["di"] is not None and m["ia"] is not None for m in report["methods"])
     assert all(r["run_id"] is not None and r["ia_epochs"] for r in report["runs"])
@@ -318,3 +475,10 @@ def test_analyze_a_suite_from_the_store(tiny, tmp_path, capsys):
     assert text.count("data:image/png;base64,") >= len(report["figures"])
     rc = main(["analyze", "--run", "99", "--store", str(tmp_path / "results.sqlite")])
     assert rc == 2 and "no run 99" in capsys.readouterr().err
+    # figure 7 from two stored runs, by their run ids: the twin without CovLoss first
+    ids = {r["label"]: r["run_id"] for r in report["runs"]}
+    store = str(tmp_path / "results.sqlite")
+    rc = main(["analyze", "--compare", ids["CrocB"], ids["Croc"], "--store", store, "--rows", "500",
+               "--out", str(tmp_path / "fig7")])
+    printed = capsys.readouterr().out
+    assert rc == 0 and f"A = Crocodile_test (run {ids['CrocB']}" in printed and "sum p>=q" in printed

@@ -153,7 +153,7 @@ def test_a_rows_prediction_ignores_other_domains_towers(tiny, tiny_batch, name):
 
 @pytest.mark.parametrize("name, experts, bound", [
     ("MMoE", None, "shared"), ("ME_MMoE", None, "shared"), ("PLE", "K+1", "bound"), ("ME_PLE", "K+1", "bound"),
-    ("SDEM", "K+1", "bound"), ("SharedBottom", 0, None), ("SingleDomain", 0, None)])
+    ("SDEM", "K+1", "bound"), ("SharedBottom", 0, None), ("SingleDomain", "K", "own")])
 def test_expert_outputs_for_analysis(tiny, tiny_batch, name, experts, bound):
     model = build_model(tiny, f"{name}_test")
     X, _ = inputs(model, tiny_batch)
@@ -164,9 +164,10 @@ def test_expert_outputs_for_analysis(tiny, tiny_batch, name, experts, bound):
         assert result is None
         return
     O, tags = result
-    E = K if experts is None else K + 1
+    E = K + 1 if experts == "K+1" else K
     assert O.shape == (E, X["user_id"].shape[0], 8)
-    assert tags == ([None] * E if bound == "shared" else list(range(K)) + [None])
+    expected = {"shared": [None] * E, "bound": list(range(K)) + [None], "own": list(range(K))}[bound]
+    assert tags == expected
 
 
 @pytest.mark.parametrize("name", MTL_MODELS)

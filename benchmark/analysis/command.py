@@ -4,6 +4,10 @@ Runs come from the results store (``--suite NAME``: every finished run of the su
 or from checkpoints (``--checkpoint PATH``: the config is read from the ``.result.json`` that ``run-expid`` writes
 beside it, or resolved from ``--expid``). The Diversity Index needs a Single Domain run of the same dataset
 (``--single-domain RUN_ID|CHECKPOINT``; by default one of the analysed runs, else the newest one in the store).
+
+``--compare A B`` (two run ids or checkpoints) is figure 7 for two runs of the same structure, typically
+Crocodile without CovLoss (A, e.g. ``Crocodile_ablation_ME_peg_B`` or ``--set aux_loss=none``) and with it (B):
+the CovLoss of every expert pair of both, their ratio A/B, the dimension-level summary and the heatmaps.
 """
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     src.add_argument("--run", action="append", metavar="RUN_ID", help="a stored run (repeatable)")
     src.add_argument("--checkpoint", action="append", metavar="PATH",
                      help="a checkpoint (repeatable); its config comes from the .result.json beside it or --expid")
+    src.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                     help="figure 7 for two runs (run ids or checkpoints) of the same structure, e.g. Crocodile "
+                          "without CovLoss (A) and with it (B): CovLoss of every expert pair, the ratio A/B, the "
+                          "dimension-level covariance and the heatmaps")
     p.add_argument("--expid", help="with --checkpoint: the expid whose config built it (when no .result.json)")
     p.add_argument("--config", help="with --expid: config folder (default: the packaged config/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -43,7 +51,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tau-bottom", dest="tau_bottom", type=float, default=0.25,
                    help="tau_b: quantile of the output norms (default 0.25), or a norm with --tau-absolute")
     p.add_argument("--tau-scope", dest="tau_scope", default="per_expert",
-                   help="quantiles of each expert's norms (per_expert, default) or of all experts' (pooled)")
+                   help="thresholds of the quantile DI, DI(q): quantiles of each expert's norms (per_expert, "
+                        "default) or of all experts' (pooled); the fixed DI, DI(fix), always pools them")
     p.add_argument("--tau-absolute", dest="tau_absolute", action="store_true",
                    help="--tau-top/--tau-bottom are norms, not quantiles")
     p.add_argument("--groups", type=int, default=5, help="exposure-frequency groups of the tables (default 5)")
@@ -136,14 +145,93 @@ def _single_domain(args, runs: list) -> dict:
     return found
 
 
+def _compare_ref(ref: str, store):
+    """A run of ``--compare``: a checkpoint (config from its ``.result.json``) or a run id of the store."""
+    from ..runner import RESULT_SUFFIX
+
+    path = Path(ref).expanduser()
+    if path.is_file():
+        if not path.with_suffix(RESULT_SUFFIX).is_file():
+            raise UserError(f"--compare: no {path.with_suffix(RESULT_SUFFIX).name} beside {path}, so its config is "
+                            f"unknown; compare checkpoints written by run-expid, or stored runs by their run ids")
+        return run_from_checkpoint(str(path))
+    if not ref.isdigit():
+        raise UserError(f"--compare: {ref} is neither a checkpoint file nor a run id (`mdl-bench runs` lists them)")
+    return store_runs(store, run_ids=[ref])[0]
+
+
+def run_compare(args, options) -> int:
+    """``analyze --compare A B``: figure 7 as numbers, printed, with the files beside."""
+    from .report import compare_covariance, slug
+
+    if args.expid or args.set or args.single_domain:
+        raise UserError("--compare takes two run ids or checkpoints with their stored configs; --expid, --set and "
+                        "--single-domain do not apply")
+    first, second = (_compare_ref(ref, args.store) for ref in args.compare)
+    out = Path(args.out).expanduser() if args.out else (
+        bench_home() / "analysis" / f"compare_{slug(first.label)}_vs_{slug(second.label)}")
+    report = compare_covariance(first, second, out, options)
+    return _printed(compare_table(report), out / "fig7_compare.json", report["figures"], out)
+
+
+def _printed(table: str, numbers: Path, figure_names, out: Path) -> int:
+    """The command's tail: the table, then where the numbers and figures went."""
+    print()
+    print(table)
+    print(f"\nnumbers: {numbers}")
+    print("figures: " + ", ".join(figure_names))
+    print(f"(in {out})")
+    return 0
+
+
+def _g(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def compare_table(report: dict) -> str:
+    """Figure 7 as text: both runs, what differs, CovLoss per expert pair and its ratio, the dimension level."""
+    lines = [f"Figure 7: CovLoss between experts (eq. 7 per pair: ||cov(O^p, O^q)||_1 / d^2, covariance over "
+             f"{report['rows']:,} {report['split']} rows; {report['experts']} experts of width {report['width']})"]
+    for tag, run in zip("AB", report["runs"]):
+        where = f"run {run['run_id']}" if run["run_id"] else run["checkpoint"]
+        lines.append(f"  {tag} = {run['label']} ({where}, seed {run['seed']}"
+                     + (f", {run['loss']}" if run["loss"] else "") + ")")
+    differences = report["differences"]
+    if differences:
+        lines.append("  config A -> B: " + "; ".join(differences[:8]) + (" ..." if len(differences) > 8 else ""))
+    else:
+        lines.append("  config A -> B: identical")
+    seeds = {run["seed"] for run in report["runs"]}
+    if len(seeds) > 1:
+        lines.append("  note: the seeds differ; figure 7 compares the same structure and seed")
+    head = f"  {'pair':>12s} {'A':>10s} {'B':>10s} {'A/B':>10s}"
+    lines += ["", head, "  " + "-" * (len(head) - 2)]
+    for row in report["pairs"]:
+        lines.append(f"  {row['pair']:>12s} {_g(row['first']):>10s} {_g(row['second']):>10s} {_g(row['ratio']):>10s}")
+    for name, key in (("sum p>=q", "total"), ("sum p>q", "total_cross")):
+        row = report[key]
+        lines.append(f"  {name:>12s} {_g(row['first']):>10s} {_g(row['second']):>10s} {_g(row['ratio']):>10s}")
+    a, b = report["dimensions"]["first"], report["dimensions"]["second"]
+    lines += ["", f"  dimension level ({a['dims']} dims){'':16s} {'A':>10s} {'B':>10s}"]
+    rows = (("mean |cov| across experts", "cross_mean_abs_cov"), ("99th pct |cov| across experts", "cross_p99_abs_cov"),
+            ("max |cov| across experts", "cross_max_abs_cov"), ("mean |corr| across experts", "cross_mean_abs_corr"),
+            ("mean |cov| within an expert", "within_mean_abs_cov"), ("mean variance", "mean_variance"),
+            ("points >= A's 99th pct", "high_cross_points"), ("dead dims (zero variance)", "dead_dims"))
+    for name, key in rows:
+        lines.append(f"  {name:38s} {_g(a[key]):>10s} {_g(b[key]):>10s}")
+    return "\n".join(lines)
+
+
 def run_command(args) -> int:
     from .report import analyze_runs, slug
 
     options = options_from(args)
     options.check()
-    sources = [bool(args.suite), bool(args.run), bool(args.checkpoint)]
+    sources = [bool(args.suite), bool(args.run), bool(args.checkpoint), bool(args.compare)]
     if sum(sources) != 1:
-        raise UserError("analyze needs exactly one of --suite NAME, --run RUN_ID or --checkpoint PATH")
+        raise UserError("analyze needs exactly one of --suite NAME, --run RUN_ID, --checkpoint PATH or --compare A B")
+    if args.compare:
+        return run_compare(args, options)
     from ..cli import parse_set
 
     if args.checkpoint:
@@ -169,12 +257,7 @@ def run_command(args) -> int:
         print(f"note: no Single Domain run of dataset {ds!r}, so no Diversity Index (D(i,j) of eq. 1 needs one); "
               f"add SingleDomain_default to the suite or pass --single-domain RUN_ID|CHECKPOINT")
     report = analyze_runs(analysed, single, out, options)
-    print()
-    print(summary_table(report))
-    print(f"\nnumbers: {out / 'analysis.json'}")
-    print("figures: " + ", ".join(report["figures"]))
-    print(f"(in {out})")
-    return 0
+    return _printed(summary_table(report), out / "analysis.json", report["figures"], out)
 
 
 def default_out_dir(args, name: str) -> Path:
@@ -187,8 +270,10 @@ def default_out_dir(args, name: str) -> Path:
 
 
 def summary_table(report: dict) -> str:
-    """One line per method: group, runs, DI (eq.), IA of the id tables, mean IA of the experts' outputs."""
-    head = f"{'method':28s} {'group':14s} {'runs':>4s} {'DI':>7s} {'eq':>3s} {'IA(ids)':>8s} {'IA(experts)':>11s}"
+    """One line per method: group, runs, DI under both threshold rules (eq.), IA of the id tables, mean IA of the
+    experts' outputs; a legend line names the two rules."""
+    head = (f"{'method':28s} {'group':14s} {'runs':>4s} {'DI(q)':>7s} {'DI(fix)':>7s} {'eq':>3s} {'IA(ids)':>8s} "
+            f"{'IA(experts)':>11s}")
     lines = [head, "-" * len(head)]
     equations = {}
     for run in report["runs"]:
@@ -200,7 +285,30 @@ def summary_table(report: dict) -> str:
 
     for m in report["methods"]:
         lines.append(f"{m['label'][:28]:28s} {str(m['group'] or '-')[:14]:14s} {m['runs']:>4d} {fmt(m['di'], 7)} "
-                     f"{str(equations.get(m['label'], '-')):>3s} {fmt(m['ia'], 8)} {fmt(m['expert_ia'], 11)}")
+                     f"{fmt(m.get('di_fixed'), 7)} {str(equations.get(m['label'], '-')):>3s} {fmt(m['ia'], 8)} "
+                     f"{fmt(m['expert_ia'], 11)}")
+    options = report.get("options", {})
+    if options.get("tau_absolute"):
+        lines.append(f"DI(q), DI(fix): tau_t / tau_b = norms {options.get('tau_top')} / {options.get('tau_bottom')} "
+                     f"(--tau-absolute: both rules alike)")
+    else:
+        whose = "each expert's own norms" if options.get("tau_scope") != "pooled" else "the pooled norms (--tau-scope)"
+        lines.append(f"DI(q): tau_t / tau_b = the {options.get('tau_top')} / {options.get('tau_bottom')} quantiles of "
+                     f"{whose}; DI(fix): the same quantiles of the pooled norms of all the model's experts, one "
+                     f"threshold pair per model")
+    firsts: dict = {}
+    for run in report["runs"]:
+        if run.get("experts") and run["experts"].get("covloss"):
+            firsts.setdefault(run["label"], run["experts"]["covloss"])
+    if firsts:
+        lines.append("CovLoss between experts (eq. 7, covariance over the analysis rows; every pair in analysis.json):")
+    for label, cov in firsts.items():
+        pairs = {k: v for k, v in cov["pairs"].items() if k.split(",")[0] != k.split(",")[1]}
+        top = max(pairs, key=pairs.get) if pairs else None
+        corr = cov["dimensions"]["cross_mean_abs_corr"]
+        lines.append(f"  {label[:28]:28s} sum p>=q {_g(cov['total'])}, p>q {_g(cov['total_cross'])}"
+                     + (f", largest pair ({top}) {_g(pairs[top])}" if top else "")
+                     + f", mean |corr| across experts {_g(corr)}")
     notes = {m["label"]: m["di_note"] for m in report["methods"] if m["di"] is None and m.get("di_note")}
     for label, note in notes.items():
         lines.append(f"  {label}: no DI - {note}")

@@ -12,11 +12,16 @@ import numpy as np
 
 # One caption per figure file prefix; the HTML report shows them under the images.
 CAPTIONS = {
-    "fig1a": "Figure 1a: Diversity Index vs Information Abundance of every method (the dilemma).",
+    "fig1a_di_fixed": "Figure 1a with the fixed-threshold Diversity Index (one tau_t / tau_b per model: quantiles of "
+                      "the pooled norms of all its experts).",
+    "fig1a": "Figure 1a: Diversity Index (per-expert quantile thresholds) vs Information Abundance of every method "
+             "(the dilemma).",
     "fig2": "Figure 2: log IA over training epochs: (a) experts, (b) item-id tables per exposure group.",
     "fig5": "Figure 5: singular value spectra log(sigma) of the id embeddings (smallest domain's table where "
             "the model has domain tables, else the mean over tables).",
     "fig6": "Figure 6: Diversity Index of every domain pair (i, j), in descending order.",
+    "fig7_compare": "Figure 7 for two runs (A without, B with CovLoss): CovLoss between experts of each and their "
+                    "ratio A/B (top), |covariance| of all dimensions of all experts (bottom).",
     "fig7": "Figure 7: CovLoss between experts (left) and |covariance| of all dimensions of all experts (right).",
 }
 
@@ -45,7 +50,7 @@ def _save(fig, path) -> Path:
     return path
 
 
-def di_vs_ia(points: Sequence[dict], path) -> Path:
+def di_vs_ia(points: Sequence[dict], path, xlabel: str = "Diversity Index") -> Path:
     """Figure 1a: one point per method, ``{"label", "di", "ia"}`` (points with a missing value are skipped)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -56,7 +61,7 @@ def di_vs_ia(points: Sequence[dict], path) -> Path:
     missing = [p["label"] for p in points if p not in shown]
     if missing:
         ax.text(0.01, 0.01, "no DI: " + ", ".join(missing), transform=ax.transAxes, fontsize=7, va="bottom")
-    ax.set_xlabel("Diversity Index")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Information Abundance (id tables)")
     ax.set_title("Domain distinctiveness vs sufficient learning")
     ax.grid(alpha=0.3)
@@ -97,37 +102,79 @@ def spectra(curves: dict[str, Sequence[float]], field: str, path) -> Path:
     return _save(fig, path)
 
 
-def cov_heatmaps(blocks: np.ndarray, dims: np.ndarray, title: str, path) -> Path:
-    """Figure 7: ``E x E`` CovLoss block norms (left) and ``E*H x E*H`` |covariance| (right), log colour scales."""
-    plt = _pyplot()
+def _log_norm(*arrays: np.ndarray, floor_ratio: float = 0.0):
+    """A shared ``LogNorm`` over the positive finite entries of ``arrays`` (``None`` if there are none to span);
+    with ``floor_ratio`` its low end is at least that fraction of the largest entry."""
     from matplotlib.colors import LogNorm
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"wspace": 0.4})
+    values = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    positive = values[np.isfinite(values) & (values > 0)]
+    if not positive.size:
+        return None
+    top = float(positive.max())
+    low = max(float(positive.min()), top * floor_ratio) if floor_ratio else float(positive.min())
+    return LogNorm(vmin=low, vmax=top) if low < top else None
+
+
+def _block_panel(fig, ax, blocks: np.ndarray, norm, title: str, cmap: str = "viridis", color: str = "w") -> None:
+    """An ``E x E`` heatmap of per-expert-pair values (experts numbered from 1; values written when ``E <= 8``)."""
     blocks = np.asarray(blocks, dtype=np.float64)
-    positive = blocks[blocks > 0]
-    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size and positive.min() < positive.max() else None
-    im = left.imshow(np.where(blocks > 0, blocks, np.nan), cmap="viridis", norm=norm)
+    im = ax.imshow(np.where(np.isfinite(blocks) & (blocks > 0), blocks, np.nan), cmap=cmap, norm=norm)
     E = blocks.shape[0]
-    left.set_xticks(range(E), [str(e + 1) for e in range(E)])
-    left.set_yticks(range(E), [str(e + 1) for e in range(E)])
+    ax.set_xticks(range(E), [str(e + 1) for e in range(E)])
+    ax.set_yticks(range(E), [str(e + 1) for e in range(E)])
     if E <= 8:
         for p in range(E):
             for q in range(E):
-                left.text(q, p, f"{blocks[p, q]:.2g}", ha="center", va="center", fontsize=7, color="w")
-    left.set_title("CovLoss between experts")
-    left.set_xlabel("expert")
-    left.set_ylabel("expert")
-    fig.colorbar(im, ax=left, fraction=0.046)
+                ax.text(q, p, f"{blocks[p, q]:.2g}", ha="center", va="center", fontsize=7, color=color)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("expert")
+    ax.set_ylabel("expert")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+
+
+def _dims_panel(fig, ax, dims: np.ndarray, num_experts: int, norm, title: str) -> None:
+    """The ``E*H x E*H`` ``|covariance|`` heatmap, expert blocks outlined."""
     dims = np.asarray(dims, dtype=np.float64)
-    floor = max(float(dims.max()) * 1e-6, 1e-12) if dims.size else 1e-12
-    im2 = right.imshow(np.clip(dims, floor, None), cmap="magma", norm=LogNorm(vmin=floor, vmax=max(dims.max(), floor * 10)))
-    H = dims.shape[0] // max(E, 1)
-    for e in range(1, E):
-        right.axhline(e * H - 0.5, color="w", lw=0.4)
-        right.axvline(e * H - 0.5, color="w", lw=0.4)
-    right.set_title("|covariance| of all dimensions of all experts")
-    fig.colorbar(im2, ax=right, fraction=0.046)
+    floor = norm.vmin if norm is not None else 1e-12
+    im = ax.imshow(np.clip(dims, floor, None), cmap="magma", norm=norm)
+    H = dims.shape[0] // max(num_experts, 1)
+    for e in range(1, num_experts):
+        ax.axhline(e * H - 0.5, color="w", lw=0.4)
+        ax.axvline(e * H - 0.5, color="w", lw=0.4)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+
+
+def cov_heatmaps(blocks: np.ndarray, dims: np.ndarray, title: str, path) -> Path:
+    """Figure 7: ``E x E`` CovLoss block norms (left) and ``E*H x E*H`` |covariance| (right), log colour scales."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"wspace": 0.4})
+    E = np.asarray(blocks).shape[0]
+    _block_panel(fig, left, blocks, _log_norm(blocks), "CovLoss between experts")
+    _dims_panel(fig, right, dims, E, _log_norm(dims, floor_ratio=1e-6), "|covariance| of all dimensions of all experts")
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def cov_compare(blocks_a: np.ndarray, blocks_b: np.ndarray, ratio: np.ndarray, dims_a: np.ndarray,
+                dims_b: np.ndarray, labels: Sequence[str], path) -> Path:
+    """Figure 7 for two runs: top row the ``E x E`` CovLoss of A and of B (one log colour scale) and the ratio
+    A/B; bottom row ``|cov|`` of all ``E*H`` dimensions of A and of B (one log colour scale, floor 1e-6 of the
+    largest)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9.6), gridspec_kw={"wspace": 0.35, "hspace": 0.3})
+    E = np.asarray(blocks_a).shape[0]
+    shared = _log_norm(blocks_a, blocks_b)
+    _block_panel(fig, axes[0, 0], blocks_a, shared, f"CovLoss between experts\n{labels[0]}")
+    _block_panel(fig, axes[0, 1], blocks_b, shared, f"CovLoss between experts\n{labels[1]}")
+    _block_panel(fig, axes[0, 2], ratio, _log_norm(ratio), "CovLoss per pair, ratio A / B", cmap="coolwarm",
+                 color="k")
+    dims_norm = _log_norm(dims_a, dims_b, floor_ratio=1e-6)
+    _dims_panel(fig, axes[1, 0], dims_a, E, dims_norm, f"|covariance| of all dimensions of all experts\n{labels[0]}")
+    _dims_panel(fig, axes[1, 1], dims_b, E, dims_norm, f"|covariance| of all dimensions of all experts\n{labels[1]}")
+    axes[1, 2].axis("off")
+    fig.suptitle("Figure 7: with and without CovLoss")
     return _save(fig, path)
 
 

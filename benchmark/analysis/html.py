@@ -43,9 +43,11 @@ def _summary(folder: Path) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     rows = "".join(f"<tr><td>{html.escape(str(m['label']))}</td><td>{html.escape(str(m.get('group') or '-'))}</td>"
-                   f"<td>{cell(m.get('di'))}</td><td>{cell(m.get('ia'))}</td><td>{cell(m.get('expert_ia'))}</td></tr>"
+                   f"<td>{cell(m.get('di'))}</td><td>{cell(m.get('di_fixed'))}</td><td>{cell(m.get('ia'))}</td>"
+                   f"<td>{cell(m.get('expert_ia'))}</td></tr>"
                    for m in report.get("methods", []))
-    return ("<table class='analysis'><thead><tr><th>method</th><th>group</th><th>Diversity Index</th>"
+    return ("<table class='analysis'><thead><tr><th>method</th><th>group</th><th>DI (per-expert quantiles)</th>"
+            "<th>DI (fixed thresholds)</th>"
             "<th>IA (id tables)</th><th>IA (experts)</th></tr></thead><tbody>" + rows + "</tbody></table>")
 
 

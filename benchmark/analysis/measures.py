@@ -3,9 +3,11 @@
 * :func:`information_abundance`: IA = ``||sigma||_1 / ||sigma||_inf`` (Guo et al., the paper's [16]).
 * :func:`singular_values`: the singular values of an ``n x D`` matrix (an embedding table or a stack of expert
   outputs) from its ``D x D`` Gram matrix, accumulated over row chunks, so that a table is never copied whole.
-* :func:`norm_thresholds`, :func:`diversity_index`: the Diversity Index of eq. (1)-(3).
+* :func:`norm_thresholds`, :func:`diversity_index`: the Diversity Index of eq. (1)-(3), under the two threshold
+  rules of :data:`THRESHOLD_RULES` (see :func:`diversity_index`).
 * :class:`OutputMoments` and its ``cov_block_norms`` / ``dim_covariance``: figure 7's heatmaps, from running sums
-  over batches (no ``N x E x H`` tensor is ever kept).
+  over batches (no ``N x E x H`` tensor is ever kept); :func:`covloss_total`, :func:`cross_expert_mask` and
+  :func:`dim_covariance_summary`: figure 7 as numbers (eq. 7 per expert pair and in total, the dimension level).
 
 Notation: ``N`` rows, ``E`` experts, ``H`` width of an expert's output, ``K`` domains, ``D`` embedding width.
 """
@@ -60,6 +62,15 @@ def singular_values(matrix: np.ndarray, rows: np.ndarray | None = None) -> np.nd
     return singular_values_from_gram(gram(matrix, rows))
 
 
+# The two rules for tau_t / tau_b the analysis reports side by side (``diversity_index(scope=...)``):
+#   quantile: each expert's own quantiles (``per_expert``) - the shipped default, kept for comparison; every expert
+#             is then "strong" on the same share of rows, so eq. (2) measures whether the experts' norm *ranks* move
+#             together, whatever their sizes.
+#   fixed:    one tau_t and one tau_b per model, the quantiles of the pooled norms of all its experts (``pooled``) -
+#             the paper's "specified norm thresholds", scale-free across models (see :func:`diversity_index`).
+THRESHOLD_RULES = {"quantile": "per_expert", "fixed": "pooled"}
+
+
 def norm_thresholds(norms: np.ndarray, top: float, bottom: float, scope: str = "per_expert",
                     absolute: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(tau_t, tau_b)``, one pair per row of ``norms`` (``E x N``, an output norm per expert and sample).
@@ -77,13 +88,6 @@ def norm_thresholds(norms: np.ndarray, top: float, bottom: float, scope: str = "
     if scope == "per_expert":
         return np.quantile(norms, top, axis=1), np.quantile(norms, bottom, axis=1)
     raise ValueError(f"threshold scope must be per_expert or pooled, got {scope!r}")
-
-
-def strong_weak(norms: np.ndarray, top: float, bottom: float, scope: str = "per_expert",
-                absolute: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean ``E x N`` arrays ``norm >= tau_t`` (a strong interest) and ``norm <= tau_b`` (a weak one)."""
-    tau_t, tau_b = norm_thresholds(norms, top, bottom, scope, absolute)
-    return norms >= tau_t[:, None], norms <= tau_b[:, None]
 
 
 def domain_norms(norms: np.ndarray, bound: Sequence[int | None], num_domains: int) -> np.ndarray:
@@ -106,6 +110,8 @@ class DiversityIndex:
     per_pair: np.ndarray
     sizes: np.ndarray
     equation: int
+    rule: str = ""
+    tau: dict | None = None
 
     @property
     def mean(self) -> float:
@@ -124,7 +130,8 @@ class DiversityIndex:
                  for i in range(K) for j in range(K) if i != j}
         sizes = {f"{domain_names[i]}>{domain_names[j]}": int(self.sizes[i, j])
                  for i in range(K) for j in range(K) if i != j}
-        return {"equation": self.equation, "mean": None if np.isnan(self.mean) else self.mean,
+        return {"equation": self.equation, "rule": self.rule, "thresholds": self.tau,
+                "mean": None if np.isnan(self.mean) else self.mean,
                 "per_pair": pairs, "pair_sizes": sizes, "sorted": self.sorted_values()}
 
 
@@ -138,7 +145,22 @@ def diversity_index(sd_norms: np.ndarray, expert_norms: np.ndarray, bound: Seque
         expert_norms: ``E x N``, the analysed model's expert output norms ``||O^p(x_k)||_2``.
         bound: per expert, the domain it is bound to or ``None`` (shared).
         top, bottom: ``tau_t`` and ``tau_b`` - quantiles (default 0.75 and 0.25) or, with ``absolute``, norms.
-        scope: quantiles of each expert's norms (``per_expert``) or of all norms pooled (``pooled``).
+        scope: quantiles of each expert's norms (``per_expert``, the "quantile" rule) or of all norms pooled
+            (``pooled``, the "fixed" rule).
+
+    Thresholds. The paper defines eq. (1)-(3) with "two specified norm thresholds": one ``tau_t`` and one ``tau_b``
+    for every expert. The *fixed* rule (``scope="pooled"``) keeps that: per model, ``tau_t`` / ``tau_b`` are the
+    ``top`` / ``bottom`` quantiles of the pooled output norms of all its experts on the analysis rows (of all its
+    domains' expert groups for eq. 3; of all K Single Domain networks for eq. 1's ``D(i,j)``), so one number is
+    shared by all experts and an expert whose outputs are larger than another's is "strong" more often - which is
+    what "one expert learns a strong interest whilst another one learns a weak interest" compares. Quantiles of
+    the pooled norms, not absolute norms, because output scales differ between models by orders of magnitude
+    (batch norm or not, expert widths, CovLoss shrinking the outputs): one absolute number for all models would
+    call every expert of one model strong and every expert of another weak; the pooled quantile is the same rule
+    for every model and invariant to a global rescaling of its outputs. The *quantile* rule (``per_expert``, the
+    default before) gives every expert its own thresholds, so each is strong on a ``1 - top`` share of the rows
+    whatever its scale, and eq. (2) then measures whether the experts' norm ranks move together; it is kept and
+    reported beside the fixed rule. With ``absolute`` both rules use the given norms.
 
     ``D(i,j)`` (eq. 1) = rows where the Single Domain network of domain ``i`` is strong and that of ``j`` weak.
     Models with domain-bound experts use eq. (3): the fraction of ``D(i,j)`` where domain ``i``'s experts are
@@ -151,19 +173,25 @@ def diversity_index(sd_norms: np.ndarray, expert_norms: np.ndarray, bound: Seque
         raise ValueError(f"Single Domain norms cover {N} rows but the expert norms {expert_norms.shape[1]}")
     if len(bound) != expert_norms.shape[0]:
         raise ValueError(f"{len(bound)} bindings for {expert_norms.shape[0]} experts")
-    sd_strong, sd_weak = strong_weak(sd_norms, top, bottom, scope, absolute)
+    sd_tau = norm_thresholds(sd_norms, top, bottom, scope, absolute)
+    sd_strong, sd_weak = sd_norms >= sd_tau[0][:, None], sd_norms <= sd_tau[1][:, None]
     per_pair = np.full((K, K), np.nan)
     sizes = np.zeros((K, K), dtype=np.int64)
     equation = 3 if any(b is not None for b in bound) else 2
+    tau_t = np.full(K if equation == 3 else len(bound), np.nan)
+    tau_b = tau_t.copy()
     if equation == 3:
         grouped = domain_norms(expert_norms, bound, K)
         has = np.isfinite(grouped).all(axis=1)
         strong = np.zeros_like(grouped, dtype=bool)
         weak = np.zeros_like(grouped, dtype=bool)
         if has.any():
-            strong[has], weak[has] = strong_weak(grouped[has], top, bottom, scope, absolute)
+            tau_t[has], tau_b[has] = norm_thresholds(grouped[has], top, bottom, scope, absolute)
+            strong[has] = grouped[has] >= tau_t[has][:, None]
+            weak[has] = grouped[has] <= tau_b[has][:, None]
     else:
-        strong, weak = strong_weak(expert_norms, top, bottom, scope, absolute)
+        tau_t, tau_b = norm_thresholds(expert_norms, top, bottom, scope, absolute)
+        strong, weak = expert_norms >= tau_t[:, None], expert_norms <= tau_b[:, None]
         # some expert p strong and another expert q != p weak (one expert cannot be both unless tau_t <= tau_b)
         n_weak = weak.sum(axis=0)
         any_pair = (strong & (n_weak[None, :] - weak > 0)).any(axis=0)
@@ -182,7 +210,16 @@ def diversity_index(sd_norms: np.ndarray, expert_norms: np.ndarray, bound: Seque
             else:
                 hit = any_pair
             per_pair[i, j] = float(hit[members].mean())
-    return DiversityIndex(per_pair, sizes, equation)
+    rule = "absolute" if absolute else {"per_expert": "quantile", "pooled": "fixed"}[scope]
+
+    def listed(values):
+        return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, dtype=np.float64)]
+
+    tau = {"levels": None if absolute else [float(top), float(bottom)],
+           "over": "domain expert groups" if equation == 3 else "experts",
+           "tau_t": listed(tau_t), "tau_b": listed(tau_b),
+           "single_domain_tau_t": listed(sd_tau[0]), "single_domain_tau_b": listed(sd_tau[1])}
+    return DiversityIndex(per_pair, sizes, equation, rule, tau)
 
 
 class OutputMoments:
@@ -226,3 +263,53 @@ class OutputMoments:
         with the covariance divided by ``N`` so that the number does not grow with the rows analysed."""
         E, H = self.E, self.H
         return self.dim_covariance().reshape(E, H, E, H).sum(axis=(1, 3)) / (H * H)
+
+
+def covloss_total(blocks: np.ndarray, pairs: str = "p>=q") -> float:
+    """Eq. (7) from its per-pair terms ``blocks`` (``E x E``, :meth:`OutputMoments.cov_block_norms`): the sum over
+    ``p >= q`` (as written, each expert's own covariance included) or ``p > q`` (cross-expert pairs only)."""
+    if pairs not in ("p>=q", "p>q"):
+        raise ValueError(f"pairs must be p>=q or p>q, got {pairs!r}")
+    return float(np.tril(np.asarray(blocks, dtype=np.float64), k=0 if pairs == "p>=q" else -1).sum())
+
+
+def cross_expert_mask(num_experts: int, width: int) -> np.ndarray:
+    """``E*H x E*H`` booleans: True where the two dimensions belong to different experts."""
+    expert = np.repeat(np.arange(num_experts), width)
+    return expert[:, None] != expert[None, :]
+
+
+def dim_covariance_summary(cov: np.ndarray, num_experts: int, high: float | None = None) -> dict:
+    """Figure 7 (right) as numbers, from the ``E*H x E*H`` covariance of all dimensions of all experts.
+
+    Over the ordered cross-expert entries (dimension pairs of two different experts): mean, 99th percentile and
+    maximum of ``|cov|``, the mean ``|correlation|`` (scale-free: CovLoss is quadratic in the outputs' scale, so a
+    lower covariance may be smaller outputs rather than less correlated ones; dimensions with zero variance on the
+    rows are left out and counted as ``dead_dims``), and with ``high`` the number of entries with
+    ``|cov| >= high`` (the "high-value points" of the heatmap). Also the mean ``|cov|`` of the off-diagonal
+    entries within an expert and the mean variance.
+    """
+    cov = np.asarray(cov, dtype=np.float64)
+    n = cov.shape[0]
+    width = n // max(int(num_experts), 1)
+    cross = cross_expert_mask(int(num_experts), width)
+    within = ~cross & ~np.eye(n, dtype=bool)
+    absolute = np.abs(cov)
+    var = np.diag(cov).copy()
+    alive = var > 1e-12 * max(float(var.max(initial=0.0)), 1e-300)
+    std = np.sqrt(np.where(alive, var, 1.0))
+    corr = np.abs(cov / np.outer(std, std))
+    both = cross & alive[:, None] & alive[None, :]
+
+    def stat(values: np.ndarray, how) -> float | None:
+        return float(how(values)) if values.size else None
+
+    return {"dims": int(n), "dead_dims": int((~alive).sum()),
+            "cross_mean_abs_cov": stat(absolute[cross], np.mean),
+            "cross_p99_abs_cov": stat(absolute[cross], lambda v: np.quantile(v, 0.99)),
+            "cross_max_abs_cov": stat(absolute[cross], np.max),
+            "cross_mean_abs_corr": stat(corr[both], np.mean),
+            "within_mean_abs_cov": stat(absolute[within], np.mean),
+            "mean_variance": float(var.mean()) if n else None,
+            "high_threshold": None if high is None else float(high),
+            "high_cross_points": None if high is None else int((absolute[cross] >= high).sum())}

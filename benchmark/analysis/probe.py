@@ -1,17 +1,13 @@
 """What the analysis reads from a trained model: its expert outputs on a fixed set of rows, and its embedding
 tables (as views of the weights, one table at a time), with the training-data frequency of every row.
 
-Expert outputs come from ``MultiDomainModel.expert_outputs_for_analysis`` (``E x B x H`` and, per expert, the
-domain it is bound to or ``None``). Two adapters cover what the zoo's model files leave open:
+Everything model-specific comes from the model contract's hooks, never from class names:
 
-* **Single Domain** keeps no experts, yet eq. (1) needs "the output norm of domain-specific experts" of the Single
-  Domain models. Chosen: the expert output of domain ``s``'s network on a row is DNN_s's last hidden layer
-  (the ``H = 64`` wide input of its logit layer) computed on the row's embeddings from table ``s`` - the
-  representation the network's prediction is a linear function of. Every domain's network runs on every row
-  (also rows of other domains), since ``D(i,j)`` compares two networks on the same sample.
-* **Domain-specific tables**: a model may say which of its tables belongs to which domain with an attribute
-  ``embedding_table_domains`` (a list, ``None`` for shared tables); Single Domain (table s = domain s), SDEM and
-  ME-PLE (tables ``0..K-1`` = domains, table ``K`` shared) are known here. Other models' tables are shared.
+* ``model.expert_outputs_for_analysis(X)``: ``E x B x H`` and, per expert, the domain it is bound to or ``None``
+  (``None`` for a model without experts). Single Domain's are its K networks run on every row (eq. 1's
+  reference), STAR's and PEPNet's their per-domain networks / towers (see the model files).
+* ``model.embedding_table_domains`` (attribute or property): per table of the main multi-embedding, the domain it
+  belongs to or ``None`` (Single Domain, SDEM and ME-PLE declare theirs); absent = every table shared.
 """
 from __future__ import annotations
 
@@ -49,50 +45,16 @@ def load_model(params: dict, checkpoint: str | None = None):
     return model
 
 
-def _single_domain_outputs(model, X):
-    emb = model.embedding.flat(X)  # K x B x F*D, table s in slot s
-    outputs = []
-    for s, dnn in enumerate(model.dnns):
-        layers = list(dnn.mlp)
-        if not isinstance(layers[-1], torch.nn.Linear):
-            raise ValueError("SingleDomain's DNN no longer ends with its logit layer; update the analysis adapter")
-        hidden = emb[s]
-        for layer in layers[:-1]:
-            hidden = layer(hidden)
-        outputs.append(hidden)
-    return torch.stack(outputs), list(range(model.num_domains))
-
-
-EXPERT_ADAPTERS = {"SingleDomain": _single_domain_outputs}
-
-
 def expert_outputs(model, X):
-    """``(O, bound)`` with ``O`` of shape ``E x B x H``, or ``None`` for a model without experts."""
-    adapter = EXPERT_ADAPTERS.get(type(model).__name__)
-    if adapter is not None:
-        return adapter(model, X)
+    """``(O, bound)`` with ``O`` of shape ``E x B x H``, or ``None`` for a model without experts (the hook)."""
     return model.expert_outputs_for_analysis(X)
-
-
-def _specific_plus_shared(model):
-    return list(range(model.num_domains)) + [None]
-
-
-TABLE_DOMAINS = {
-    "SingleDomain": lambda model: list(range(model.num_domains)),
-    "SDEM": _specific_plus_shared,
-    "ME_PLE": _specific_plus_shared,
-}
 
 
 def table_domains(model, module_name: str, num_tables: int) -> list:
     """Per table of the multi-embedding ``module_name``, the domain it belongs to or ``None``."""
     declared = getattr(model, "embedding_table_domains", None)
-    known = TABLE_DOMAINS.get(type(model).__name__)
     if module_name == "embedding" and declared is not None:
         domains = list(declared)
-    elif module_name == "embedding" and known is not None:
-        domains = known(model)
     else:
         domains = [None] * num_tables
     if len(domains) != num_tables:

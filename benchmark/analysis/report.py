@@ -8,8 +8,11 @@ into ``out_dir``:
 * ``fig1a_di_vs_ia.png``, ``fig5_spectra_<field>.png``, ``fig6_di_sorted.png``, ``fig7_cov_<method>.png``
   (+ ``.npz`` with the full matrices), ``fig2_ia_epochs_<method>.png`` for runs recorded with ``record_ia``.
 
-Defaults, each an option: 20,000 random rows of the test split (seed 0); ``tau_t`` / ``tau_b`` = the 0.75 / 0.25
-quantiles of each expert's (each Single Domain network's) output norms on those rows; 5 exposure groups; the IA
+Defaults, each an option: 20,000 random rows of the test split (seed 0); the Diversity Index under both threshold
+rules (:func:`~.measures.diversity_index`): ``diversity_index`` with the 0.75 / 0.25 quantiles of each expert's
+(each Single Domain network's) own output norms ("quantile"), ``diversity_index_fixed`` with one ``tau_t`` /
+``tau_b`` per model, the 0.75 / 0.25 quantiles of the pooled norms of all its experts ("fixed"); 5 exposure
+groups; the IA
 of a model in figure 1a = the mean IA over its user-id and item-id tables (all rows, every table of the main
 multi-embedding).
 """
@@ -27,7 +30,8 @@ import numpy as np
 from ..errors import UserError
 from . import figures
 from .epochs import read_ia_epochs
-from .measures import diversity_index, information_abundance, singular_values
+from .measures import (covloss_total, cross_expert_mask, dim_covariance_summary, diversity_index,
+                       information_abundance, singular_values)
 from .probe import (analysis_rows, batches, collect_experts, embedding_tables, frequency_groups, load_model,
                     train_frequencies)
 
@@ -103,9 +107,19 @@ class _Dataset:
         self.columns = load_columns(self.feature_map, paths[options.split])
         n = int(next(iter(self.columns.values())).shape[0])
         self.rows = analysis_rows(n, options.rows, options.seed)
-        self.train = load_columns(self.feature_map, paths["train"])
+        self._train_path = paths["train"]
+        self._train: dict | None = None
         self._frequencies: dict = {}
         self.domain_rows: np.ndarray | None = None
+
+    @property
+    def train(self) -> dict:
+        """The training split's columns, read on first use (the frequencies need them; ``--compare`` does not)."""
+        if self._train is None:
+            from ..data.loader import load_columns
+
+            self._train = load_columns(self.feature_map, self._train_path)
+        return self._train
 
     def frequencies(self, model) -> dict:
         """Training counts of every categorical field's rows, overall and per domain (cached per dataset)."""
@@ -175,6 +189,7 @@ def analyze_model(model, dataset: _Dataset, options: AnalysisOptions, sd_norms: 
                              "ia": [_num(information_abundance(s)) for s in sigmas],
                              "sigma": [[float(v) for v in s] for s in sigmas],
                              "cov_blocks": blocks.tolist(),
+                             "covloss": covloss_summary(stats.moments),
                              "norm_quantiles": {q: np.quantile(stats.norms, float(q), axis=1).tolist()
                                                 for q in ("0.25", "0.5", "0.75")}}
         result["_moments"] = stats.moments
@@ -182,9 +197,10 @@ def analyze_model(model, dataset: _Dataset, options: AnalysisOptions, sd_norms: 
             result["diversity_index"] = None
             result["di_note"] = "no Single Domain run of this dataset to define D(i,j)"
         else:
-            di = diversity_index(sd_norms, stats.norms, stats.bound, options.tau_top, options.tau_bottom,
-                                 options.tau_scope, options.tau_absolute)
-            result["diversity_index"] = di.to_dict(model.domain_names)
+            for key, scope in (("diversity_index", options.tau_scope), ("diversity_index_fixed", "pooled")):
+                di = diversity_index(sd_norms, stats.norms, stats.bound, options.tau_top, options.tau_bottom,
+                                     scope, options.tau_absolute)
+                result[key] = di.to_dict(model.domain_names)
     frequencies = dataset.frequencies(model)
     tables = table_information(model, frequencies, options.groups, options.summary_fields)
     result["tables"] = tables
@@ -192,6 +208,102 @@ def analyze_model(model, dataset: _Dataset, options: AnalysisOptions, sd_norms: 
                and t["ia"] is not None]
     result["ia_summary"] = float(np.mean(summary)) if summary else None
     return result
+
+
+def covloss_summary(moments, high: float | None = None) -> dict:
+    """Figure 7 of one model as numbers: eq. (7)'s term of every expert pair ``p >= q`` (experts numbered from 1,
+    as in the paper; ``||cov(O^p, O^q)||_1 / H^2`` with the covariance over the analysis rows, i.e. divided by
+    ``N``), its totals over ``p >= q`` and ``p > q``, and the dimension-level summary."""
+    blocks = moments.cov_block_norms()
+    E = blocks.shape[0]
+    return {"pairs": {f"{p + 1},{q + 1}": float(blocks[p, q]) for p in range(E) for q in range(p + 1)},
+            "total": covloss_total(blocks), "total_cross": covloss_total(blocks, "p>q"),
+            "dimensions": dim_covariance_summary(moments.covariance(), E, high)}
+
+
+def _loss_of(params: dict) -> str:
+    """``aux_loss=cov alpha=0.0001``-style description of a run's auxiliary loss (empty when it has none)."""
+    if "aux_loss" not in params and "cov_alpha" not in params:
+        return ""
+    name = str(params.get("aux_loss", "cov"))
+    alpha = params.get("aux_alpha")
+    alpha = params.get("cov_alpha") if alpha is None else alpha
+    return f"aux_loss={name}" if name == "none" or alpha is None else f"aux_loss={name} alpha={float(alpha):g}"
+
+
+IGNORED_IN_DIFF = ("model_id", "model_root", "verbose", "data_root", "train_data", "valid_data", "test_data")
+
+
+def config_differences(a: dict, b: dict) -> list[str]:
+    """``key: A -> B`` for every config key whose value differs between two runs (paths and names left out)."""
+    keys = sorted((set(a) | set(b)) - set(IGNORED_IN_DIFF))
+    return [f"{k}: {a.get(k, '-')} -> {b.get(k, '-')}" for k in keys if a.get(k) != b.get(k)]
+
+
+def compare_covariance(first: RunRef, second: RunRef, out_dir, options: AnalysisOptions | None = None,
+                       log=print) -> dict:
+    """Figure 7 for two runs of the same structure (e.g. Crocodile without CovLoss, ``first``, and with it,
+    ``second``) on the same analysis rows: both models' per-pair CovLoss, the ratio ``first / second`` of every
+    pair (how many times lower the second one's is), the dimension-level summaries (the "high-value points" are
+    the cross-expert entries at or above the first run's 99th percentile), ``fig7_compare.png`` (heatmaps on
+    shared colour scales and the ratio), ``fig7_compare.npz`` (the matrices) and ``fig7_compare.json``."""
+    options = options or AnalysisOptions()
+    options.check()
+    if first.params.get("model") != second.params.get("model"):
+        raise UserError(f"--compare needs two runs of the same model; {first.label} is a {first.params.get('model')} "
+                        f"run and {second.label} a {second.params.get('model')} run")
+    if first.dataset_id != second.dataset_id:
+        raise UserError(f"--compare needs two runs on the same data; {first.label} is on {first.dataset_id!r} and "
+                        f"{second.label} on {second.dataset_id!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = _Dataset(first.params, options)
+    moments = []
+    for run in (first, second):
+        log(f"analysis: {run.label} ({run.params['model']}, seed {run.seed}, {run.run_id or run.checkpoint})")
+        model = load_model(run.params, run.checkpoint)
+        stats = collect_experts(model, dataset.batches(options.batch_size))
+        del model
+        if stats is None:
+            raise UserError(f"{run.label} ({run.params['model']}) exposes no experts, so it has no CovLoss between "
+                            f"experts; --compare two runs of a model with experts (e.g. Crocodile with aux_loss: none "
+                            f"and with aux_loss: cov)")
+        moments.append(stats.moments)
+    a, b = moments
+    if (a.E, a.H) != (b.E, b.H):
+        raise UserError(f"--compare needs the same expert structure: {first.label} has {a.E} experts of width {a.H}, "
+                        f"{second.label} {b.E} of width {b.H}")
+    blocks_a, blocks_b = a.cov_block_norms(), b.cov_block_norms()
+    ratio = np.divide(blocks_a, blocks_b, out=np.full_like(blocks_a, np.nan), where=blocks_b > 0)
+    cov_a, cov_b = a.covariance(), b.covariance()
+    cross = cross_expert_mask(a.E, a.H)
+    high = float(np.quantile(np.abs(cov_a)[cross], 0.99)) if cross.any() else None
+    summary_a, summary_b = covloss_summary(a, high), covloss_summary(b, high)
+
+    def describe(run: RunRef) -> dict:
+        return {"label": run.label, "run_id": run.run_id, "checkpoint": run.checkpoint, "seed": run.seed,
+                "model": run.params.get("model"), "loss": _loss_of(run.params)}
+
+    E = a.E
+    report = {"split": options.split, "rows": int(len(dataset.rows)), "experts": E, "width": a.H,
+              "runs": [describe(first), describe(second)],
+              "differences": config_differences(first.params, second.params),
+              "pairs": [{"pair": f"{p + 1},{q + 1}", "first": float(blocks_a[p, q]), "second": float(blocks_b[p, q]),
+                         "ratio": _num(ratio[p, q])} for p in range(E) for q in range(p + 1)],
+              "total": {"first": summary_a["total"], "second": summary_b["total"],
+                        "ratio": _num(summary_a["total"] / summary_b["total"]) if summary_b["total"] > 0 else None},
+              "total_cross": {"first": summary_a["total_cross"], "second": summary_b["total_cross"],
+                              "ratio": (_num(summary_a["total_cross"] / summary_b["total_cross"])
+                                        if summary_b["total_cross"] > 0 else None)},
+              "dimensions": {"first": summary_a["dimensions"], "second": summary_b["dimensions"]}}
+    labels = (f"A: {first.label}", f"B: {second.label}")
+    figure = figures.cov_compare(blocks_a, blocks_b, ratio, np.abs(cov_a), np.abs(cov_b), labels,
+                                 out / "fig7_compare.png")
+    np.savez_compressed(out / "fig7_compare.npz", cov_blocks_first=blocks_a, cov_blocks_second=blocks_b,
+                        ratio=ratio, dim_covariance_first=np.abs(cov_a), dim_covariance_second=np.abs(cov_b))
+    report["figures"] = [figure.name, "fig7_compare.npz"]
+    (out / "fig7_compare.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 def analyze_runs(runs: Sequence[RunRef], single_domain: dict[str, RunRef], out_dir,
@@ -253,12 +365,14 @@ def _methods(runs: list[dict]) -> list[dict]:
     methods = []
     for label in dict.fromkeys(r["label"] for r in runs):
         mine = [r for r in runs if r["label"] == label]
-        di = [r["diversity_index"]["mean"] for r in mine if r.get("diversity_index") and
-              r["diversity_index"]["mean"] is not None]
+        di, di_fixed = ([r[key]["mean"] for r in mine if r.get(key) and r[key]["mean"] is not None]
+                        for key in ("diversity_index", "diversity_index_fixed"))
         ia = [r["ia_summary"] for r in mine if r.get("ia_summary") is not None]
         expert_ia = [np.mean([v for v in r["experts"]["ia"] if v is not None]) for r in mine if r.get("experts")]
         methods.append({"label": label, "model": mine[0]["model"], "group": mine[0]["group"], "runs": len(mine),
-                        "di": float(np.mean(di)) if di else None, "ia": float(np.mean(ia)) if ia else None,
+                        "di": float(np.mean(di)) if di else None,
+                        "di_fixed": float(np.mean(di_fixed)) if di_fixed else None,
+                        "ia": float(np.mean(ia)) if ia else None,
                         "expert_ia": float(np.mean(expert_ia)) if expert_ia else None,
                         "di_note": None if di else mine[0].get("di_note")})
     return methods
@@ -267,8 +381,12 @@ def _methods(runs: list[dict]) -> list[dict]:
 def _figures(report: dict, moments_by_label: dict, smallest: dict, options: AnalysisOptions, out: Path) -> list[str]:
     written = []
     methods = report["methods"]
-    written.append(figures.di_vs_ia([{"label": m["label"], "di": m["di"], "ia": m["ia"]} for m in methods],
-                                    out / "fig1a_di_vs_ia.png").name)
+    variants = [("di", "fig1a_di_vs_ia.png", "Diversity Index (per-expert quantile thresholds)"),
+                ("di_fixed", "fig1a_di_fixed_vs_ia.png", "Diversity Index (fixed thresholds: pooled-norm quantiles)")]
+    for key, name, xlabel in variants:
+        if key == "di" or any(m.get(key) is not None for m in methods):
+            points = [{"label": m["label"], "di": m.get(key), "ia": m["ia"]} for m in methods]
+            written.append(figures.di_vs_ia(points, out / name, xlabel).name)
     firsts = {}
     for r in report["runs"]:
         firsts.setdefault(r["label"], r)
