@@ -30,17 +30,25 @@ def parse_set(items) -> dict:
     return out
 
 
+RUN_FLAGS = ("gpu", "seed", "epochs", "batch_size", "model_root", "data_root")
+
+
 def run_overrides(args) -> dict:
     over = parse_set(getattr(args, "set", None))
-    for name in ("gpu", "seed", "epochs", "batch_size"):
+    for name in RUN_FLAGS:
         value = getattr(args, name, None)
-        if value is not None:
+        if value is not None and (value != "" or name not in ("model_root", "data_root")):
             over[name] = value
-    if getattr(args, "model_root", None):
-        over["model_root"] = args.model_root
-    if getattr(args, "data_root", None):
-        over["data_root"] = args.data_root
     return over
+
+
+def run_origins(args) -> dict:
+    """Where each override of :func:`run_overrides` came from (``--set`` or its flag), for error messages."""
+    origin = {key: "--set" for key in parse_set(getattr(args, "set", None))}
+    for name in RUN_FLAGS:
+        if getattr(args, name, None) is not None:
+            origin[name] = "--" + name.replace("_", "-")
+    return origin
 
 
 def cmd_models(args) -> int:
@@ -148,8 +156,11 @@ def cmd_run_expid(args) -> int:
     from . import distributed
     from .runner import run_expid
 
+    overrides, origin = run_overrides(args), run_origins(args)
     try:
-        result = run_expid(args.expid, args.config, run_overrides(args))
+        if "model_id" not in overrides:
+            overrides["model_id"] = own_model_id(args.expid, args.config, overrides, origin)
+        result = run_expid(args.expid, args.config, overrides, origin=origin)
         if distributed.current().is_main:
             print()
             print(result.table())
@@ -158,6 +169,17 @@ def cmd_run_expid(args) -> int:
     finally:
         distributed.shutdown()
     return 0
+
+
+def own_model_id(expid: str, config_dir, overrides: dict, origin: dict) -> str:
+    """``<expid>__s<seed>__<hash8>``, the suites' name for a run: a run's checkpoint, log and result are named by
+    its resolved config and seed, so runs of one expid with other ``--set`` values never share (or read back) each
+    other's files. The config is checked here, before anything is written."""
+    from .runner import resolve
+    from .suite import run_model_id
+
+    params, _, _ = resolve(expid, config_dir, overrides, origin)
+    return run_model_id(expid, params)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:

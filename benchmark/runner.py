@@ -14,10 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import distributed, metrics as metric_lib
+from . import distributed, metrics as metric_lib, schema
 from .config import ConfigSet, check_keys
-from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir
+from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir, file_lock
 from .errors import UserError
+from .paths import check_writable_dir
 from .report import domain_table
 
 RESULT_SUFFIX = ".result.json"
@@ -56,11 +57,14 @@ class RunResult:
         return domain_table(self.test, self.oracle, self.test_rows, self.test_positives, self.domain_names, title)
 
 
-def resolve(expid: str, config_dir=None, overrides: dict | None = None) -> tuple[dict, type, ConfigSet]:
+def resolve(expid: str, config_dir=None, overrides: dict | None = None,
+            origin: str | dict | None = None) -> tuple[dict, type, ConfigSet]:
     """Resolved and checked parameters, the model class and the config set (nothing is written).
 
-    A model from outside the package gets ``models_from`` (where it was found; not hashed) in the params, so the
-    stored config of its runs finds it again in worker processes and reruns."""
+    Every key is checked against the typed schema (:mod:`.schema`) and converted where needed (``"1e-3"`` ->
+    ``0.001``); ``origin`` names where the overrides came from (``--set``, a suite file; one text or one per key)
+    for the error message. A model from outside the package gets ``models_from`` (where it was found; not hashed)
+    in the params, so the stored config of its runs finds it again in worker processes and reruns."""
     from mdl_bench.model_zoo import get_model, model_location
 
     config = ConfigSet(config_dir)
@@ -70,9 +74,30 @@ def resolve(expid: str, config_dir=None, overrides: dict | None = None) -> tuple
     model_class = get_model(params["model"], params.get("models_from"))
     if model_location(params["model"]) is not None:
         params["models_from"] = model_location(params["model"])
-    check_keys(params, model_class, expid, config)
+    sources = config.sources(expid, overrides, origin)
+    check_keys(params, model_class, expid, config, sources)
+    params = schema.validate(params, model_class, sources)
     dataset_domain_names(params)  # checks domain_field / domains / domain_names early
+    check_device(params)
     return params, model_class, config
+
+
+def check_device(params: dict) -> None:
+    """A ``gpu`` this machine does not have is an error (FuxiCTR would quietly train on the CPU instead)."""
+    gpu = params.get("gpu", -1)
+    if gpu is None or int(gpu) < 0:
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = f"{count} GPU(s), 0..{count - 1}" if count else "no usable CUDA GPU"
+    if int(gpu) >= count:
+        raise UserError(f"gpu {gpu} was asked for, but this machine has {have}; pass --gpu -1 (CPU) or the index "
+                        f"of a GPU it has")
+    nproc = int(params.get("nproc") or 1)
+    if nproc > count:  # data-parallel ranks on GPU take one GPU per local rank (distributed.init)
+        raise UserError(f"nproc {nproc} on GPU needs {nproc} GPUs (one per process), but this machine has {have}; "
+                        f"lower nproc or pass --gpu -1")
 
 
 def load_feature_map(params: dict):
@@ -119,13 +144,14 @@ def oracle_metrics(model, loader, params: dict) -> dict:
 
 
 def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
-              step_callback: Callable[[dict], None] | None = None, quiet: bool = False) -> RunResult:
-    """Train and evaluate one experiment; return its results (also written next to the checkpoint)."""
-    from fuxictr.pytorch.torch_utils import seed_everything
-    from fuxictr.utils import set_logger, print_to_json
+              step_callback: Callable[[dict], None] | None = None, quiet: bool = False,
+              origin: str | dict | None = None) -> RunResult:
+    """Train and evaluate one experiment; return its results (also written next to the checkpoint).
 
+    The run holds a lock on its log file ``<model_root>/<dataset_id>/<model_id>.log`` while it runs: a second process with the same
+    ``model_id`` (the same files) is refused instead of overwriting, or reading back, this run's checkpoint."""
     started = time.time()
-    params, model_class, _ = resolve(expid, config_dir, overrides)
+    params, model_class, _ = resolve(expid, config_dir, overrides, origin)
     nproc = params.get("nproc") or 1
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise UserError(f"nproc must be a positive number of data-parallel processes, got {nproc!r}")
@@ -137,6 +163,22 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         return distributed.launch(run_expid, (expid, config_dir, overrides), {"quiet": quiet}, nproc=nproc,
                                   step_callback=step_callback)
     rank = distributed.init(params)  # torchrun launch: join the group; otherwise rank 0 of 1
+    if not rank.is_main:
+        return _run(expid, params, model_class, rank, started, step_callback, quiet)
+    run_dir = Path(params["model_root"]) / params["dataset_id"]
+    check_writable_dir(run_dir, "model_root", "pass --model-root DIR (or set MDL_BENCH_HOME) to a writable folder")
+    # the run's own log file is the lock (FuxiCTR appends to it; an advisory lock leaves it as it is)
+    with file_lock(run_dir / f"{params['model_id']}.log", busy=(
+            f"run {params['model_id']} is already running in another process (it writes "
+            f"{run_dir / params['model_id']}.model); wait for it to finish, or change the config or --seed")):
+        return _run(expid, params, model_class, rank, started, step_callback, quiet)
+
+
+def _run(expid: str, params: dict, model_class, rank, started: float, step_callback, quiet: bool) -> RunResult:
+    """The run itself (every rank): log, data, model, fit, evaluate, and the result file (rank 0)."""
+    from fuxictr.pytorch.torch_utils import seed_everything
+    from fuxictr.utils import set_logger, print_to_json
+
     if rank.is_main:
         set_logger(params)
     else:  # one log file, written by rank 0; the other ranks only report warnings
@@ -157,10 +199,17 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         model.step_callbacks.append(step_callback)
     logging.info(f"Total number of parameters: {model.num_parameters():,}.")
     train_gen, valid_gen, test_gen = make_loaders(feature_map, paths, params, rank.rank, rank.world_size)
+    for split, gen in (("valid", valid_gen), ("test", test_gen)):
+        if gen.num_samples == 0:  # metrics of no rows are NaN: refuse rather than report them
+            raise UserError(f"the {split} split of dataset {params['dataset_id']!r} has no rows ({split}_data "
+                            f"{params.get(f'{split}_data')}); give it rows, or point {split}_data at a file with rows")
     from .analysis.epochs import attach_ia_recorder
 
     attach_ia_recorder(model, params, train_gen, valid_gen)  # `record_ia: true`: IA at every epoch end (figure 2)
     model.fit(train_gen, validation_data=valid_gen, **params)
+    if not model.checkpoint_written:  # fit reloads the checkpoint file: it must be this run's, never an older one
+        raise UserError(f"run {params['model_id']} trained but wrote no checkpoint, so its weights cannot be told "
+                        f"from an older file at {model.checkpoint}; train at least one epoch")
     logging.info("****** Validation evaluation ******")
     valid_logs = model.evaluate(valid_gen)
     logging.info("******** Test evaluation ********")
@@ -182,7 +231,9 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         checkpoint=model.checkpoint, params=params, world_size=rank.world_size)
     if rank.is_main:
         result_path = Path(model.checkpoint).with_suffix(RESULT_SUFFIX)
-        result_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        tmp = result_path.with_name(f".{result_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        os.replace(tmp, result_path)  # a reader sees the old result or the new one, never half of one
         logging.info(f"Results written to {result_path}")
     distributed.barrier()
     return result

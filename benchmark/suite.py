@@ -395,7 +395,8 @@ class Suite:
                         series=entry.label or entry.expid)
                     variants.append(variant)
                     for seed in variant.seeds:
-                        run_params = dict(params, seed=int(seed), model_id=f"{entry.expid}__s{seed}__{digest[:8]}")
+                        run_params = dict(params, seed=int(seed))
+                        run_params["model_id"] = run_model_id(entry.expid, run_params, digest)
                         runs.append(PlannedRun(variant=variant, seed=int(seed), params=run_params))
         _label_variants(variants)
         return Plan(suite=self, variants=variants, runs=runs)
@@ -409,6 +410,13 @@ class Suite:
             import json
             tag = hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
             params["data_root"] = os.path.join(params["data_root"], "variants", tag)
+
+
+def run_model_id(expid: str, params: dict, digest: str | None = None) -> str:
+    """A run's file name, ``<expid>__s<seed>__<hash8>``: one per resolved config and seed (``digest``: its
+    :func:`config_hash`, when known)."""
+    digest = digest or config_hash(params)
+    return f"{expid}__s{int(params.get('seed') or 0)}__{digest[:8]}"
 
 
 def _label_variants(variants: list) -> None:

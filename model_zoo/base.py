@@ -165,6 +165,7 @@ class MultiDomainModel(BaseModel):
         """FuxiCTR's ``fit``, after telling glibc to keep freed memory: without it every CPU step page-faults its
         large tensors in afresh (see :mod:`mdl_bench.benchmark.allocator`; ``mdl-bench perf`` measures it)."""
         allocator.keep_freed_memory()
+        self.checkpoint_written = False  # fit ends by loading self.checkpoint: the runner checks it is this fit's
         super().fit(data_generator, **kwargs)
 
     def train_step(self, batch_data: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -298,6 +299,9 @@ class MultiDomainModel(BaseModel):
             torch.save(self.state_dict(), tmp)
             os.replace(tmp, checkpoint)
         distributed.barrier()
+        self.checkpoint_written = True
+
+    checkpoint_written: bool = False
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

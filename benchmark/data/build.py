@@ -60,11 +60,16 @@ def built_paths(params: dict) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock held for the ``with`` block (released if the process dies)."""
+def file_lock(path: Path, busy: str | None = None):
+    """An exclusive advisory lock held for the ``with`` block (released if the process dies).
+
+    ``busy``: do not wait for another holder; raise :class:`UserError` with this message instead."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            raise UserError(busy) from None
         try:
             yield
         finally:
