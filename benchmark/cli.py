@@ -6,10 +6,12 @@ import contextlib
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, show_value
+from .paths import check_writable_dir
 
 # Third-party chatter that would bury our one-line messages (polars/fuxictr deprecations, tqdm, Ray).
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -111,7 +113,11 @@ def cmd_data_synth(args) -> int:
                                  ("n_test", args.n_test)) if v is not None}
     options.update(parse_set(args.set))
     spec = synth.make_spec(args.preset, **options)
-    meta = synth.write_raw(spec, args.out)
+    out = Path(args.out).expanduser()
+    fix = "pass --out DIR, a folder (new or existing) in a writable place"
+    check_writable_dir(out, "--out", fix)
+    check_writable_dir(out.parent, f"--out {out}: its folder", fix)  # the files are renamed in from a sibling
+    meta = synth.write_raw(spec, out)
     print(f"Wrote {args.out}/{{train,valid,test}}.csv ({spec.n_train + spec.n_valid + spec.n_test:,} rows, "
           f"preset {args.preset}, seed {spec.seed})")
     for split, per_domain in meta["rows"].items():
@@ -260,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .paths import HOME_ENV, bench_home
+
+        if bench_home().exists() and not bench_home().is_dir():
+            raise UserError(f"{HOME_ENV}={bench_home()} is a file, not a folder; point {HOME_ENV} at a folder (it "
+                            f"holds the data, checkpoints and results stores)")
         if getattr(args, "models_from", None):
             from mdl_bench.model_zoo import ENV_VAR, add_models_from
 

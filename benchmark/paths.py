@@ -32,6 +32,17 @@ def expand_path(value):
     return os.path.expanduser(value)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _home_note(path: Path) -> str:
     """`` (under MDL_BENCH_HOME=...)`` when ``path`` lies in the working area, so the fix names the variable."""
     home = bench_home().absolute()
@@ -86,7 +97,7 @@ def check_writable_file(path, what: str, fix: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{what} {path}{_home_note(path)} is a folder, not a file; {fix}")
-    check_writable_dir(path.parent, f"the folder of {what} {path}:", fix)
+    check_writable_dir(path.parent, f"{what} {path}: its folder", fix)
     if path.exists():
         try:
             with open(path, "r+b"):  # opened for writing, nothing written

@@ -82,6 +82,23 @@ def resolve(expid: str, config_dir=None, overrides: dict | None = None,
     return params, model_class, config
 
 
+def check_paths(params: dict) -> None:
+    """Every folder a run writes in, checked before it starts: checkpoints and logs, the built dataset and (for
+    synthetic data not generated yet) the raw files."""
+    check_writable_dir(Path(params["model_root"]) / params["dataset_id"], "model_root",
+                       "pass --model-root DIR (or set MDL_BENCH_HOME) to a writable folder")
+    if params.get("data_root") and params.get("data_format", "csv") == "csv":
+        check_writable_dir(params["data_root"], "data_root",
+                           "pass --data-root DIR (or set MDL_BENCH_HOME) to a writable folder")
+    if params.get("synth") is not None and params.get("train_data") and not os.path.exists(params["train_data"]):
+        # the generator writes a sibling temporary folder, then renames it into place
+        raw_dir = Path(params["train_data"]).parent
+        fix = "set MDL_BENCH_HOME to a writable folder or point train_data/valid_data/test_data elsewhere"
+        check_writable_dir(raw_dir, "the raw data folder", fix)
+        if raw_dir.exists():
+            check_writable_dir(raw_dir.parent, "the folder holding the raw data", fix)
+
+
 def check_device(params: dict) -> None:
     """A ``gpu`` this machine does not have is an error (FuxiCTR would quietly train on the CPU instead)."""
     gpu = params.get("gpu", -1)
@@ -166,7 +183,7 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
     if not rank.is_main:
         return _run(expid, params, model_class, rank, started, step_callback, quiet)
     run_dir = Path(params["model_root"]) / params["dataset_id"]
-    check_writable_dir(run_dir, "model_root", "pass --model-root DIR (or set MDL_BENCH_HOME) to a writable folder")
+    check_paths(params)
     # the run's own log file is the lock (FuxiCTR appends to it; an advisory lock leaves it as it is)
     with file_lock(run_dir / f"{params['model_id']}.log", busy=(
             f"run {params['model_id']} is already running in another process (it writes "

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import UserError
-from .paths import bench_home, check_writable_file, expand_path
+from .paths import bench_home, check_writable_file, expand_path, pid_alive as _pid_alive
 
 APPLICATION_ID = 0x4D444C42  # "MDLB"
 SCHEMA_VERSION = 1
@@ -179,16 +179,6 @@ def git_state() -> dict:
         except (OSError, subprocess.SubprocessError):
             pass
     return dict(_GIT)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------------------------------- the store

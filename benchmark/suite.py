@@ -343,10 +343,13 @@ class Suite:
                 for point in tuner_points(space):
                     point = dict(point)
                     overrides = {"dataset_id": dataset} if dataset else {}
-                    overrides.update(copy.deepcopy(self.overrides))
-                    overrides.update(copy.deepcopy(entry.overrides))
-                    overrides.update(copy.deepcopy(point))
-                    overrides.update(copy.deepcopy(extra_overrides or {}))
+                    # (the message starts with the suite file and the expid already)
+                    origin = {"dataset_id": "the suite's `datasets`"} if dataset else {}
+                    for layer, text in ((self.overrides, "the suite's `overrides`"),
+                                        (entry.overrides, "the row's `overrides`"),
+                                        (point, "`tuner_space`"), (extra_overrides or {}, "--set")):
+                        overrides.update(copy.deepcopy(layer))
+                        origin.update(dict.fromkeys(layer, text))
                     for key in RAW_KEYS:
                         if key in overrides:
                             raise UserError(f"{self.where}, expid {entry.expid}: a suite cannot override {key!r} (it "
@@ -355,11 +358,14 @@ class Suite:
                     where = f"{self.where}, expid {entry.expid}"
                     try:
                         if strict:
-                            params, model_class, _ = resolve(entry.expid, config_dir, overrides)
+                            params, model_class, _ = resolve(entry.expid, config_dir, overrides, origin)
                         else:
                             params, model_class = config.load(entry.expid, overrides), None
                             from mdl_bench.model_zoo import registry
+                            from .schema import validate
                             model_class = registry().get(str(params.get("model")))
+                            # the conversions of a strict plan ("1e-3" -> 0.001), so the hashes agree with it
+                            params = validate(params, model_class, strict=False)
                         names = domain_names(params)
                     except UserError as exc:
                         raise UserError(f"{where}: {exc}") from None
@@ -690,6 +696,11 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
             return outcome
         if not pending:
             return outcome
+        from .runner import check_paths
+
+        for params in {(r.params["model_root"], r.params["dataset_id"], r.params.get("data_root")): r.params
+                       for r in pending}.values():
+            check_paths(params)  # before the first run: a folder it cannot write would fail every run
         progress = SuiteProgress(pending, stream=progress_stream)
         try:
             if jobs == 1:

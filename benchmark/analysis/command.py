@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..paths import bench_home
+from ..paths import bench_home, check_writable_dir
 
 SINGLE_DOMAIN_MODEL = "SingleDomain"
 
@@ -67,10 +67,13 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
     from ..runner import RESULT_SUFFIX, resolve
     from .report import RunRef
 
+    from .probe import read_checkpoint
+
     checkpoint = Path(path).expanduser()
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} does not exist; pass the .model file a run wrote "
                         f"(its path is printed at the end of run-expid)")
+    read_checkpoint(checkpoint)  # a truncated, empty or foreign file is refused before any data is built
     result = checkpoint.with_suffix(RESULT_SUFFIX)
     if expid is None and result.is_file():
         try:
@@ -164,6 +167,8 @@ def run_command(args) -> int:
     single = _single_domain(args, runs)
     analysed = [r for r in runs if r.params.get("model") != SINGLE_DOMAIN_MODEL] or runs
     out = Path(args.out).expanduser() if args.out else default_out_dir(args, name)
+    check_writable_dir(out, "--out" if args.out else "the analysis folder",
+                       "pass --out DIR, a writable folder for analysis.json and the figures")
     missing = sorted({r.dataset_id for r in analysed} - set(single))
     for ds in missing:
         print(f"note: no Single Domain run of dataset {ds!r}, so no Diversity Index (D(i,j) of eq. 1 needs one); "

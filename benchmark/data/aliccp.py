@@ -241,7 +241,7 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
     for split, (skeleton, common) in files.items():
         _check_layout(skeleton, 6, "sample skeleton")
         _check_layout(common, 3, "common features")
-    out = rd.check_out_dir(out_dir or rd.default_out(dataset_id))
+    out = rd.check_out_dir(out_dir or rd.default_out(dataset_id), log)
     log(f"Converting AliCCP from {Path(raw_dir).expanduser()} -> {out}"
         + (f" (at most {max_rows:,} lines of each skeleton file)" if max_rows else ""))
     spool = rd.Spool(out / f".spool-{os.getpid()}")
