@@ -24,11 +24,12 @@ def parse_set(items) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--set expects KEY=VALUE, got {show_value(item)}")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise UserError(f"--set {key}: {value!r} is not a valid YAML value; quote it") from None
+            raise UserError(f"--set {show_value(key.strip())[1:-1]}: {show_value(value)} is not a valid YAML value; "
+                            f"quote it") from None
     return out
 
 

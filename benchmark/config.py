@@ -110,7 +110,7 @@ class ConfigSet:
     def model_params(self, expid: str) -> dict:
         if expid not in self.models:
             known = ", ".join(self.expids[:12]) + (" ..." if len(self.expids) > 12 else "")
-            raise UserError(f"unknown expid {expid!r}{close_matches(expid, self.models)} in {self.dir}; "
+            raise UserError(f"unknown expid {show_value(expid)}{close_matches(expid, self.models)} in {self.dir}; "
                             f"`mdl-bench expids` lists them (e.g. {known})")
         params = copy.deepcopy(self.base)
         params.update(copy.deepcopy(self.models[expid]))
@@ -122,8 +122,8 @@ class ConfigSet:
 
     def dataset_params(self, dataset_id: str) -> dict:
         if dataset_id not in self.datasets:
-            raise UserError(f"unknown dataset_id {dataset_id!r}{close_matches(dataset_id, self.datasets)}; known "
-                            f"datasets in {self.dir}: {', '.join(sorted(self.datasets)) or 'none'}")
+            raise UserError(f"unknown dataset_id {show_value(dataset_id)}{close_matches(dataset_id, self.datasets)}; "
+                            f"known datasets in {self.dir}: {', '.join(sorted(self.datasets)) or 'none'}")
         params = {"dataset_id": dataset_id}
         params.update(copy.deepcopy(self.datasets[dataset_id]))
         return params

@@ -9,7 +9,14 @@ class UserError(Exception):
     """
 
     def __init__(self, message: str):
-        super().__init__(printable(" ".join(str(message).split())))
+        super().__init__(printable(" ".join(_cut(word) for word in str(message).split())))
+
+
+WORD_LIMIT = 240  # a longer word of a message is cut in the middle: a value nobody cut where it was echoed
+
+
+def _cut(word: str) -> str:
+    return word if len(word) <= WORD_LIMIT else f"{word[:WORD_LIMIT * 2 // 3]}...{word[-(WORD_LIMIT // 3):]}"
 
 
 VALUE_LIMIT = 80  # characters of a value echoed in a message; longer ones are cut in the middle

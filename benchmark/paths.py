@@ -54,23 +54,19 @@ def _home_note(path: Path) -> str:
 
 
 def _probe(folder: Path) -> str | None:
-    """``None`` if a file can be created in ``folder`` (tried, then removed: as root, permission bits say nothing
-    and only trying shows a read-only mount), else the reason."""
-    import tempfile
-
-    try:
-        fd, name = tempfile.mkstemp(prefix=".mdl-bench-probe-", dir=folder)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    os.close(fd)
-    os.unlink(name)
-    return None
+    """``None`` if this process may create files in ``folder``, else the reason. ``access(2)`` answers for the
+    real user and also says EROFS for a read-only mount (where root's permissions do not help), and writes
+    nothing."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    probe = os.statvfs(folder)
+    return "read-only file system" if probe.f_flag & os.ST_RDONLY else "permission denied"
 
 
 def check_writable_dir(path, what: str, fix: str) -> Path:
     """``path`` as a folder this process can write in (it may not exist yet: then the nearest existing folder
     above it must be writable), or a one-line :class:`UserError`: is a file / not writable. Nothing is left
-    behind."""
+    behind (nothing is written to find out)."""
     from .errors import UserError
 
     path = Path(path).expanduser()

@@ -165,8 +165,9 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
               origin: str | dict | None = None) -> RunResult:
     """Train and evaluate one experiment; return its results (also written next to the checkpoint).
 
-    The run holds a lock on its log file ``<model_root>/<dataset_id>/<model_id>.log`` while it runs: a second process with the same
-    ``model_id`` (the same files) is refused instead of overwriting, or reading back, this run's checkpoint."""
+    The run holds a lock on its log file ``<model_root>/<dataset_id>/<model_id>.log`` while it runs: a second
+    process with the same ``model_id`` (the same files) is refused instead of overwriting, or reading back, this
+    run's checkpoint."""
     started = time.time()
     params, model_class, _ = resolve(expid, config_dir, overrides, origin)
     nproc = params.get("nproc") or 1

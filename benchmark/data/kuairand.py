@@ -392,7 +392,7 @@ def _bucket(column: str) -> pl.Expr:
 
 def _no_rows(paths, what: str) -> None:
     names = ", ".join(str(p) for p in paths)
-    raise UserError(f"{names} has no data rows (a header only?), so it is not a usable {what} file; download the "
+    raise UserError(f"{names} has no data rows (a header only?), so it is not {what} file; download the "
                     f"release again and pass its folder with --raw-dir")
 
 

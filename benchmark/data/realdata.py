@@ -408,7 +408,8 @@ def remove_leftovers(out: Path, log: Callable[[str], None] = print) -> list[str]
             continue
         if owner is not None and (owner in live or pid_alive(owner)):
             continue
-        size += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()) if entry.is_dir() else entry.stat().st_size
+        files = [f for f in entry.rglob("*") if f.is_file()] if entry.is_dir() else [entry]
+        size += sum(f.stat().st_size for f in files)
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         else:
