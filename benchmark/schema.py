@@ -1,7 +1,8 @@
 """One typed schema for every config key a run accepts, checked before anything runs.
 
 The trainer's and the dataset's keys are declared here (:data:`TRAINER_TYPES`, :data:`DATASET_TYPES`); a model's
-keys come from the signature and annotations of its ``__init__`` (and its bases'), so a new model needs no entry.
+keys come from the signature and annotations of its ``__init__`` (and its bases'; an unannotated keyword is typed
+by its default where that is unambiguous), so a new model needs no entry.
 Ranges that annotations cannot say (a width of 0, a dropout of 1.5) follow the key's name
 (:data:`NAME_RULES`: ``*_hidden_units`` are positive widths, ``*dropout`` a fraction below 1, ...).
 
@@ -228,8 +229,23 @@ def model_types(model_class) -> dict[str, tuple[Any, Range | None]]:
             hints = {}
         for name, p in inspect.signature(init).parameters.items():
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in ("self", "feature_map"):
-                out[name] = (hints.get(name, Any), name_range(name))
+                out[name] = (hints.get(name) or _from_default(name, p.default), name_range(name))
     return out
+
+
+def _from_default(name: str, default) -> Any:
+    """The type of an unannotated keyword, where its default says it safely: a bool, a float, widths or counts
+    (an int or a list of ints under a name of :data:`NAME_RULES`); anything else stays unchecked. ``null`` is
+    allowed too (FuxiCTR configs write it for "the default"; the model decides what it means)."""
+    if isinstance(default, bool):
+        return bool | None
+    if isinstance(default, float):
+        return float | None
+    ints = isinstance(default, int) or (isinstance(default, (list, tuple)) and default
+                                        and all(isinstance(v, int) and not isinstance(v, bool) for v in default))
+    if ints and name_range(name) in (POSITIVE_INT, NON_NEGATIVE):
+        return (int if isinstance(default, int) else collections.abc.Sequence[int]) | None
+    return Any
 
 
 def key_types(model_class=None) -> dict[str, tuple[Any, Range | None]]:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -467,3 +468,33 @@ def test_analyze_refuses_a_file_that_is_not_a_checkpoint_in_one_line(home, tmp_p
     code, _, err = run_cli(capsys, "analyze", "--checkpoint", path, "--expid", "SharedBottom_test")
     one_error_line(code, err, rf"checkpoint .*bad.model {pattern}")
     assert tree(home) == {}  # refused before any data is generated or built
+
+
+def test_an_unannotated_model_is_typed_by_its_defaults():
+    """A user's model without annotations (README's "Add a baseline" style) still gets widths, rates and switches
+    checked; a keyword whose default says nothing (None, text) is left alone."""
+    class Plain:
+        def __init__(self, feature_map, gate_hidden_units=(64, 32), temperature=1.0, use_bn=False, mode="a",
+                     fields=None):
+            pass
+
+    types = schema.model_types(Plain)
+    with pytest.raises(UserError, match=r"'gate_hidden_units' = \[0\] .*expected a list of integers >= 1 or null"):
+        schema.check_value("gate_hidden_units", [0], *types["gate_hidden_units"], "my.yaml")
+    with pytest.raises(UserError, match=r"'use_bn' = 2 \(from my.yaml\): expected true or false or null"):
+        schema.check_value("use_bn", 2, *types["use_bn"], "my.yaml")
+    assert schema.check_value("temperature", "5e-1", *types["temperature"], None) == 0.5
+    assert schema.check_value("temperature", 2, *types["temperature"], None) == 2  # an int stays an int
+    assert schema.check_value("mode", [1], *types["mode"], None) == [1] and types["fields"][0] is Any
+
+
+def test_a_regularizer_weight_is_what_fuxictr_reads():
+    """FuxiCTR applies only a float (or l1(x)/l2(x)/l1_l2(x,y) text): an int weight was silently no regularisation."""
+    kind = schema.key_types()["embedding_regularizer"]
+    assert schema.check_value("embedding_regularizer", 1, *kind, None) == 1.0
+    assert isinstance(schema.check_value("embedding_regularizer", 1, *kind, None), float)
+    assert schema.check_value("embedding_regularizer", 0, *kind, None) == 0  # no regularisation, hash kept
+    assert schema.check_value("embedding_regularizer", "1e-6", *kind, None) == 1e-6
+    assert schema.check_value("embedding_regularizer", "l1_l2(1e-6, 1e-5)", *kind, None) == "l1_l2(1e-6, 1e-5)"
+    with pytest.raises(UserError, match=r"'embedding_regularizer' = -1: expected a number >= 0, or l1\(x\)"):
+        schema.check_value("embedding_regularizer", -1, *kind, None)
