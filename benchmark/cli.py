@@ -290,6 +290,11 @@ def main(argv=None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # what no check foresaw (a full disk, a path /proc refuses): one line, not a traceback
+        what = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {UserError(what + (exc.strerror or str(exc)))}; check that path, its permissions and the "
+              f"free space, then run again", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ def resolve_config_dir(config_dir: str | os.PathLike | None) -> Path:
     if config_dir is None:
         return packaged_config_dir()
     path = Path(config_dir).expanduser()
+    if path.is_file():
+        raise UserError(f"--config {path} is a file; pass the folder holding model_config.yaml and "
+                        f"dataset_config.yaml (or omit --config for the packaged configs)")
     if not path.is_dir():
         raise UserError(f"config folder {path} does not exist; pass --config DIR with a folder holding "
                         f"model_config.yaml and dataset_config.yaml, or omit --config for the packaged configs")

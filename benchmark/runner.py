@@ -192,6 +192,17 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         return _run(expid, params, model_class, rank, started, step_callback, quiet)
 
 
+def _remove_run_leftovers(run_dir: Path, model_id: str) -> None:
+    """Temporary files a killed run of ``model_id`` left (a checkpoint or result being written). The caller holds
+    the run's lock, so no live process of this run can own them."""
+    patterns = (f"{model_id}.model.tmp-*", f".{model_id}.result.json.*.tmp", f"{model_id}.*.json.tmp-*")
+    stale = [p for pattern in patterns for p in run_dir.glob(pattern) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logging.info(f"Removed leftovers of a killed run of {model_id}: {', '.join(sorted(p.name for p in stale))}")
+
+
 def _run(expid: str, params: dict, model_class, rank, started: float, step_callback, quiet: bool) -> RunResult:
     """The run itself (every rank): log, data, model, fit, evaluate, and the result file (rank 0)."""
     from fuxictr.pytorch.torch_utils import seed_everything
@@ -199,6 +210,7 @@ def _run(expid: str, params: dict, model_class, rank, started: float, step_callb
 
     if rank.is_main:
         set_logger(params)
+        _remove_run_leftovers(Path(params["model_root"]) / params["dataset_id"], params["model_id"])
     else:  # one log file, written by rank 0; the other ranks only report warnings
         logging.basicConfig(level=logging.WARNING, force=True,
                             format=f"%(asctime)s rank {rank.rank} %(levelname)s %(message)s")

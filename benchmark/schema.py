@@ -77,6 +77,21 @@ def _reject_bool(value):
     return value
 
 
+def _whole_number(value):
+    """``"1e3"`` (YAML text) where an integer is declared: 1000, as ``1000.0`` would be; ``"1.5e0"`` stays invalid."""
+    value = _reject_bool(value)
+    if isinstance(value, str):
+        with_exponent = value.strip().lower()
+        if "e" in with_exponent:
+            try:
+                number = float(with_exponent)
+            except ValueError:
+                return value
+            if number.is_integer():
+                return int(number)
+    return value
+
+
 def _reject_number(value):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         raise ValueError("a number is not text here")
@@ -161,7 +176,8 @@ def _leaf(kind: type, bounds: Range | None) -> tuple[Any, str, str]:
     if kind in (int, float):
         limits = {k: v for k, v in (bounds or Range())._asdict().items() if v is not None}
         extra = [AllowInfNan(False)] if kind is float else []
-        tp = Annotated[kind, BeforeValidator(_reject_bool), *extra, Field(**limits)]
+        tp = Annotated[kind, BeforeValidator(_whole_number if kind is int else _reject_bool), *extra,
+                       Field(**limits)]
         word, words = ("an integer", "integers") if kind is int else ("a number", "numbers")
         text = (bounds or Range()).text()
         return tp, word + text, words + text

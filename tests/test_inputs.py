@@ -166,8 +166,17 @@ def test_1e3_trains_and_each_run_has_its_own_files(tiny, home, capsys):
     base = ["run-expid", "--expid", "SharedBottom_test", "--set", "verbose=0", "--epochs", "1"]
     code, out1, _ = run_cli(capsys, *base, "--set", "embedding_dim=8")
     assert code == 0
+    # what a run of the second config killed mid-write would have left: removed when that run starts again
+    from mdl_bench.benchmark.cli import own_model_id
+
+    second = own_model_id("SharedBottom_test", None, {"verbose": 0, "epochs": 1, "learning_rate": 0.001}, {})
+    run_dir = home / "checkpoints" / "tiny_synth"
+    leftovers = [run_dir / f"{second}.model.tmp-{dead_pid()}", run_dir / f".{second}.result.json.{dead_pid()}.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
     code, out2, _ = run_cli(capsys, *base, "--set", "learning_rate=1e-3")
-    assert code == 0
+    assert code == 0 and not any(p.exists() for p in leftovers)
+    assert "Removed leftovers of a killed run of " + second in (run_dir / f"{second}.log").read_text()
     results = sorted((home / "checkpoints" / "tiny_synth").glob("*.result.json"))
     assert len(results) == 2 and len(list((home / "checkpoints" / "tiny_synth").glob("*.model"))) == 2
     stored = [json.loads(p.read_text()) for p in results]
@@ -178,6 +187,19 @@ def test_1e3_trains_and_each_run_has_its_own_files(tiny, home, capsys):
         assert re.fullmatch(r"SharedBottom_test__s2024__[0-9a-f]{8}", result["params"]["model_id"])
         assert Path(result["checkpoint"]).name == result["params"]["model_id"] + ".model"
     assert not list((home / "checkpoints" / "tiny_synth").glob(".*tmp"))  # the atomic write left no temporary
+
+
+def test_a_config_file_value_in_scientific_notation_is_a_float(home, tmp_path):
+    from mdl_bench.benchmark.runner import resolve
+
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "model_config.yaml").write_text("My_test:\n  model: SharedBottom\n  dataset_id: tiny_synth\n"
+                                           "  learning_rate: 1e-3\n  embedding_regularizer: 1e-6\n"
+                                           "  batch_size: 1e3\n  epochs: 1\n")
+    params, _, _ = resolve("My_test", cfg)
+    assert (params["learning_rate"], params["embedding_regularizer"], params["batch_size"]) == (0.001, 1e-6, 1000)
+    assert isinstance(params["batch_size"], int)
 
 
 def test_valid_configs_resolve_exactly_as_before(home):
@@ -395,6 +417,18 @@ def test_leftovers_of_a_killed_build_are_removed_and_a_live_build_is_left_alone(
         + ", ".join(sorted(f.name for f in killed))]
     for folder in alive:
         shutil.rmtree(folder)
+
+
+def test_leftovers_of_a_killed_data_generation_are_removed(tmp_path, capsys):
+    from mdl_bench.benchmark.data import synth
+
+    dead, live = dead_pid(), os.getppid()
+    for pid in (dead, live):
+        (tmp_path / f"raw.tmp-{pid}-abcd1234").mkdir()
+    synth.write_raw(synth.make_spec("kuairand_like", n_train=60, n_valid=20, n_test=20), tmp_path / "raw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", f"raw.tmp-{live}-abcd1234"]
+    assert f"Removed leftovers of a killed data generation in {tmp_path}: raw.tmp-{dead}-abcd1234" in \
+        capsys.readouterr().err
 
 
 def test_leftovers_of_a_killed_conversion_are_removed_and_a_live_one_is_left_alone(tmp_path):

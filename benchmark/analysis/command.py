@@ -70,6 +70,9 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
     from .probe import read_checkpoint
 
     checkpoint = Path(path).expanduser()
+    if checkpoint.is_dir():
+        raise UserError(f"checkpoint {checkpoint} is a folder; pass the .model file a run wrote (its path is printed "
+                        f"at the end of run-expid)")
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} does not exist; pass the .model file a run wrote "
                         f"(its path is printed at the end of run-expid)")

@@ -29,7 +29,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError, close_matches
+from ..paths import pid_alive
 
 SCHEMA_VERSION = 1  # bump when the generative model changes, so cached raw files are regenerated
 
@@ -215,6 +218,20 @@ def generate(spec: SynthSpec) -> dict[str, np.ndarray]:
     }
 
 
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove ``<out>.tmp-<pid>-*`` folders of generators that were killed (their process is gone)."""
+    pattern = re.compile(rf"^{re.escape(out_dir.name)}\.tmp-(\d+)-[a-z0-9_]{{8}}$")
+    removed = []
+    for entry in (out_dir.parent.iterdir() if out_dir.parent.is_dir() else []):
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not pid_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    if removed:
+        print(f"Removed leftovers of a killed data generation in {out_dir.parent}: {', '.join(sorted(removed))}",
+              file=sys.stderr)
+
+
 def write_raw(spec: SynthSpec, out_dir: str | os.PathLike) -> dict:
     """Generate and write ``train.csv``, ``valid.csv``, ``test.csv`` and ``synth_meta.json`` into ``out_dir``.
 
@@ -230,7 +247,9 @@ def write_raw(spec: SynthSpec, out_dir: str | os.PathLike) -> dict:
     bounds = {"train": (0, spec.n_train),
               "valid": (spec.n_train, spec.n_train + spec.n_valid),
               "test": (spec.n_train + spec.n_valid, spec.n_train + spec.n_valid + spec.n_test)}
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    _remove_leftovers(out_dir)
+    # the pid in the name tells a killed generator's folder from a live one
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         counts = {}
         for split, (lo, hi) in bounds.items():
