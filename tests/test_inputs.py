@@ -114,14 +114,10 @@ def test_a_bad_value_is_one_line_naming_key_value_type_and_source_and_nothing_is
 
 
 def user_config(tmp_path, edit_models=None, edit_datasets=None) -> Path:
-    folder = tmp_path / "cfg"
-    shutil.copytree(packaged_config_dir(), folder, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    for name, edit in (("model_config.yaml", edit_models), ("dataset_config.yaml", edit_datasets)):
-        if edit:
-            data = yaml.safe_load((folder / name).read_text())
-            edit(data)
-            (folder / name).write_text(yaml.safe_dump(data))
-    return folder
+    """The packaged configs copied and edited (test_cli's helper)."""
+    from test_cli import user_config as copied
+
+    return Path(copied(tmp_path, edit_models, edit_datasets))
 
 
 def test_a_bad_value_in_a_config_file_names_that_file(home, tmp_path, capsys):
@@ -358,20 +354,14 @@ def test_a_store_on_a_read_only_folder_can_still_be_read(home, tmp_path, capsys)
 
 
 # ================================================================== 4. empty split, missing device, no input
-def toy_dataset(tmp_path, rows_of: dict) -> Path:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    header = "user_id,item_id,domain,click\n"
-    for split in ("train", "valid", "test"):
-        n = rows_of.get(split, 40)
-        (raw / f"{split}.csv").write_text(header + "".join(f"{i % 7},{i % 11},{i % 2},{i % 2}\n" for i in range(n)))
+def toy_dataset(tmp_path, empty: str | None) -> Path:
+    """test_cli's 40-row dataset ``toy``, with the ``empty`` split cut to its header."""
+    from test_cli import write_raw_dataset
 
-    def edit(d):
-        d["toy"] = dict(data_root=str(tmp_path / "data"), data_format="csv", train_data=str(raw / "train.csv"),
-                        valid_data=str(raw / "valid.csv"), test_data=str(raw / "test.csv"), domain_field="domain",
-                        domains=[0, 1], label_col={"name": "click", "dtype": "float"},
-                        feature_cols=[{"name": ["user_id", "item_id", "domain"], "dtype": "int",
-                                       "type": "categorical"}])
+    edit = write_raw_dataset(tmp_path)
+    if empty:
+        path = tmp_path / "raw" / f"{empty}.csv"
+        path.write_text(path.read_text().splitlines()[0] + "\n")
     return user_config(tmp_path, edit_datasets=edit)
 
 
@@ -384,7 +374,7 @@ def toy_dataset(tmp_path, rows_of: dict) -> Path:
     ("no_input_dropout", ["--set", "net_dropout=1.0"], r"'net_dropout' = 1.0 .*expected a number in \[0, 1\)"),
 ])
 def test_a_run_that_would_report_nothing_real_is_refused(home, tmp_path, capsys, case, argv, pattern):
-    cfg = toy_dataset(tmp_path, {"test": 0} if case == "empty_test" else {"valid": 0} if case == "empty_valid" else {})
+    cfg = toy_dataset(tmp_path, case[len("empty_"):] if case.startswith("empty_") else None)
     code, _, err = run_cli(capsys, "run-expid", "--config", cfg, "--expid", "SharedBottom_test",
                            "--set", "dataset_id=toy", *argv)
     one_error_line(code, err, pattern)
