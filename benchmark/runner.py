@@ -99,6 +99,17 @@ def check_paths(params: dict) -> None:
             check_writable_dir(raw_dir.parent, "the folder holding the raw data", fix)
 
 
+def check_inputs(feature_map, params: dict) -> None:
+    """A model must see at least one feature besides the domain (its router): with none, every domain's AUC is
+    0.5 by construction and the run would report it as a result."""
+    inputs = [name for name, spec in feature_map.features.items()
+              if spec.get("type") != "meta" and name != params.get("domain_field")]
+    if not inputs:
+        raise UserError(f"dataset {params['dataset_id']!r} gives the model no input feature besides the domain field "
+                        f"{params.get('domain_field')!r}; add categorical or numeric columns to feature_cols (or "
+                        f"check use_features / active: false)")
+
+
 def check_device(params: dict) -> None:
     """A ``gpu`` this machine does not have is an error (FuxiCTR would quietly train on the CPU instead)."""
     gpu = params.get("gpu", -1)
@@ -223,6 +234,7 @@ def _run(expid: str, params: dict, model_class, rank, started: float, step_callb
     seed_everything(seed=seed)
     paths = ensure_dataset(params)
     feature_map = load_feature_map(params)
+    check_inputs(feature_map, params)
     model = model_class(feature_map, **params)
     distributed.wrap(model)
     if step_callback is not None and rank.is_main:
