@@ -679,7 +679,7 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
         out(f"Suite {suite.name}: {len(plan.variants)} rows, {len(plan.unique_runs())} runs, none stored yet (no store "
             f"at {store_path(store or suite.store)})")
         return SuiteOutcome(plan=plan, store_path=store_path(store or suite.store))
-    db = Store(store or suite.store)
+    db = Store(store or suite.store, create=not dry_run)  # a dry run only reads (a read-only store too)
     outcome = SuiteOutcome(plan=plan, store_path=db.path)
     try:
         stored = db.stored_keys()

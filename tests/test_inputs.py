@@ -347,6 +347,8 @@ def test_a_store_on_a_read_only_folder_can_still_be_read(home, tmp_path, capsys)
         assert code == 0 and "SharedBottom_test" in out and "0.6000" in out, err
         code, out, err = run_cli(capsys, "leaderboard", "--suite", ro / "ro.yaml")
         assert code == 0 and "Shared Bottom" in out and "0.6000" in out, err
+        code, out, err = run_cli(capsys, "run", "--suite", ro / "ro.yaml", "--dry-run")
+        assert code == 0 and "1 runs (1 stored already, 0 to run)" in out, err
         code, _, err = run_cli(capsys, "run", "--suite", ro / "ro.yaml", "--set", "epochs=1")
         one_error_line(code, err, r"results store .*good.sqlite: its folder .* is not writable.*`runs` and "
                                   r"`leaderboard` can still read a read-only store")
@@ -524,3 +526,20 @@ def test_a_regularizer_weight_is_what_fuxictr_reads():
     assert schema.check_value("embedding_regularizer", "l1_l2(1e-6, 1e-5)", *kind, None) == "l1_l2(1e-6, 1e-5)"
     with pytest.raises(UserError, match=r"'embedding_regularizer' = -1: expected a number >= 0, or l1\(x\)"):
         schema.check_value("embedding_regularizer", -1, *kind, None)
+
+
+@pytest.mark.parametrize("options, pattern", [
+    (["--max-malformed", "2"], r"--max-malformed must be in \[0, 1\], got 2.0"),
+    (["--max-malformed", "-0.1"], r"--max-malformed must be in \[0, 1\], got -0.1"),
+    (["--split", "random", "--valid-frac", "1.5"], r"--valid-frac must be in \[0, 1\), got 1.5"),
+    (["--split", "random", "--valid-frac", "0.6", "--test-frac", "0.6"], r"--valid-frac \+ --test-frac must be in"),
+    (["--num-domains", "0"], r"--num-domains must be >= 1, got 0"),
+    (["--test-days", "0"], r"--test-days must be >= 1, got 0"),
+])
+def test_converter_options_out_of_range_are_refused_before_reading(tmp_path, capsys, options, pattern):
+    from test_realdata import write_kuairand
+
+    raw = write_kuairand(tmp_path / "raw")
+    code, out, err = run_cli(capsys, "data", "kuairand", "--raw-dir", raw, "--out", tmp_path / "out", *options)
+    one_error_line(code, err, pattern)
+    assert not (tmp_path / "out").exists() and "Converting" not in out

@@ -235,6 +235,7 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
         raise UserError(f"--max-rows must be at least 1, got {max_rows}")
     if min_count < 1:
         raise UserError(f"--min-count must be at least 1, got {min_count}")
+    rd.check_range("--max-malformed", max_malformed, 0, 1)
     wanted_domains = _parse_domains(domains)
     timer = rd.Timer()
     files = {split: [rd.find_raw_file(raw_dir, n, "AliCCP", HINT) for n in names] for split, names in FILES.items()}

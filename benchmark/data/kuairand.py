@@ -179,6 +179,15 @@ def convert(raw_dir, out_dir=None, *, release: str = "1k", domains=None, num_dom
         raise UserError(f"--split {split!r} is not known; use time (by date) or random")
     if min_count < 1:
         raise UserError(f"--min-count must be at least 1, got {min_count}")
+    rd.check_range("--max-malformed", max_malformed, 0, 1)
+    rd.check_range("--num-domains", num_domains, 1)
+    if split == "time":  # an evaluation split of no days would be empty
+        rd.check_range("--valid-days", valid_days, 1)
+        rd.check_range("--test-days", test_days, 1)
+    else:
+        rd.check_range("--valid-frac", valid_frac, 0, 1, high_open=True)
+        rd.check_range("--test-frac", test_frac, 0, 1, high_open=True)
+        rd.check_range("--valid-frac + --test-frac", valid_frac + test_frac, 0, 1, high_open=True)
     rel = RELEASES[release]
     dataset_id = dataset_id or rel.dataset_id
     timer = rd.Timer()

@@ -377,6 +377,14 @@ class SplitWriter:
         return self.out_dir / f".{split}.csv.{os.getpid()}.partial"
 
 
+def check_range(option: str, value, low: float, high: float | None = None, high_open: bool = False) -> None:
+    """A converter option inside ``[low, high]`` (``[low, high)`` with ``high_open``), else a one-line error."""
+    above = high is not None and (value >= high if high_open else value > high)
+    if value != value or value < low or above:
+        where = f"in [{low:g}, {high:g}{')' if high_open else ']'}" if high is not None else f">= {low:g}"
+        raise UserError(f"{option} must be {where}, got {value!r}; fix the option")
+
+
 def check_out_dir(out_dir, log: Callable[[str], None] = print) -> Path:
     """The conversion's output folder, checked (a folder, writable) and created; leftovers of a killed conversion
     in it are removed first (:func:`remove_leftovers`)."""
