@@ -16,6 +16,7 @@ import numpy as np
 
 from . import distributed, metrics as metric_lib, schema
 from .config import ConfigSet, check_keys
+from .data import synth
 from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir, file_lock
 from .errors import UserError
 from .paths import check_writable_dir
@@ -78,6 +79,13 @@ def resolve(expid: str, config_dir=None, overrides: dict | None = None,
     check_keys(params, model_class, expid, config, sources)
     params = schema.validate(params, model_class, sources)
     dataset_domain_names(params)  # checks domain_field / domains / domain_names early
+    if isinstance(params.get("synth"), dict):  # the generator's options, checked before anything is generated
+        options = dict(params["synth"])
+        try:
+            synth.make_spec(options.pop("preset", "kuairand_like"), **options)
+        except UserError as exc:
+            raise UserError(f"{exc} (in `synth` of dataset {params['dataset_id']!r}, from "
+                            f"{sources.get('synth', 'its dataset block')})") from None
     check_device(params)
     return params, model_class, config
 

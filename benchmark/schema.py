@@ -292,9 +292,9 @@ def _where(loc: tuple) -> str:
     return f" (item {inner[0]})" if inner and inner[0].isdigit() else ""
 
 
-def check_value(key: str, value, annotation, bounds: Range | None, source: str | None):
-    """The value to use for ``key``, or a one-line :class:`UserError` naming the key, the value, what is expected
-    and where the value came from."""
+def check_value(key: str, value, annotation, bounds: Range | None, source: str | None, what: str = "config key"):
+    """The value to use for ``key``, or a one-line :class:`UserError` naming the key (a ``what``), the value, what
+    is expected and where the value came from."""
     kind = _adapter(annotation, bounds)
     try:
         parsed = kind.adapter.validate_python(value)
@@ -303,7 +303,7 @@ def check_value(key: str, value, annotation, bounds: Range | None, source: str |
         where = f" (from {source})" if source else ""
         reason = str(first.get("msg", "")).removeprefix("Value error, ")
         reason = "" if first.get("type") in _SAID_BY_EXPECTED else f" ({reason[:1].lower() + reason[1:]})"
-        raise UserError(f"config key {key!r} = {show_value(value)}{where}: expected {kind.expected}"
+        raise UserError(f"{what} {key!r} = {show_value(value)}{where}: expected {kind.expected}"
                         f"{_where(tuple(first.get('loc', ())))}{reason}; fix the value") from None
     # a regularizer's integer weight must become a float (FuxiCTR ignores ints); elsewhere keep what was valid
     return parsed if annotation is REGULARIZER else _keep_given(value, parsed)

@@ -543,3 +543,23 @@ def test_converter_options_out_of_range_are_refused_before_reading(tmp_path, cap
     code, out, err = run_cli(capsys, "data", "kuairand", "--raw-dir", raw, "--out", tmp_path / "out", *options)
     one_error_line(code, err, pattern)
     assert not (tmp_path / "out").exists() and "Converting" not in out
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--set", "n_train=abc"], r"synthetic-data option 'n_train' = 'abc': expected an integer >= 1"),
+    (["--seed", "-1"], r"synthetic-data option 'seed' = -1: expected an integer in \[0, 4294967295\]"),
+    (["--set", "side_accuracy=1.5"], r"'side_accuracy' = 1.5: expected a number in \[0, 1\]"),
+    (["--set", "domain_rho=[2, 0, 0, 0, 0]"], r"'domain_rho' = \[2, 0, 0, 0, 0\]: .*in \[-1, 1\] \(item 0\)"),
+])
+def test_generator_options_are_typed_too(home, tmp_path, capsys, argv, pattern):
+    code, _, err = run_cli(capsys, "data", "synth", "--out", tmp_path / "s", *argv)
+    one_error_line(code, err, pattern)
+    assert sorted(os.listdir(tmp_path)) == ["home"]
+
+
+def test_a_datasets_generator_options_are_checked_before_anything_is_generated(home, capsys):
+    code, _, err = run_cli(capsys, "run-expid", "--expid", "SharedBottom_test",
+                           "--set", "synth={preset: kuairand_like, n_users: -3}")
+    one_error_line(code, err, r"'n_users' = -3: expected an integer >= 1.* \(in `synth` of dataset 'tiny_synth', "
+                              r"from --set\)")
+    assert tree(home) == {}

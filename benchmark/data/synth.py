@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import schema
 from ..errors import UserError, close_matches
 from ..paths import pid_alive
 
@@ -108,6 +109,29 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Ranges of the generator's options (their types are SynthSpec's annotations).
+OPTION_RANGES = {
+    **dict.fromkeys(("n_train", "n_valid", "n_test", "n_users", "n_items", "n_authors", "user_clusters",
+                     "item_clusters", "latent_dim"), schema.POSITIVE_INT),
+    **dict.fromkeys(("user_zipf", "item_zipf"), schema.POSITIVE),
+    **dict.fromkeys(("affinity_scale", "id_scale", "user_bias_std", "item_bias_std", "hour_effect_std",
+                     "domain_sizes"), schema.NON_NEGATIVE),
+    "side_accuracy": schema.FRACTION, "domain_rho": schema.Range(ge=-1, le=1),
+    "seed": schema.Range(ge=0, le=2**32 - 1),
+}
+
+
+def _typed_options(overrides: dict) -> dict:
+    """Options checked against SynthSpec's field types and :data:`OPTION_RANGES` (``"1e3"`` -> 1000)."""
+    import typing
+
+    hints = typing.get_type_hints(SynthSpec)
+    numbers = {"domains": tuple, "domain_sizes": tuple[float, ...], "domain_rho": tuple[float, ...],
+               "domain_offset": tuple[float, ...]}
+    return {key: schema.check_value(key, value, numbers.get(key, hints[key]), OPTION_RANGES.get(key), None,
+                                    what="synthetic-data option") for key, value in overrides.items()}
+
+
 def make_spec(preset: str = "kuairand_like", **overrides) -> SynthSpec:
     """Build a spec from a preset name plus overrides (unknown keys are a one-line error)."""
     if preset not in PRESETS:
@@ -118,7 +142,7 @@ def make_spec(preset: str = "kuairand_like", **overrides) -> SynthSpec:
     if bad:
         raise UserError(f"unknown synthetic-data option {bad[0]!r}{close_matches(bad[0], known)}; "
                         f"known options: {', '.join(sorted(known))}")
-    values = {**PRESETS[preset], **overrides}
+    values = {**PRESETS[preset], **_typed_options(overrides)}
     for key in ("domains", "domain_sizes", "domain_rho", "domain_offset"):
         if key in values:
             values[key] = tuple(values[key])
