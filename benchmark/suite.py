@@ -679,6 +679,12 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
         out(f"Suite {suite.name}: {len(plan.variants)} rows, {len(plan.unique_runs())} runs, none stored yet (no store "
             f"at {store_path(store or suite.store)})")
         return SuiteOutcome(plan=plan, store_path=store_path(store or suite.store))
+    if not dry_run:
+        from .runner import check_paths
+
+        for params in {(r.params["model_root"], r.params["dataset_id"], r.params.get("data_root")): r.params
+                       for r in plan.unique_runs()}.values():
+            check_paths(params)  # before the store is made or a run starts: a folder no run could write
     db = Store(store or suite.store, create=not dry_run)  # a dry run only reads (a read-only store too)
     outcome = SuiteOutcome(plan=plan, store_path=db.path)
     try:
@@ -696,11 +702,6 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
             return outcome
         if not pending:
             return outcome
-        from .runner import check_paths
-
-        for params in {(r.params["model_root"], r.params["dataset_id"], r.params.get("data_root")): r.params
-                       for r in pending}.values():
-            check_paths(params)  # before the first run: a folder it cannot write would fail every run
         progress = SuiteProgress(pending, stream=progress_stream)
         try:
             if jobs == 1:

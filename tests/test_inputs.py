@@ -285,7 +285,7 @@ def _good_store(path: Path) -> None:
 @pytest.mark.parametrize("case", ["store_is_folder", "store_in_read_only_folder", "home_is_file",
                                   "home_read_only", "leaderboard_out_folder", "leaderboard_out_read_only",
                                   "synth_out_file", "synth_out_read_only", "aliccp_out_read_only",
-                                  "analyze_out_file"])
+                                  "analyze_out_file", "suite_model_root_read_only"])
 def test_a_path_that_cannot_be_written_is_one_line_up_front(home, tmp_path, capsys, monkeypatch, case):
     stack = contextlib.ExitStack()
     ro = tmp_path / "ro"
@@ -309,6 +309,9 @@ def test_a_path_that_cannot_be_written_is_one_line_up_front(home, tmp_path, caps
         "synth_out_read_only": (["data", "synth", "--out", ro / "new", "--n-train", 50],
                                 r"--out .*ro/new is not writable \(.*ro, the folder it would be created in\)"),
         "aliccp_out_read_only": (["data", "aliccp", "--raw-dir", tmp_path, "--out", ro / "a"], None),
+        "suite_model_root_read_only": (["run", "--suite", tmp_path / "ro.yaml", "--store", tmp_path / "new.sqlite",
+                                        "--set", f"model_root={ro / 'cp'}"],
+                                       r"model_root .*ro/cp/tiny_synth is not writable"),
         "analyze_out_file": (["analyze", "--checkpoint", tmp_path / "x.model", "--expid", "SharedBottom_test",
                               "--out", ro / "keep.txt"], r"--out .*keep.txt is a file, not a folder"),
     }[case]
@@ -332,7 +335,7 @@ def test_a_path_that_cannot_be_written_is_one_line_up_front(home, tmp_path, caps
         before, home_before = tree(ro), tree(home)
         code, _, err = run_cli(capsys, *argv)
         one_error_line(code, err, pattern)
-        assert tree(ro) == before and tree(home) == home_before
+        assert tree(ro) == before and tree(home) == home_before and not (tmp_path / "new.sqlite").exists()
 
 
 def test_a_store_on_a_read_only_folder_can_still_be_read(home, tmp_path, capsys):

@@ -83,7 +83,10 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
             stored = json.loads(result.read_text())
         except (OSError, ValueError):
             raise UserError(f"{result} is not readable JSON; pass --expid to resolve the config instead") from None
-        params = stored["params"]
+        from ..schema import validate
+
+        # a result written before the schema may hold "1e-3" as text: convert what can be (never refuse a stored run)
+        params = validate(stored["params"], _model_class(stored["params"].get("model")), strict=False)
         label = stored.get("expid") or params.get("model_id") or checkpoint.stem
         seed = stored.get("seed")
     elif expid is not None:
@@ -96,10 +99,14 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
                   group=_group(params.get("model")))
 
 
-def _group(model_name) -> str | None:
+def _model_class(model_name):
     from mdl_bench.model_zoo import registry
 
-    cls = registry().get(str(model_name))
+    return registry().get(str(model_name))
+
+
+def _group(model_name) -> str | None:
+    cls = _model_class(model_name)
     return getattr(cls, "group", None) if cls is not None else None
 
 
