@@ -428,7 +428,7 @@ def test_leftovers_of_a_killed_data_generation_are_removed(tmp_path, capsys):
         capsys.readouterr().err
 
 
-def test_leftovers_of_a_killed_conversion_are_removed_and_a_live_one_is_left_alone(tmp_path):
+def test_leftovers_of_a_killed_conversion_are_removed_and_a_live_one_is_not_disturbed(tmp_path):
     from mdl_bench.benchmark.data import realdata
 
     out = tmp_path / "out"
@@ -437,20 +437,24 @@ def test_leftovers_of_a_killed_conversion_are_removed_and_a_live_one_is_left_alo
     (out / f".spool-{dead}").mkdir()
     (out / f".spool-{dead}" / "chunk-000000.parquet").write_bytes(b"x" * 1000)
     (out / f".train.csv.{dead}.partial").write_bytes(b"y" * 500)
+    (out / ".valid.csv.partial").write_text("an older version's name, no pid")
     (out / f".spool-{live}").mkdir()
     (out / f".test.csv.{live}.partial").write_text("live")
     (out / "train.csv").write_text("a finished file")
+    before = tree(out)
     lines = []
+    # a conversion still writing here: refused, and nothing of anyone's is touched
+    with pytest.raises(UserError, match=rf"another conversion \(pid {live}\) is writing into .*out right now"):
+        realdata.check_out_dir(out, lines.append)
+    assert tree(out) == before and lines == []
+    shutil.rmtree(out / f".spool-{live}")  # a live .partial alone says the same
+    with pytest.raises(UserError, match=rf"another conversion \(pid {live}\)"):
+        realdata.check_out_dir(out, lines.append)
+    (out / f".test.csv.{live}.partial").unlink()  # it finished
     assert realdata.check_out_dir(out, lines.append) == out
-    assert sorted(p.name for p in out.iterdir()) == sorted([f".spool-{live}", f".test.csv.{live}.partial",
-                                                            "train.csv"])
-    assert lines == [f"Removed leftovers of a killed conversion in {out}: .spool-{dead}, .train.csv.{dead}.partial "
-                     f"(0.0 MB)"]
-    # a .partial of an older version (no pid) goes once no live conversion has a spool here
-    shutil.rmtree(out / f".spool-{live}")
-    (out / ".valid.csv.partial").write_text("old")
-    realdata.check_out_dir(out, lines.append)
-    assert not (out / ".valid.csv.partial").exists() and (out / f".test.csv.{live}.partial").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["train.csv"]
+    assert lines == [f"Removed leftovers of a killed conversion in {out}: .spool-{dead}, .train.csv.{dead}.partial, "
+                     f".valid.csv.partial (0.0 MB)"]
 
 
 # ================================================================== 6. readable error lines

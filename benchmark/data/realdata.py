@@ -401,20 +401,19 @@ _PARTIAL = re.compile(r"^\.(train|valid|test)\.csv\.(?:(\d+)\.)?partial$")
 
 def remove_leftovers(out: Path, log: Callable[[str], None] = print) -> list[str]:
     """Remove the ``.spool-<pid>`` folders and ``.<split>.csv.<pid>.partial`` files of conversions whose process is
-    gone (killed), saying so in one line; a live conversion's files are left alone. A ``.partial`` without a pid
-    (written before pids were in the name) counts as a leftover when no live conversion has a spool here."""
+    gone (killed), saying so in one line. A live conversion's files are left alone, and a folder another live
+    conversion writes into is refused (a one-line :class:`UserError`, nothing removed). A ``.partial`` without
+    a pid (written before pids were in the name) counts as a leftover."""
     entries = list(out.iterdir())
-    live = {int(m.group(1)) for e in entries if (m := _SPOOL.match(e.name)) and pid_alive(int(m.group(1)))}
+    owners = [m.group(1) if (m := _SPOOL.match(e.name)) else (m.group(2) if (m := _PARTIAL.match(e.name)) else None)
+              for e in entries]
+    live = {int(pid) for pid in owners if pid and pid_alive(int(pid))} - {os.getpid()}
+    if live:  # two conversions into one folder would overwrite each other's train/valid/test.csv
+        raise UserError(f"another conversion (pid {min(live)}) is writing into {out} right now; wait for it to "
+                        f"finish, or pass another --out")
     removed, size = [], 0
-    for entry in entries:
-        spool, partial = _SPOOL.match(entry.name), _PARTIAL.match(entry.name)
-        if spool:
-            owner = int(spool.group(1))
-        elif partial:
-            owner = int(partial.group(2)) if partial.group(2) else (next(iter(live)) if live else None)
-        else:
-            continue
-        if owner is not None and (owner in live or pid_alive(owner)):
+    for entry in entries:  # every owner is gone now (checked above)
+        if not (_SPOOL.match(entry.name) or _PARTIAL.match(entry.name)):
             continue
         files = [f for f in entry.rglob("*") if f.is_file()] if entry.is_dir() else [entry]
         size += sum(f.stat().st_size for f in files)
