@@ -207,7 +207,10 @@ class Store:
             check_writable_file(self.path, "results store", "pass --store FILE in a writable folder (`runs` and "
                                                             "`leaderboard` can still read a read-only store)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = self._connect()
+        try:
+            self.conn = self._connect()
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path} is not a usable SQLite results store ({exc}); pass another --store") from None
         try:
             self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._check_or_create()

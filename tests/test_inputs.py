@@ -570,3 +570,15 @@ def test_a_datasets_generator_options_are_checked_before_anything_is_generated(h
     one_error_line(code, err, r"'n_users' = -3: expected an integer >= 1.* \(in `synth` of dataset 'tiny_synth', "
                               r"from --set\)")
     assert tree(home) == {}
+
+
+def test_a_damaged_store_is_one_line_for_readers_and_writers(home, tmp_path, capsys):
+    _good_store(tmp_path / "good.sqlite")
+    data = (tmp_path / "good.sqlite").read_bytes()
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(data[:100] + bytes(range(256)) * 8)  # SQLite's header, then garbage
+    before = damaged.read_bytes()
+    for argv in (["runs", "--store", damaged], ["run", "--suite", tmp_path / "ro.yaml", "--store", damaged]):
+        code, _, err = run_cli(capsys, *argv)
+        one_error_line(code, err, r"damaged.sqlite is not a usable SQLite results store \(.*\); pass another --store")
+    assert damaged.read_bytes() == before
