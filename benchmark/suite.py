@@ -364,8 +364,9 @@ class Suite:
                             from mdl_bench.model_zoo import registry
                             from .schema import validate
                             model_class = registry().get(str(params.get("model")))
-                            # the conversions of a strict plan ("1e-3" -> 0.001), so the hashes agree with it
-                            params = validate(params, model_class, strict=False)
+                            # typed as a strict plan is ("1e-3" -> 0.001), so the hashes agree with it; a model
+                            # that is not importable now has its keys taken as they are
+                            params = validate(params, model_class, config.sources(entry.expid, overrides, origin))
                         names = domain_names(params)
                     except UserError as exc:
                         raise UserError(f"{where}: {exc}") from None
