@@ -233,7 +233,7 @@ def _adapter(annotation, bounds: Range | None) -> KeyType:
 
 def model_types(model_class) -> dict[str, tuple[Any, Range | None]]:
     """``{key: (annotation, range)}`` of a model's ``__init__`` keywords, its bases' included (a subclass's
-    annotation wins); unannotated keys are ``Any``."""
+    annotation wins); an unannotated keyword is typed by its default (:func:`_from_default`), else ``Any``."""
     out: dict[str, tuple[Any, Range | None]] = {}
     for klass in reversed(inspect.getmro(model_class)):
         init = klass.__dict__.get("__init__")
@@ -287,6 +287,7 @@ def _keep_given(given, parsed):
 
 
 def _where(loc: tuple) -> str:
+    """`` (item 2)`` for an error inside a list (pydantic's ``loc`` holds the index among validator names)."""
     inner = [str(p) for p in loc if not isinstance(p, str) or not p.startswith(("function-", "constrained-"))]
     inner = [p for p in inner if p not in ("int", "float", "str", "bool", "list", "dict", "none", "tuple")]
     return f" (item {inner[0]})" if inner and inner[0].isdigit() else ""

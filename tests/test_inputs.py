@@ -142,6 +142,8 @@ def test_a_suite_checks_every_run_before_the_first_starts(home, tmp_path, capsys
     suite.write_text(suite.read_text().replace("epochs: two", "epochs: 1"))
     code, _, err = run_cli(capsys, "run", "--suite", suite, "--set", "batch_size=abc")
     one_error_line(code, err, r"'batch_size' = 'abc' \(from --set\)")
+    code, _, err = run_cli(capsys, "leaderboard", "--suite", suite, "--set", "learning_rate=-1")  # readers too
+    one_error_line(code, err, r"'learning_rate' = -1 \(from --set\): expected a number > 0")
     assert tree(home) == {} and sorted(os.listdir(tmp_path)) == ["bad.yaml", "home"]  # no store, no run
 
 
