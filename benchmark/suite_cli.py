@@ -44,12 +44,17 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
     target = Path(out_file).expanduser() if out_file else None
     if target is not None:  # checked before the store is read, so nothing is computed for nothing
         check_writable_file(target, "--out", "pass --out FILE in a writable folder, or leave --out out to print")
-    elif fmt in ("md", "html") and suite.leaderboard["plots"]:
-        check_writable_dir(_reports_dir(suite), "the plot folder", "set MDL_BENCH_HOME to a writable folder or "
-                                                                    "pass --out FILE in one")
+    plots = fmt in ("md", "html")
+    if target is None and plots and suite.leaderboard["plots"]:
+        try:
+            check_writable_dir(_reports_dir(suite), "the plot folder", "pass --out FILE in a writable folder for "
+                                                                        "the plots")
+        except UserError as exc:  # reading a store must work on a read-only machine: the table, without plots
+            print(f"note: {exc}; printing the table without its plots", file=sys.stderr)
+            plots = False
     board = build_board(suite, store=store, config_dir=config_dir, metrics=metrics, split=split, std=std,
                         lift_base=lift_base, extra_overrides=extra_overrides)
-    images = make_plots(board, target.parent if target else _reports_dir(suite)) if fmt in ("md", "html") else {}
+    images = make_plots(board, target.parent if target else _reports_dir(suite)) if plots else {}
     if target is not None and fmt == "md":  # relative image links next to the Markdown file
         images = {k: Path(v).name for k, v in images.items()}
     text = render(board, fmt, images)

@@ -584,3 +584,25 @@ def test_a_damaged_store_is_one_line_for_readers_and_writers(home, tmp_path, cap
         code, _, err = run_cli(capsys, *argv)
         one_error_line(code, err, r"damaged.sqlite is not a usable SQLite results store \(.*\); pass another --store")
     assert damaged.read_bytes() == before
+
+
+def test_a_read_only_working_area_still_prints_a_leaderboard_with_plots_configured(tmp_path, capsys, monkeypatch):
+    """Plots go to $MDL_BENCH_HOME/reports when no --out is given: a read-only working area gets the table and
+    one note, not a refusal (reading must work where nothing can be written)."""
+    from test_suite import filled_store
+
+    data = {"name": "sens", "seeds": [1], "expids": [{"expid": "SharedBottom_test",
+                                                      "tuner_space": {"embedding_dim": [2, 3]}}],
+            "leaderboard": {"plots": [{"name": "p", "x": "embedding_dim", "metrics": ["AUC"]}]}}
+    suite, store = filled_store(tmp_path, data, lambda row, seed: {"AUC": 0.7 + 0.01 * row, "gAUC": 0.6})
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    monkeypatch.setenv("MDL_BENCH_HOME", str(ro))
+    with read_only(ro):
+        code, out, err = run_cli(capsys, "leaderboard", "--suite", suite.path, "--store", store)
+    assert code == 0 and "0.7100" in out and "error:" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("note:")] == [
+        f"note: the plot folder {ro / 'reports' / 'sens'} (under MDL_BENCH_HOME={ro}) is not writable ({ro}, the "
+        f"folder it would be created in): read-only file system; pass --out FILE in a writable folder for the plots; "
+        f"printing the table without its plots"]
+    assert os.listdir(ro) == []
