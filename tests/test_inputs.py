@@ -265,23 +265,12 @@ def test_a_fit_that_wrote_no_checkpoint_is_never_reported(tiny, home, capsys, mo
 
 
 # ================================================================== 3. every path written is checked up front
-def _good_store(path: Path) -> None:
-    """A results store holding one (fake) run of the suite ``ro``."""
-    from mdl_bench.benchmark.store import Store, portable_config
-    from mdl_bench.benchmark.suite import load_suite
+def _good_store(folder: Path) -> Path:
+    """``folder/suite.yaml`` (suite ``ro``, one row) and its store ``folder/fake.sqlite`` holding one fake run."""
+    from test_suite import filled_store
 
-    suite = path.parent / "ro.yaml"
-    suite.write_text(yaml.safe_dump({"name": "ro", "seeds": [1], "store": path.name, "expids": ["SharedBottom_test"]}))
-    run = load_suite(str(suite)).plan().runs[0]
-    metrics = {"AUC": 0.6, "gAUC": 0.55, "logloss": 0.6}
-    with Store(path) as db:
-        db.insert_run(dict(config_hash=run.variant.config_hash, seed=run.seed, expid=run.expid, model="SharedBottom",
-                           dataset_id=run.variant.dataset_id, model_id=run.model_id, suite="ro",
-                           config=portable_config(run.params), best_epoch=1, epochs_run=1, train_seconds=1.0,
-                           train_samples_per_second=1.0, wall_seconds=1.0, num_parameters=1, peak_rss_bytes=1,
-                           peak_rss_children_bytes=0, peak_rss_scope="run", torch_threads=1, versions={},
-                           git_commit=None, hostname="h", checkpoint="c", log_file="l", result={}, started_at=0.0,
-                           finished_at=0.0, metrics={"test": metrics, "valid": metrics}))
+    data = {"name": "ro", "seeds": [1], "store": "fake.sqlite", "expids": ["SharedBottom_test"]}
+    return filled_store(folder, data, lambda row, seed: {"AUC": 0.6, "gAUC": 0.55, "logloss": 0.6})[1]
 
 
 @pytest.mark.parametrize("case", ["store_is_folder", "store_in_read_only_folder", "home_is_file",
@@ -293,7 +282,7 @@ def test_a_path_that_cannot_be_written_is_one_line_up_front(home, tmp_path, caps
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "keep.txt").write_text("kept")
-    _good_store(tmp_path / "good.sqlite")
+    _good_store(tmp_path)
     argv, pattern = {
         "store_is_folder": (["run", "--suite", "quick", "--store", ro], r"results store .*ro is a folder"),
         "store_in_read_only_folder": (["run", "--suite", "quick", "--store", ro / "r.sqlite"],
@@ -302,16 +291,16 @@ def test_a_path_that_cannot_be_written_is_one_line_up_front(home, tmp_path, caps
                          r"MDL_BENCH_HOME=.*home.txt is a file, not a folder; point MDL_BENCH_HOME at a folder"),
         "home_read_only": (["run-expid", "--expid", "SharedBottom_test"],
                            r"model_root .*ro/checkpoints/tiny_synth \(under MDL_BENCH_HOME=.*ro\) is not writable"),
-        "leaderboard_out_folder": (["leaderboard", "--suite", tmp_path / "ro.yaml", "--out", ro],
+        "leaderboard_out_folder": (["leaderboard", "--suite", tmp_path / "suite.yaml", "--out", ro],
                                    r"--out .*ro is a folder, not a file"),
-        "leaderboard_out_read_only": (["leaderboard", "--suite", tmp_path / "ro.yaml", "--out", ro / "b.md"],
+        "leaderboard_out_read_only": (["leaderboard", "--suite", tmp_path / "suite.yaml", "--out", ro / "b.md"],
                                       r"--out .*b.md: its folder .*ro is not writable"),
         "synth_out_file": (["data", "synth", "--out", ro / "keep.txt", "--n-train", 50],
                            r"--out .*keep.txt is a file, not a folder"),
         "synth_out_read_only": (["data", "synth", "--out", ro / "new", "--n-train", 50],
                                 r"--out .*ro/new is not writable \(.*ro, the folder it would be created in\)"),
         "aliccp_out_read_only": (["data", "aliccp", "--raw-dir", tmp_path, "--out", ro / "a"], None),
-        "suite_model_root_read_only": (["run", "--suite", tmp_path / "ro.yaml", "--store", tmp_path / "new.sqlite",
+        "suite_model_root_read_only": (["run", "--suite", tmp_path / "suite.yaml", "--store", tmp_path / "new.sqlite",
                                         "--set", f"model_root={ro / 'cp'}"],
                                        r"model_root .*ro/cp/tiny_synth is not writable"),
         "analyze_out_file": (["analyze", "--checkpoint", tmp_path / "x.model", "--expid", "SharedBottom_test",
@@ -343,19 +332,19 @@ def test_a_path_that_cannot_be_written_is_one_line_up_front(home, tmp_path, caps
 def test_a_store_on_a_read_only_folder_can_still_be_read(home, tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
-    _good_store(ro / "good.sqlite")
-    for leftover in ro.glob("good.sqlite-*"):  # a store copied without its WAL files: SQLite cannot add them there
+    _good_store(ro)
+    for leftover in ro.glob("fake.sqlite-*"):  # a store copied without its WAL files: SQLite cannot add them there
         leftover.unlink()
     with read_only(ro):
         before = tree(ro)
-        code, out, err = run_cli(capsys, "runs", "--store", ro / "good.sqlite")
+        code, out, err = run_cli(capsys, "runs", "--store", ro / "fake.sqlite")
         assert code == 0 and "SharedBottom_test" in out and "0.6000" in out, err
-        code, out, err = run_cli(capsys, "leaderboard", "--suite", ro / "ro.yaml")
+        code, out, err = run_cli(capsys, "leaderboard", "--suite", ro / "suite.yaml")
         assert code == 0 and "Shared Bottom" in out and "0.6000" in out, err
-        code, out, err = run_cli(capsys, "run", "--suite", ro / "ro.yaml", "--dry-run")
+        code, out, err = run_cli(capsys, "run", "--suite", ro / "suite.yaml", "--dry-run")
         assert code == 0 and "1 runs (1 stored already, 0 to run)" in out, err
-        code, _, err = run_cli(capsys, "run", "--suite", ro / "ro.yaml", "--set", "epochs=1")
-        one_error_line(code, err, r"results store .*good.sqlite: its folder .* is not writable.*`runs` and "
+        code, _, err = run_cli(capsys, "run", "--suite", ro / "suite.yaml", "--set", "epochs=1")
+        one_error_line(code, err, r"results store .*fake.sqlite: its folder .* is not writable.*`runs` and "
                                   r"`leaderboard` can still read a read-only store")
         assert tree(ro) == before
 
@@ -575,12 +564,11 @@ def test_a_datasets_generator_options_are_checked_before_anything_is_generated(h
 
 
 def test_a_damaged_store_is_one_line_for_readers_and_writers(home, tmp_path, capsys):
-    _good_store(tmp_path / "good.sqlite")
-    data = (tmp_path / "good.sqlite").read_bytes()
+    data = _good_store(tmp_path).read_bytes()
     damaged = tmp_path / "damaged.sqlite"
     damaged.write_bytes(data[:100] + bytes(range(256)) * 8)  # SQLite's header, then garbage
     before = damaged.read_bytes()
-    for argv in (["runs", "--store", damaged], ["run", "--suite", tmp_path / "ro.yaml", "--store", damaged]):
+    for argv in (["runs", "--store", damaged], ["run", "--suite", tmp_path / "suite.yaml", "--store", damaged]):
         code, _, err = run_cli(capsys, *argv)
         one_error_line(code, err, r"damaged.sqlite is not a usable SQLite results store \(.*\); pass another --store")
     assert damaged.read_bytes() == before
