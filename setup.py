@@ -37,6 +37,7 @@ setup(
         "numpy",
         "scipy",
         "tqdm",
+        "pydantic>=2.5,<3",  # the typed config schema (benchmark/schema.py)
         "matplotlib",  # analysis figures (mdl-bench analyze), leaderboard plots (figure 8)
     ],
     extras_require={"test": ["pytest>=7"]},

@@ -6,10 +6,12 @@ import contextlib
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, show_value
+from .paths import check_writable_dir
 
 # Third-party chatter that would bury our one-line messages (polars/fuxictr deprecations, tqdm, Ray).
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -22,25 +24,34 @@ def parse_set(items) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--set expects KEY=VALUE, got {show_value(item)}")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise UserError(f"--set {key}: {value!r} is not a valid YAML value; quote it") from None
+            raise UserError(f"--set {show_value(key.strip())[1:-1]}: {show_value(value)} is not a valid YAML value; "
+                            f"quote it") from None
     return out
+
+
+RUN_FLAGS = ("gpu", "seed", "epochs", "batch_size", "model_root", "data_root")
 
 
 def run_overrides(args) -> dict:
     over = parse_set(getattr(args, "set", None))
-    for name in ("gpu", "seed", "epochs", "batch_size"):
+    for name in RUN_FLAGS:
         value = getattr(args, name, None)
-        if value is not None:
+        if value is not None and (value != "" or name not in ("model_root", "data_root")):
             over[name] = value
-    if getattr(args, "model_root", None):
-        over["model_root"] = args.model_root
-    if getattr(args, "data_root", None):
-        over["data_root"] = args.data_root
     return over
+
+
+def run_origins(args) -> dict:
+    """Where each override of :func:`run_overrides` came from (``--set`` or its flag), for error messages."""
+    origin = {key: "--set" for key in parse_set(getattr(args, "set", None))}
+    for name in RUN_FLAGS:
+        if getattr(args, name, None) is not None:
+            origin[name] = "--" + name.replace("_", "-")
+    return origin
 
 
 def cmd_models(args) -> int:
@@ -103,7 +114,11 @@ def cmd_data_synth(args) -> int:
                                  ("n_test", args.n_test)) if v is not None}
     options.update(parse_set(args.set))
     spec = synth.make_spec(args.preset, **options)
-    meta = synth.write_raw(spec, args.out)
+    out = Path(args.out).expanduser()
+    fix = "pass --out DIR, a folder (new or existing) in a writable place"
+    check_writable_dir(out, "--out", fix)
+    check_writable_dir(out.parent, f"--out {out}: its folder", fix)  # the files are renamed in from a sibling
+    meta = synth.write_raw(spec, out)
     print(f"Wrote {args.out}/{{train,valid,test}}.csv ({spec.n_train + spec.n_valid + spec.n_test:,} rows, "
           f"preset {args.preset}, seed {spec.seed})")
     for split, per_domain in meta["rows"].items():
@@ -148,8 +163,11 @@ def cmd_run_expid(args) -> int:
     from . import distributed
     from .runner import run_expid
 
+    overrides, origin = run_overrides(args), run_origins(args)
     try:
-        result = run_expid(args.expid, args.config, run_overrides(args))
+        if "model_id" not in overrides:
+            overrides["model_id"] = own_model_id(args.expid, args.config, overrides, origin)
+        result = run_expid(args.expid, args.config, overrides, origin=origin)
         if distributed.current().is_main:
             print()
             print(result.table())
@@ -158,6 +176,17 @@ def cmd_run_expid(args) -> int:
     finally:
         distributed.shutdown()
     return 0
+
+
+def own_model_id(expid: str, config_dir, overrides: dict, origin: dict) -> str:
+    """``<expid>__s<seed>__<hash8>``, the suites' name for a run: a run's checkpoint, log and result are named by
+    its resolved config and seed, so runs of one expid with other ``--set`` values never share (or read back) each
+    other's files. The config is checked here, before anything is written."""
+    from .runner import resolve
+    from .suite import run_model_id
+
+    params, _, _ = resolve(expid, config_dir, overrides, origin)
+    return run_model_id(expid, params)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -239,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .paths import HOME_ENV, bench_home
+
+        if bench_home().exists() and not bench_home().is_dir():
+            raise UserError(f"{HOME_ENV}={bench_home()} is a file, not a folder; point {HOME_ENV} at a folder (it "
+                            f"holds the data, checkpoints and results stores)")
         if getattr(args, "models_from", None):
             from mdl_bench.model_zoo import ENV_VAR, add_models_from
 
@@ -257,6 +291,11 @@ def main(argv=None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # what no check foresaw (a full disk, a path /proc refuses): one line, not a traceback
+        what = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {UserError(what + (exc.strerror or str(exc)))}; check that path, its permissions and the "
+              f"free space, then run again", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,26 +19,13 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError, close_matches
+from .errors import UserError, close_matches, show_value
 from .paths import expand_path, packaged_config_dir
+from .schema import DATASET_TYPES, TRAINER_TYPES
 
-# Keys read by the trainer and the run script (FuxiCTR's BaseModel, run_expid and this package's runner).
-RUN_KEYS = {
-    "model", "dataset_id", "model_id", "loss", "metrics", "task", "optimizer", "learning_rate", "batch_size",
-    "epochs", "shuffle", "seed", "monitor", "monitor_mode", "model_root", "num_workers", "verbose",
-    "early_stop_patience", "pickle_feature_encoder", "save_best_only", "eval_steps", "debug_mode", "gpu",
-    "embedding_regularizer", "net_regularizer", "reduce_lr_on_plateau", "max_gradient_norm", "feature_config",
-    "use_features", "feature_specs", "group_id", "embedding_dim",
-    "shuffle_buffer", "dist_timeout", "nproc",  # streamed parts (data/loader.py), DDP (distributed.py)
-    "record_ia",  # analysis: IA snapshots at every epoch end (benchmark/analysis/epochs.py)
-    "models_from",  # where a model outside the package is found (model_zoo/__init__.py; set by runner.resolve)
-}
-# Keys of a dataset block (FuxiCTR's, plus the multi-domain ones of this package).
-DATASET_KEYS = {
-    "dataset_id", "data_root", "data_format", "train_data", "valid_data", "test_data", "min_categr_count",
-    "feature_cols", "label_col", "group_id", "rebuild_dataset", "data_block_size", "use_features",
-    "feature_specs", "domain_field", "domains", "domain_names", "oracle_field", "synth", "num_workers",
-}
+# Keys read by the trainer and the run script, and keys of a dataset block: their types are in .schema.
+RUN_KEYS = set(TRAINER_TYPES)
+DATASET_KEYS = set(DATASET_TYPES)
 PATH_KEYS = ("data_root", "train_data", "valid_data", "test_data", "model_root")
 
 
@@ -71,6 +58,9 @@ def resolve_config_dir(config_dir: str | os.PathLike | None) -> Path:
     if config_dir is None:
         return packaged_config_dir()
     path = Path(config_dir).expanduser()
+    if path.is_file():
+        raise UserError(f"--config {path} is a file; pass the folder holding model_config.yaml and "
+                        f"dataset_config.yaml (or omit --config for the packaged configs)")
     if not path.is_dir():
         raise UserError(f"config folder {path} does not exist; pass --config DIR with a folder holding "
                         f"model_config.yaml and dataset_config.yaml, or omit --config for the packaged configs")
@@ -89,6 +79,7 @@ class ConfigSet:
         self.models: dict[str, dict] = {}
         self.model_files: dict[str, Path] = {}
         self.base: dict = {}
+        self.base_file: Path | None = None
         self.datasets: dict[str, dict] = {}
         self.dataset_files: dict[str, Path] = {}
         packaged = packaged_config_dir()
@@ -104,6 +95,7 @@ class ConfigSet:
                     raise UserError(f"expid {key!r} in {path} must be a mapping of parameters; fix the file")
                 if key == "Base":
                     self.base = dict(block or {})
+                    self.base_file = path
                     continue
                 self.models[key] = dict(block or {})
                 self.model_files[key] = path
@@ -121,7 +113,7 @@ class ConfigSet:
     def model_params(self, expid: str) -> dict:
         if expid not in self.models:
             known = ", ".join(self.expids[:12]) + (" ..." if len(self.expids) > 12 else "")
-            raise UserError(f"unknown expid {expid!r}{close_matches(expid, self.models)} in {self.dir}; "
+            raise UserError(f"unknown expid {show_value(expid)}{close_matches(expid, self.models)} in {self.dir}; "
                             f"`mdl-bench expids` lists them (e.g. {known})")
         params = copy.deepcopy(self.base)
         params.update(copy.deepcopy(self.models[expid]))
@@ -133,8 +125,8 @@ class ConfigSet:
 
     def dataset_params(self, dataset_id: str) -> dict:
         if dataset_id not in self.datasets:
-            raise UserError(f"unknown dataset_id {dataset_id!r}{close_matches(dataset_id, self.datasets)}; known "
-                            f"datasets in {self.dir}: {', '.join(sorted(self.datasets)) or 'none'}")
+            raise UserError(f"unknown dataset_id {show_value(dataset_id)}{close_matches(dataset_id, self.datasets)}; "
+                            f"known datasets in {self.dir}: {', '.join(sorted(self.datasets)) or 'none'}")
         params = {"dataset_id": dataset_id}
         params.update(copy.deepcopy(self.datasets[dataset_id]))
         return params
@@ -156,6 +148,20 @@ class ConfigSet:
         return params
 
 
+    def sources(self, expid: str, overrides: dict | None = None, origin: str | dict | None = None) -> dict[str, str]:
+        """Where each key of :meth:`load`'s result came from (a file, or ``origin`` for the overrides: one text for
+        all, or one per key), for messages; the same precedence as :meth:`load`."""
+        out = {k: str(self.base_file) for k in self.base}
+        out.update({k: str(self.model_files[expid]) for k in self.models.get(expid, {})})
+        overrides = overrides or {}
+        dataset_id = overrides.get("dataset_id", {**self.base, **self.models.get(expid, {})}.get("dataset_id"))
+        if dataset_id in self.datasets:
+            out.update({k: str(self.dataset_files[dataset_id]) for k in self.datasets[dataset_id]})
+        for key in overrides:
+            out[key] = (origin.get(key) if isinstance(origin, dict) else origin) or "the overrides"
+        return out
+
+
 def model_keys(model_class) -> set[str]:
     """Keyword parameters accepted by a model class (its own ``__init__`` and its bases')."""
     keys: set[str] = set()
@@ -169,12 +175,15 @@ def model_keys(model_class) -> set[str]:
     return keys
 
 
-def check_keys(params: dict, model_class, expid: str, config: ConfigSet | None = None) -> None:
-    """One-line error for the first key that nothing takes."""
+def check_keys(params: dict, model_class, expid: str, config: ConfigSet | None = None,
+               sources: dict | None = None) -> None:
+    """One-line error for the first key that nothing takes (``sources``: where each key came from)."""
     allowed = RUN_KEYS | DATASET_KEYS | model_keys(model_class)
     for key in params:
         if key not in allowed:
-            where = f" (from {config.model_files.get(expid, config.dir)})" if config else ""
+            source = (sources or {}).get(key) or (config.model_files.get(expid, config.dir) if config else None)
+            where = f" (from {source})" if source else ""
+            key = show_value(key)[1:-1] if isinstance(key, str) else key
             raise UserError(f"config key {key!r} of expid {expid!r}{where} is not a parameter of model "
                             f"{model_class.__name__}{close_matches(key, allowed)}; fix or remove it")
 

@@ -95,14 +95,22 @@ def parse_metric(name: str) -> tuple[str, str | None]:
     return base, (domain or None)
 
 
+GAUC_NEEDS_GROUP = ("metric gAUC needs the dataset key `group_id: <column>` naming a meta column that copies the "
+                    "user id (feature_cols: {name: group_id, type: meta, preprocess: copy_from(user_id)}, then "
+                    "`group_id: group_id`); add both to the dataset config or drop gAUC from `metrics` and `monitor`")
+
+
 def check_metric_names(names: Iterable[str], domain_names: Sequence[str], need_group: bool = True,
-                       where: str = "metrics") -> None:
-    """Raise a one-line :class:`UserError` for a metric this package cannot compute."""
+                       where: str = "metrics", has_group: bool = True) -> None:
+    """Raise a one-line :class:`UserError` for a metric this package cannot compute (gAUC without a group id
+    column included, when ``has_group`` is false)."""
     for name in names:
         base, domain = parse_metric(name)
         if base not in BASE_METRICS:
             raise UserError(f"unknown metric {name!r} in `{where}`{close_matches(base, BASE_METRICS)}; known metrics: "
                             f"{', '.join(BASE_METRICS)}, each optionally per domain as METRIC@DOMAIN")
+        if base == "gAUC" and need_group and not has_group:
+            raise UserError(GAUC_NEEDS_GROUP)
         if domain is not None and domain not in domain_names:
             raise UserError(f"metric {name!r} in `{where}` names domain {domain!r}{close_matches(domain, domain_names)}"
                             f", which the dataset does not have; its domains are: {', '.join(domain_names)}")
@@ -143,9 +151,7 @@ def compute_metrics(metrics: Sequence[str], y_true, y_pred, domain=None, group=N
             out[name] = logloss_score(y_true[sel], y_pred[sel])
         elif base == "gAUC":
             if group is None:
-                raise UserError("metric gAUC needs `group_id` in the dataset config (a meta column copying the user "
-                                "id, e.g. {name: group_id, type: meta, preprocess: copy_from(user_id)}); add it or "
-                                "drop gAUC from `metrics`")
+                raise UserError(GAUC_NEEDS_GROUP)
             out[name] = gauc_score(y_true[sel], y_pred[sel], np.asarray(group).ravel()[sel])
         else:
             check_metric_names([name], domain_names)

@@ -30,3 +30,74 @@ def expand_path(value):
     if "${" + HOME_ENV + "}" in value or "$" + HOME_ENV in value:
         value = value.replace("${" + HOME_ENV + "}", str(bench_home())).replace("$" + HOME_ENV, str(bench_home()))
     return os.path.expanduser(value)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _home_note(path: Path) -> str:
+    """`` (under MDL_BENCH_HOME=...)`` when ``path`` lies in the working area, so the fix names the variable."""
+    home = bench_home().absolute()
+    try:
+        path.absolute().relative_to(home)
+    except ValueError:
+        return ""
+    return f" (under {HOME_ENV}={home})"
+
+
+def _probe(folder: Path) -> str | None:
+    """``None`` if this process may create files in ``folder``, else the reason. ``access(2)`` answers for the
+    real user and also says EROFS for a read-only mount (where root's permissions do not help), and writes
+    nothing."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    probe = os.statvfs(folder)
+    return "read-only file system" if probe.f_flag & os.ST_RDONLY else "permission denied"
+
+
+def check_writable_dir(path, what: str, fix: str) -> Path:
+    """``path`` as a folder this process can write in (it may not exist yet: then the nearest existing folder
+    above it must be writable), or a one-line :class:`UserError`: is a file / not writable. Nothing is left
+    behind (nothing is written to find out)."""
+    from .errors import UserError
+
+    path = Path(path).expanduser()
+    note = _home_note(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path}{note} is a file, not a folder; {fix}")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}{note} cannot be created: {existing} is a file; {fix}")
+    reason = _probe(existing)
+    if reason is not None:
+        where = "" if existing == path else f" ({existing}, the folder it would be created in)"
+        raise UserError(f"{what} {path}{note} is not writable{where}: {reason}; {fix}")
+    return path
+
+
+def check_writable_file(path, what: str, fix: str) -> Path:
+    """``path`` as a file this process can write (create, or replace beside it), or a one-line
+    :class:`UserError`: is a folder / not writable."""
+    from .errors import UserError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{what} {path}{_home_note(path)} is a folder, not a file; {fix}")
+    check_writable_dir(path.parent, f"{what} {path}: its folder", fix)
+    if path.exists():
+        try:
+            with open(path, "r+b"):  # opened for writing, nothing written
+                pass
+        except OSError as exc:
+            raise UserError(f"{what} {path}{_home_note(path)} is not writable: {exc.strerror}; {fix}") from None
+    return path

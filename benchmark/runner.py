@@ -14,10 +14,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import distributed, metrics as metric_lib
+from . import distributed, metrics as metric_lib, schema
 from .config import ConfigSet, check_keys
-from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir
+from .data import synth
+from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir, file_lock
 from .errors import UserError
+from .paths import check_writable_dir
 from .report import domain_table
 
 RESULT_SUFFIX = ".result.json"
@@ -56,11 +58,14 @@ class RunResult:
         return domain_table(self.test, self.oracle, self.test_rows, self.test_positives, self.domain_names, title)
 
 
-def resolve(expid: str, config_dir=None, overrides: dict | None = None) -> tuple[dict, type, ConfigSet]:
+def resolve(expid: str, config_dir=None, overrides: dict | None = None,
+            origin: str | dict | None = None) -> tuple[dict, type, ConfigSet]:
     """Resolved and checked parameters, the model class and the config set (nothing is written).
 
-    A model from outside the package gets ``models_from`` (where it was found; not hashed) in the params, so the
-    stored config of its runs finds it again in worker processes and reruns."""
+    Every key is checked against the typed schema (:mod:`.schema`) and converted where needed (``"1e-3"`` ->
+    ``0.001``); ``origin`` names where the overrides came from (``--set``, a suite file; one text or one per key)
+    for the error message. A model from outside the package gets ``models_from`` (where it was found; not hashed)
+    in the params, so the stored config of its runs finds it again in worker processes and reruns."""
     from mdl_bench.model_zoo import get_model, model_location
 
     config = ConfigSet(config_dir)
@@ -70,9 +75,65 @@ def resolve(expid: str, config_dir=None, overrides: dict | None = None) -> tuple
     model_class = get_model(params["model"], params.get("models_from"))
     if model_location(params["model"]) is not None:
         params["models_from"] = model_location(params["model"])
-    check_keys(params, model_class, expid, config)
+    sources = config.sources(expid, overrides, origin)
+    check_keys(params, model_class, expid, config, sources)
+    params = schema.validate(params, model_class, sources)
     dataset_domain_names(params)  # checks domain_field / domains / domain_names early
+    if isinstance(params.get("synth"), dict):  # the generator's options, checked before anything is generated
+        options = dict(params["synth"])
+        try:
+            synth.make_spec(options.pop("preset", "kuairand_like"), **options)
+        except UserError as exc:
+            raise UserError(f"{exc} (in `synth` of dataset {params['dataset_id']!r}, from "
+                            f"{sources.get('synth', 'its dataset block')})") from None
+    check_device(params)
     return params, model_class, config
+
+
+def check_paths(params: dict) -> None:
+    """Every folder a run writes in, checked before it starts: checkpoints and logs, the built dataset and (for
+    synthetic data not generated yet) the raw files."""
+    check_writable_dir(Path(params["model_root"]) / params["dataset_id"], "model_root",
+                       "pass --model-root DIR (or set MDL_BENCH_HOME) to a writable folder")
+    if params.get("data_root") and params.get("data_format", "csv") == "csv":
+        check_writable_dir(params["data_root"], "data_root",
+                           "pass --data-root DIR (or set MDL_BENCH_HOME) to a writable folder")
+    if params.get("synth") is not None and params.get("train_data") and not os.path.exists(params["train_data"]):
+        # the generator writes a sibling temporary folder, then renames it into place
+        raw_dir = Path(params["train_data"]).parent
+        fix = "set MDL_BENCH_HOME to a writable folder or point train_data/valid_data/test_data elsewhere"
+        check_writable_dir(raw_dir, "the raw data folder", fix)
+        if raw_dir.exists():
+            check_writable_dir(raw_dir.parent, "the folder holding the raw data", fix)
+
+
+def check_inputs(feature_map, params: dict) -> None:
+    """A model must see at least one feature besides the domain (its router): with none, every domain's AUC is
+    0.5 by construction and the run would report it as a result."""
+    inputs = [name for name, spec in feature_map.features.items()
+              if spec.get("type") != "meta" and name != params.get("domain_field")]
+    if not inputs:
+        raise UserError(f"dataset {params['dataset_id']!r} gives the model no input feature besides the domain field "
+                        f"{params.get('domain_field')!r}; add categorical or numeric columns to feature_cols (or "
+                        f"check use_features / active: false)")
+
+
+def check_device(params: dict) -> None:
+    """A ``gpu`` this machine does not have is an error (FuxiCTR would quietly train on the CPU instead)."""
+    gpu = params.get("gpu", -1)
+    if gpu is None or int(gpu) < 0:
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = f"{count} GPU(s), 0..{count - 1}" if count else "no usable CUDA GPU"
+    if int(gpu) >= count:
+        raise UserError(f"gpu {gpu} was asked for, but this machine has {have}; pass --gpu -1 (CPU) or the index "
+                        f"of a GPU it has")
+    nproc = int(params.get("nproc") or 1)
+    if nproc > count:  # data-parallel ranks on GPU take one GPU per local rank (distributed.init)
+        raise UserError(f"nproc {nproc} on GPU needs {nproc} GPUs (one per process), but this machine has {have}; "
+                        f"lower nproc or pass --gpu -1")
 
 
 def load_feature_map(params: dict):
@@ -119,13 +180,15 @@ def oracle_metrics(model, loader, params: dict) -> dict:
 
 
 def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
-              step_callback: Callable[[dict], None] | None = None, quiet: bool = False) -> RunResult:
-    """Train and evaluate one experiment; return its results (also written next to the checkpoint)."""
-    from fuxictr.pytorch.torch_utils import seed_everything
-    from fuxictr.utils import set_logger, print_to_json
+              step_callback: Callable[[dict], None] | None = None, quiet: bool = False,
+              origin: str | dict | None = None) -> RunResult:
+    """Train and evaluate one experiment; return its results (also written next to the checkpoint).
 
+    The run holds a lock on its log file ``<model_root>/<dataset_id>/<model_id>.log`` while it runs: a second
+    process with the same ``model_id`` (the same files) is refused instead of overwriting, or reading back, this
+    run's checkpoint."""
     started = time.time()
-    params, model_class, _ = resolve(expid, config_dir, overrides)
+    params, model_class, _ = resolve(expid, config_dir, overrides, origin)
     nproc = params.get("nproc") or 1
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise UserError(f"nproc must be a positive number of data-parallel processes, got {nproc!r}")
@@ -137,8 +200,36 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         return distributed.launch(run_expid, (expid, config_dir, overrides), {"quiet": quiet}, nproc=nproc,
                                   step_callback=step_callback)
     rank = distributed.init(params)  # torchrun launch: join the group; otherwise rank 0 of 1
+    if not rank.is_main:
+        return _run(expid, params, model_class, rank, started, step_callback, quiet)
+    run_dir = Path(params["model_root"]) / params["dataset_id"]
+    check_paths(params)
+    # the run's own log file is the lock (FuxiCTR appends to it; an advisory lock leaves it as it is)
+    with file_lock(run_dir / f"{params['model_id']}.log", busy=(
+            f"run {params['model_id']} is already running in another process (it writes "
+            f"{run_dir / params['model_id']}.model); wait for it to finish, or change the config or --seed")):
+        return _run(expid, params, model_class, rank, started, step_callback, quiet)
+
+
+def _remove_run_leftovers(run_dir: Path, model_id: str) -> None:
+    """Temporary files a killed run of ``model_id`` left (a checkpoint or result being written). The caller holds
+    the run's lock, so no live process of this run can own them."""
+    patterns = (f"{model_id}.model.tmp-*", f".{model_id}.result.json.*.tmp", f"{model_id}.*.json.tmp-*")
+    stale = [p for pattern in patterns for p in run_dir.glob(pattern) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logging.info(f"Removed leftovers of a killed run of {model_id}: {', '.join(sorted(p.name for p in stale))}")
+
+
+def _run(expid: str, params: dict, model_class, rank, started: float, step_callback, quiet: bool) -> RunResult:
+    """The run itself (every rank): log, data, model, fit, evaluate, and the result file (rank 0)."""
+    from fuxictr.pytorch.torch_utils import seed_everything
+    from fuxictr.utils import set_logger, print_to_json
+
     if rank.is_main:
         set_logger(params)
+        _remove_run_leftovers(Path(params["model_root"]) / params["dataset_id"], params["model_id"])
     else:  # one log file, written by rank 0; the other ranks only report warnings
         logging.basicConfig(level=logging.WARNING, force=True,
                             format=f"%(asctime)s rank {rank.rank} %(levelname)s %(message)s")
@@ -151,16 +242,24 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
     seed_everything(seed=seed)
     paths = ensure_dataset(params)
     feature_map = load_feature_map(params)
+    check_inputs(feature_map, params)
     model = model_class(feature_map, **params)
     distributed.wrap(model)
     if step_callback is not None and rank.is_main:
         model.step_callbacks.append(step_callback)
     logging.info(f"Total number of parameters: {model.num_parameters():,}.")
     train_gen, valid_gen, test_gen = make_loaders(feature_map, paths, params, rank.rank, rank.world_size)
+    for split, gen in (("valid", valid_gen), ("test", test_gen)):
+        if gen.num_samples == 0:  # metrics of no rows are NaN: refuse rather than report them
+            raise UserError(f"the {split} split of dataset {params['dataset_id']!r} has no rows ({split}_data "
+                            f"{params.get(f'{split}_data')}); give it rows, or point {split}_data at a file with rows")
     from .analysis.epochs import attach_ia_recorder
 
     attach_ia_recorder(model, params, train_gen, valid_gen)  # `record_ia: true`: IA at every epoch end (figure 2)
     model.fit(train_gen, validation_data=valid_gen, **params)
+    if not model.checkpoint_written:  # fit reloads the checkpoint file: it must be this run's, never an older one
+        raise UserError(f"run {params['model_id']} trained but wrote no checkpoint, so its weights cannot be told "
+                        f"from an older file at {model.checkpoint}; train at least one epoch")
     logging.info("****** Validation evaluation ******")
     valid_logs = model.evaluate(valid_gen)
     logging.info("******** Test evaluation ********")
@@ -182,7 +281,9 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         checkpoint=model.checkpoint, params=params, world_size=rank.world_size)
     if rank.is_main:
         result_path = Path(model.checkpoint).with_suffix(RESULT_SUFFIX)
-        result_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        tmp = result_path.with_name(f".{result_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        os.replace(tmp, result_path)  # a reader sees the old result or the new one, never half of one
         logging.info(f"Results written to {result_path}")
     distributed.barrier()
     return result

@@ -29,11 +29,12 @@ import os
 import socket
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Iterable
 
 from .errors import UserError
-from .paths import bench_home, expand_path
+from .paths import bench_home, check_writable_file, expand_path, pid_alive as _pid_alive
 
 APPLICATION_ID = 0x4D444C42  # "MDLB"
 SCHEMA_VERSION = 2  # 2: code_fingerprint in the identity of runs and claims (1 is migrated on open)
@@ -193,16 +194,6 @@ def git_state() -> dict:
     return dict(_GIT)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ---------------------------------------------------------------------------------------------- the store
 def store_path(path: str | os.PathLike | None) -> Path:
     """The store file: ``path`` (``~`` and ``${MDL_BENCH_HOME}`` expanded) or the default."""
@@ -210,20 +201,29 @@ def store_path(path: str | os.PathLike | None) -> Path:
 
 
 class Store:
-    """An open results store. ``create=False`` refuses a missing file instead of creating it."""
+    """An open results store. ``create=False`` refuses a missing file instead of creating it, and opens the store
+    read-only (readers: ``runs``, ``leaderboard``, ``analyze``, ``rerun``), so a store on a read-only folder or
+    mount can still be read."""
 
     def __init__(self, path: str | os.PathLike | None = None, create: bool = True):
         self.path = store_path(path)
+        self.read_only = not create
         if not self.path.exists():
             if not create:
                 raise UserError(f"no results store at {self.path}; run a suite first (`mdl-bench run --suite NAME`) "
                                 f"or pass the right --store")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         elif self.path.is_dir():
             raise UserError(f"results store {self.path} is a folder; pass a file path to --store")
         else:
             self._check_magic()
-        self.conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        if not self.read_only:
+            check_writable_file(self.path, "results store", "pass --store FILE in a writable folder (`runs` and "
+                                                            "`leaderboard` can still read a read-only store)")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = self._connect()
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path} is not a usable SQLite results store ({exc}); pass another --store") from None
         try:
             self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._check_or_create()
@@ -234,6 +234,20 @@ class Store:
         except BaseException:
             self.conn.close()
             raise
+
+    def _connect(self) -> sqlite3.Connection:
+        """Read-write; or read-only (``mode=ro``), and on a read-only medium, where SQLite cannot create the
+        WAL index beside the file, ``immutable=1`` (nothing can be writing there)."""
+        if not self.read_only:
+            return sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
 
     def _check_magic(self) -> None:
         with open(self.path, "rb") as fh:
@@ -261,6 +275,19 @@ class Store:
 
     def _check_or_create(self) -> None:
         app, version, tables = self._ids()
+        if self.read_only:  # check only: a reader never creates or converts anything
+            if app == 0 and not tables:
+                raise UserError(f"{self.path} is an empty SQLite file, not a results store yet; run a suite into it "
+                                f"first or pass the right --store")
+            if app == APPLICATION_ID and version == 1:
+                # read schema 1 without converting it: its runs seen through a view, code unknown (outdated)
+                self.conn.execute("CREATE TEMP VIEW runs AS SELECT *, '' AS code_fingerprint FROM main.runs")
+                return
+            if app != APPLICATION_ID or version != SCHEMA_VERSION:
+                self._refuse_foreign(app, version, tables)
+                raise UserError(f"results store {self.path} has schema version {version}, which this mdl-bench "
+                                f"cannot read; pass another --store")
+            return
         if app == APPLICATION_ID and version == SCHEMA_VERSION:
             self.conn.execute("PRAGMA journal_mode = WAL")
             return

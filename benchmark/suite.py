@@ -352,10 +352,13 @@ class Suite:
                 for point in tuner_points(space):
                     point = dict(point)
                     overrides = {"dataset_id": dataset} if dataset else {}
-                    overrides.update(copy.deepcopy(self.overrides))
-                    overrides.update(copy.deepcopy(entry.overrides))
-                    overrides.update(copy.deepcopy(point))
-                    overrides.update(copy.deepcopy(extra_overrides or {}))
+                    # (the message starts with the suite file and the expid already)
+                    origin = {"dataset_id": "the suite's `datasets`"} if dataset else {}
+                    for layer, text in ((self.overrides, "the suite's `overrides`"),
+                                        (entry.overrides, "the row's `overrides`"),
+                                        (point, "`tuner_space`"), (extra_overrides or {}, "--set")):
+                        overrides.update(copy.deepcopy(layer))
+                        origin.update(dict.fromkeys(layer, text))
                     for key in RAW_KEYS:
                         if key in overrides:
                             raise UserError(f"{self.where}, expid {entry.expid}: a suite cannot override {key!r} (it "
@@ -364,11 +367,15 @@ class Suite:
                     where = f"{self.where}, expid {entry.expid}"
                     try:
                         if strict:
-                            params, model_class, _ = resolve(entry.expid, config_dir, overrides)
+                            params, model_class, _ = resolve(entry.expid, config_dir, overrides, origin)
                         else:
                             params, model_class = config.load(entry.expid, overrides), None
                             from mdl_bench.model_zoo import registry
+                            from .schema import validate
                             model_class = registry().get(str(params.get("model")))
+                            # typed as a strict plan is ("1e-3" -> 0.001), so the hashes agree with it; a model
+                            # that is not importable now has its keys taken as they are
+                            params = validate(params, model_class, config.sources(entry.expid, overrides, origin))
                         names = domain_names(params)
                     except UserError as exc:
                         raise UserError(f"{where}: {exc}") from None
@@ -405,8 +412,8 @@ class Suite:
                         series=entry.label or entry.expid, code=code)
                     variants.append(variant)
                     for seed in variant.seeds:
-                        run_params = dict(params, seed=int(seed),
-                                          model_id=f"{entry.expid}__s{seed}__{digest[:8]}__{code[:8]}")
+                        run_params = dict(params, seed=int(seed))
+                        run_params["model_id"] = run_model_id(entry.expid, run_params, digest, code)
                         runs.append(PlannedRun(variant=variant, seed=int(seed), params=run_params))
         _label_variants(variants)
         return Plan(suite=self, variants=variants, runs=runs)
@@ -420,6 +427,14 @@ class Suite:
             import json
             tag = hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
             params["data_root"] = os.path.join(params["data_root"], "variants", tag)
+
+
+def run_model_id(expid: str, params: dict, digest: str | None = None, code: str = "") -> str:
+    """A run's file name, ``<expid>__s<seed>__<hash8>[__<code8>]``: one per resolved config and seed (``digest``:
+    its :func:`config_hash`, when known) and, in a suite, per code revision (so an outdated run's checkpoint and
+    log stay beside the rerun's)."""
+    digest = digest or config_hash(params)
+    return f"{expid}__s{int(params.get('seed') or 0)}__{digest[:8]}" + (f"__{code[:8]}" if code else "")
 
 
 def _label_variants(variants: list) -> None:
@@ -683,10 +698,16 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
         out(f"Suite {suite.name}: {len(plan.variants)} rows, {len(plan.unique_runs())} runs, none stored yet (no store "
             f"at {store_path(store or suite.store)})")
         return SuiteOutcome(plan=plan, store_path=store_path(store or suite.store))
-    if not dry_run:  # a data error is the dataset's, not each run's: one error, before any run starts
+    if not dry_run:
+        from .runner import check_paths
+
+        for params in {(r.params["model_root"], r.params["dataset_id"], r.params.get("data_root")): r.params
+                       for r in plan.unique_runs()}.values():
+            check_paths(params)  # before the store is made or a run starts: a folder no run could write
+        # a data error is the dataset's, not each run's: one error, before any run starts
         stored = _stored_keys(store or suite.store)
         prepare_datasets([r for r in plan.unique_runs() if r.key not in stored], out=out)
-    db = Store(store or suite.store)
+    db = Store(store or suite.store, create=not dry_run)  # a dry run only reads (a read-only store too)
     outcome = SuiteOutcome(plan=plan, store_path=db.path)
     try:
         stored = db.stored_keys()

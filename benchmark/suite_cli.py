@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,17 +38,31 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
                       extra_overrides: dict | None = None) -> None:
     from .leaderboard import build_board, make_plots, render
 
+    from .paths import check_writable_dir, check_writable_file
+
     stdout = stdout or sys.stdout
+    target = Path(out_file).expanduser() if out_file else None
+    if target is not None:  # checked before the store is read, so nothing is computed for nothing
+        check_writable_file(target, "--out", "pass --out FILE in a writable folder, or leave --out out to print")
+    plots = fmt in ("md", "html")
+    if target is None and plots and suite.leaderboard["plots"]:
+        try:
+            check_writable_dir(_reports_dir(suite), "the plot folder", "pass --out FILE in a writable folder for "
+                                                                        "the plots")
+        except UserError as exc:  # reading a store must work on a read-only machine: the table, without plots
+            print(f"note: {exc}; printing the table without its plots", file=sys.stderr)
+            plots = False
     board = build_board(suite, store=store, config_dir=config_dir, metrics=metrics, split=split, std=std,
                         lift_base=lift_base, extra_overrides=extra_overrides)
-    target = Path(out_file).expanduser() if out_file else None
-    images = make_plots(board, target.parent if target else _reports_dir(suite)) if fmt in ("md", "html") else {}
+    images = make_plots(board, target.parent if target else _reports_dir(suite)) if plots else {}
     if target is not None and fmt == "md":  # relative image links next to the Markdown file
         images = {k: Path(v).name for k, v in images.items()}
     text = render(board, fmt, images)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)  # an existing report is replaced whole or not at all
         print(f"Wrote {target}" + (f" and {len(images)} plot(s) beside it" if images else ""), file=stdout)
     else:
         stdout.write(text)

@@ -32,7 +32,7 @@ import re
 import sys
 from pathlib import Path
 
-from mdl_bench.benchmark.errors import UserError, close_matches
+from mdl_bench.benchmark.errors import UserError, close_matches, show_value
 from .base import MultiDomainModel
 
 _NOT_MODELS = {"base", "registry"}
@@ -290,7 +290,7 @@ def get_model(name: str, models_from=None) -> type:
         raise UserError(f"model {name!r} could not be loaded: {_state.broken[name]}; fix the file")
     models = _state.models
     failed = f"; these failed to import: {'; '.join(_state.failed)}" if _state.failed else ""
-    raise UserError(f"unknown model {name!r}{close_matches(name, models)}; registered models: "
+    raise UserError(f"unknown model {show_value(name)}{close_matches(name, models)}; registered models: "
                     f"{', '.join(sorted(models))} (`mdl-bench models` lists them; a model outside the package needs "
                     f"--models-from DIR or `models_from:`){failed}")
 

@@ -79,8 +79,10 @@ class MultiDomainModel(BaseModel):
                             f"fix `num_domains` in the model config or use a dataset with that many domains")
         self.domain_names = ([str(n) for n in domain_names] if domain_names else [f"S{v}" for v in self.domains])
         self.register_buffer("domain_lookup", self._domain_lookup(feature_map), persistent=False)
-        metric_lib.check_metric_names(self.validation_metrics, self.domain_names, where="metrics")
-        metric_lib.check_metric_names(self._monitor.get_metrics(), self.domain_names, where="monitor")
+        has_group = feature_map.group_id is not None  # checked here, before training, not at the first evaluation
+        metric_lib.check_metric_names(self.validation_metrics, self.domain_names, where="metrics", has_group=has_group)
+        metric_lib.check_metric_names(self._monitor.get_metrics(), self.domain_names, where="monitor",
+                                      has_group=has_group)
         self.train_rows = 0
         self.train_seconds = 0.0
         self.step_callbacks: list[Callable[[dict], None]] = []
@@ -176,6 +178,7 @@ class MultiDomainModel(BaseModel):
         """FuxiCTR's ``fit``, after telling glibc to keep freed memory: without it every CPU step page-faults its
         large tensors in afresh (see :mod:`mdl_bench.benchmark.allocator`; ``mdl-bench perf`` measures it)."""
         allocator.keep_freed_memory()
+        self.checkpoint_written = False  # fit ends by loading self.checkpoint: the runner checks it is this fit's
         super().fit(data_generator, **kwargs)
 
     def train_step(self, batch_data: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -309,6 +312,9 @@ class MultiDomainModel(BaseModel):
             torch.save(self.state_dict(), tmp)
             os.replace(tmp, checkpoint)
         distributed.barrier()
+        self.checkpoint_written = True
+
+    checkpoint_written: bool = False
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

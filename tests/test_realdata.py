@@ -227,6 +227,15 @@ def test_kuairand_pure_and_27k_file_names(tmp_path):
     (None, {"max_malformed": 0.1}, r"log_standard_4_08_to_4_21_1k.csv: 2 of 13 lines are malformed \(15\.38%, more "
                                    r"than --max-malformed 0.1\); first: line 13 \(3 fields, expected 19\)"),
     (None, {"valid_days": 20, "test_days": 10}, r"the logs span 2022-04-10 to 2022-05-08 \(29 days\), too few"),
+    # issue 17: header-only side files (a polars ColumnNotFoundError before)
+    (lambda raw: (raw / "video_features_basic_1k.csv").write_text(",".join(["video_id"] + kuairand.BASIC_FEATURES)
+                                                                  + "\n"), {},
+     r"video_features_basic_1k.csv has no data rows \(a header only\?\), so it is not a KuaiRand "
+     r"video_features_basic file"),
+    (lambda raw: (raw / "video_features_statistic_1k.csv").write_text(
+        ",".join(["video_id"] + kuairand.STAT_FEATURES)), {}, r"video_features_statistic_1k.csv has no data rows"),
+    (lambda raw: (raw / "user_features_1k.csv").write_text(",".join(["user_id"] + kuairand.USER_FEATURES) + "\n"),
+     {}, r"user_features_1k.csv has no data rows"),
 ])
 def test_kuairand_refusals(tmp_path, edit, options, pattern):
     raw = write_kuairand(tmp_path / "raw")

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..paths import bench_home
+from ..paths import bench_home, check_writable_dir
 
 SINGLE_DOMAIN_MODEL = "SingleDomain"
 
@@ -76,17 +76,26 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
     from ..runner import RESULT_SUFFIX, resolve
     from .report import RunRef
 
+    from .probe import read_checkpoint
+
     checkpoint = Path(path).expanduser()
+    if checkpoint.is_dir():
+        raise UserError(f"checkpoint {checkpoint} is a folder; pass the .model file a run wrote (its path is printed "
+                        f"at the end of run-expid)")
     if not checkpoint.is_file():
         raise UserError(f"checkpoint {checkpoint} does not exist; pass the .model file a run wrote "
                         f"(its path is printed at the end of run-expid)")
+    read_checkpoint(checkpoint)  # a truncated, empty or foreign file is refused before any data is built
     result = checkpoint.with_suffix(RESULT_SUFFIX)
     if expid is None and result.is_file():
         try:
             stored = json.loads(result.read_text())
         except (OSError, ValueError):
             raise UserError(f"{result} is not readable JSON; pass --expid to resolve the config instead") from None
-        params = stored["params"]
+        from ..schema import validate
+
+        # a result written before the schema may hold "1e-3" as text: convert what can be (never refuse a stored run)
+        params = validate(stored["params"], _model_class(stored["params"].get("model")), strict=False)
         label = stored.get("expid") or params.get("model_id") or checkpoint.stem
         seed = stored.get("seed")
     elif expid is not None:
@@ -99,10 +108,14 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
                   group=_group(params.get("model")))
 
 
-def _group(model_name) -> str | None:
+def _model_class(model_name):
     from mdl_bench.model_zoo import registry
 
-    cls = registry().get(str(model_name))
+    return registry().get(str(model_name))
+
+
+def _group(model_name) -> str | None:
+    cls = _model_class(model_name)
     return getattr(cls, "group", None) if cls is not None else None
 
 
@@ -252,6 +265,8 @@ def run_command(args) -> int:
     single = _single_domain(args, runs)
     analysed = [r for r in runs if r.params.get("model") != SINGLE_DOMAIN_MODEL] or runs
     out = Path(args.out).expanduser() if args.out else default_out_dir(args, name)
+    check_writable_dir(out, "--out" if args.out else "the analysis folder",
+                       "pass --out DIR, a writable folder for analysis.json and the figures")
     missing = sorted({r.dataset_id for r in analysed} - set(single))
     for ds in missing:
         print(f"note: no Single Domain run of dataset {ds!r}, so no Diversity Index (D(i,j) of eq. 1 needs one); "

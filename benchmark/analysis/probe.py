@@ -11,6 +11,8 @@ Everything model-specific comes from the model contract's hooks, never from clas
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -22,6 +24,32 @@ from .measures import OutputMoments
 
 
 # ---------------------------------------------------------------------------------------------------- models
+def read_checkpoint(path) -> dict:
+    """The state dict in a checkpoint file (tensors only: ``weights_only``, no code runs), or a one-line
+    :class:`UserError` for a missing, empty, truncated or foreign file."""
+    import torch
+
+    from ..errors import show_value
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist; rerun the run (mdl-bench rerun RUN_ID) or pass "
+                        f"--checkpoint with an existing file") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a folder; pass the .model file a run wrote") from None
+    except Exception as exc:  # torch raises many types here (EOFError, UnpicklingError, RuntimeError, ...)
+        text = str(exc).splitlines()[0] if str(exc).strip() else ""
+        reason = ("an empty file" if os.path.getsize(path) == 0
+                  else f"{type(exc).__name__}" + (f": {show_value(text, 60)[1:-1]}" if text else ""))
+        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint written by a run ({reason}); it may be "
+                        f"truncated or another file - pass the .model file a run wrote") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a model's weights; pass the .model "
+                        f"file a run wrote")
+    return state
+
+
 def load_model(params: dict, checkpoint: str | None = None):
     """The model of a resolved config on CPU, with the weights of ``checkpoint`` when given (else as built)."""
     from mdl_bench.model_zoo import get_model
@@ -33,11 +61,9 @@ def load_model(params: dict, checkpoint: str | None = None):
     feature_map = load_feature_map(params)
     model = get_model(params["model"], params.get("models_from"))(feature_map, **params)
     if checkpoint is not None:
+        state = read_checkpoint(checkpoint)
         try:
-            model.load_weights(checkpoint)
-        except FileNotFoundError:
-            raise UserError(f"checkpoint {checkpoint} does not exist; rerun the run (mdl-bench rerun RUN_ID) or pass "
-                            f"--checkpoint with an existing file") from None
+            model.load_state_dict(state)
         except RuntimeError as exc:
             raise UserError(f"checkpoint {checkpoint} does not fit model {params['model']} with this config "
                             f"({str(exc).splitlines()[0]}); pass the config it was trained with") from None

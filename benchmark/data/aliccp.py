@@ -235,13 +235,14 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
         raise UserError(f"--max-rows must be at least 1, got {max_rows}")
     if min_count < 1:
         raise UserError(f"--min-count must be at least 1, got {min_count}")
+    rd.check_range("--max-malformed", max_malformed, 0, 1)
     wanted_domains = _parse_domains(domains)
     timer = rd.Timer()
     files = {split: [rd.find_raw_file(raw_dir, n, "AliCCP", HINT) for n in names] for split, names in FILES.items()}
     for split, (skeleton, common) in files.items():
         _check_layout(skeleton, 6, "sample skeleton")
         _check_layout(common, 3, "common features")
-    out = rd.check_out_dir(out_dir or rd.default_out(dataset_id))
+    out = rd.check_out_dir(out_dir or rd.default_out(dataset_id), log)
     log(f"Converting AliCCP from {Path(raw_dir).expanduser()} -> {out}"
         + (f" (at most {max_rows:,} lines of each skeleton file)" if max_rows else ""))
     spool = rd.Spool(out / f".spool-{os.getpid()}")

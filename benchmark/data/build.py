@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -61,11 +62,16 @@ def built_paths(params: dict) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock held for the ``with`` block (released if the process dies)."""
+def file_lock(path: Path, busy: str | None = None):
+    """An exclusive advisory lock held for the ``with`` block (released if the process dies).
+
+    ``busy``: do not wait for another holder; raise :class:`UserError` with this message instead."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            raise UserError(busy) from None
         try:
             yield
         finally:
@@ -387,7 +393,8 @@ def build(params: dict, files: dict[str, list[str]], fingerprint: str, log=loggi
                 _check_header(path, wanted, split)
     root = Path(params["data_root"])
     root.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=f".build-{params['dataset_id']}-", dir=root))
+    # the pid in the name tells a killed build's folder from a live one (remove_build_leftovers)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".build-{params['dataset_id']}-{os.getpid()}-", dir=root))
     try:
         processor = FeatureProcessor(feature_cols=copy.deepcopy(cols), label_col=label,
                                      dataset_id=params["dataset_id"], data_root=str(tmp_root),
@@ -502,6 +509,32 @@ def read_build_info(params: dict) -> dict | None:
         return None
 
 
+def remove_build_leftovers(root: Path, dataset_id: str, log=logging.info) -> list[str]:
+    """Remove what killed builds of ``dataset_id`` left in ``root`` (``.build-<id>-<pid>-*`` folders, and
+    ``.old-<id>-<pid>`` ones of a build killed while swapping folders), saying so in one line.
+
+    Called under the dataset's lock, so no other build of this id is running; the pid is checked as well, and a
+    folder of a live process is left alone. ``.build-<id>-XXXXXXXX`` (no pid: older versions) is a leftover too."""
+    from ..paths import pid_alive
+
+    name = re.escape(dataset_id)
+    patterns = (re.compile(rf"^\.build-{name}-(\d+)-[a-z0-9_]{{8}}$"), re.compile(rf"^\.old-{name}-(\d+)$"),
+                re.compile(rf"^\.build-{name}-()[a-z0-9_]{{8}}$"))
+    removed = []
+    for entry in (root.iterdir() if root.is_dir() else []):
+        match = next((m for p in patterns if (m := p.match(entry.name))), None)
+        if match is None or not entry.is_dir():
+            continue
+        pid = int(match.group(1)) if match.group(1) else None
+        if pid is not None and pid != os.getpid() and pid_alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry.name)
+    if removed:
+        log(f"Removed leftovers of a killed build of dataset {dataset_id} in {root}: {', '.join(sorted(removed))}")
+    return removed
+
+
 def ensure_dataset(params: dict, log=logging.info) -> dict[str, str]:
     """Make sure the dataset of ``params`` is generated (if synthetic) and built; return the parquet paths.
 
@@ -526,6 +559,7 @@ def ensure_dataset(params: dict, log=logging.info) -> dict[str, str]:
         raise UserError(f"data_format {fmt!r} is not supported; use csv (raw files, built on first use) or parquet")
     lock = Path(params["data_root"]) / f".{params['dataset_id']}.lock"
     with file_lock(lock):
+        remove_build_leftovers(Path(params["data_root"]), params["dataset_id"], log)
         if params.get("synth") is not None:
             options = dict(params["synth"]) if isinstance(params["synth"], dict) else {}
             spec = synth.make_spec(options.pop("preset", "kuairand_like"), **options)

@@ -179,11 +179,20 @@ def convert(raw_dir, out_dir=None, *, release: str = "1k", domains=None, num_dom
         raise UserError(f"--split {split!r} is not known; use time (by date) or random")
     if min_count < 1:
         raise UserError(f"--min-count must be at least 1, got {min_count}")
+    rd.check_range("--max-malformed", max_malformed, 0, 1)
+    rd.check_range("--num-domains", num_domains, 1)
+    if split == "time":  # an evaluation split of no days would be empty
+        rd.check_range("--valid-days", valid_days, 1)
+        rd.check_range("--test-days", test_days, 1)
+    else:
+        rd.check_range("--valid-frac", valid_frac, 0, 1, high_open=True)
+        rd.check_range("--test-frac", test_frac, 0, 1, high_open=True)
+        rd.check_range("--valid-frac + --test-frac", valid_frac + test_frac, 0, 1, high_open=True)
     rel = RELEASES[release]
     dataset_id = dataset_id or rel.dataset_id
     timer = rd.Timer()
     files = _files(raw_dir, rel)
-    out = rd.check_out_dir(out_dir or rd.default_out(dataset_id))
+    out = rd.check_out_dir(out_dir or rd.default_out(dataset_id), log)
     log(f"Converting {rel.name} from {Path(raw_dir).expanduser()} -> {out}")
     expected_log = "a KuaiRand log file: " + ", ".join(LOG_COLUMNS)
     for path, header in zip(files["logs"], _headers(files["logs"], USER_KEY)):
@@ -376,6 +385,8 @@ def _read_users(paths, max_malformed, block_bytes, log) -> pl.DataFrame:
     kinds.update({c: ("str" if c in USER_STR else "int") for c in USER_FEATURES})
     users = _read_all(paths, kinds, max_malformed, "a KuaiRand user features", USER_KEY + ", " + ", ".join(
         USER_FEATURES), block_bytes, USER_KEY, log)
+    if users.height == 0:
+        _no_rows(paths, "a KuaiRand user features")
     users = _dedupe(users, USER_KEY, "user features", log)
     return users.with_columns([_bucket(c) for c in USER_COUNT]).rename({USER_KEY: "__user"})
 
@@ -386,6 +397,12 @@ def _bucket(column: str) -> pl.Expr:
     x = pl.col(column).cast(pl.Float64)
     b = (8 * (1.0 + x.abs()).log(2)).floor().cast(pl.Int64)
     return pl.when(x >= 0).then(b).otherwise(-3 - b).alias(column)
+
+
+def _no_rows(paths, what: str) -> None:
+    names = ", ".join(str(p) for p in paths)
+    raise UserError(f"{names} has no data rows (a header only?), so it is not {what} file; download the "
+                    f"release again and pass its folder with --raw-dir")
 
 
 def _read_videos(basic_paths, stat_paths, wanted: pl.Series, max_malformed, block_bytes, log) -> pl.DataFrame:
@@ -405,8 +422,9 @@ def _read_videos(basic_paths, stat_paths, wanted: pl.Series, max_malformed, bloc
                 # statistics are small buckets: Int16 keeps 4.4M videos x 51 columns under half a GB
                 frames.append(frame.with_columns([pl.col(c).cast(pl.Int16) for c in bucketed]))
             bad.finish(log)
-        frame = pl.concat(frames) if frames else pl.DataFrame(schema={"__video": pl.Int64})
-        return _dedupe(frame, "__video", what, log)
+        if not frames:  # a header and no rows: every video's features would be missing (and columns absent)
+            _no_rows(paths, what)
+        return _dedupe(pl.concat(frames), "__video", what, log)
 
     basic_kinds = {VIDEO_KEY: "key"}
     basic_kinds.update({c: ("str" if c in BASIC_STR else ("float" if c in BASIC_COUNT else "int"))

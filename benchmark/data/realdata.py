@@ -37,6 +37,7 @@ import csv
 import io
 import json
 import os
+import re
 import resource
 import shutil
 import time
@@ -48,6 +49,7 @@ import polars as pl
 import yaml
 
 from ..errors import UserError
+from ..paths import check_writable_dir, pid_alive
 
 RARE_INT = -1
 RARE_STR = "__rare__"
@@ -353,7 +355,7 @@ def splitmix_uniform(index: np.ndarray, seed: int) -> np.ndarray:
 class SplitWriter:
     """``train.csv``, ``valid.csv`` and ``test.csv`` in ``out_dir``, written block by block.
 
-    Files are written as ``.<name>.partial`` and renamed at :meth:`close`; :meth:`abort` removes them, so a
+    Files are written as ``.<name>.<pid>.partial`` and renamed at :meth:`close`; :meth:`abort` removes them, so a
     failed or interrupted conversion never leaves a CSV that looks complete.
     """
 
@@ -361,7 +363,7 @@ class SplitWriter:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.columns = columns
-        self.handles = {s: open(self.out_dir / f".{s}.csv.partial", "wb") for s in SPLITS}
+        self.handles = {s: open(self._partial(s), "wb") for s in SPLITS}
         self.rows = {s: 0 for s in SPLITS}
         for split, fh in self.handles.items():
             fh.write((",".join(columns) + "\n").encode())
@@ -379,7 +381,7 @@ class SplitWriter:
         for split, fh in self.handles.items():
             fh.close()
             final = self.out_dir / f"{split}.csv"
-            os.replace(self.out_dir / f".{split}.csv.partial", final)
+            os.replace(self._partial(split), final)
             paths[split] = final
         return paths
 
@@ -387,17 +389,62 @@ class SplitWriter:
         for split, fh in self.handles.items():
             fh.close()
             with contextlib.suppress(OSError):
-                os.remove(self.out_dir / f".{split}.csv.partial")
+                os.remove(self._partial(split))
+
+    def _partial(self, split: str) -> Path:
+        """The file being written; the pid says whose it is (:func:`remove_leftovers`)."""
+        return self.out_dir / f".{split}.csv.{os.getpid()}.partial"
 
 
-def check_out_dir(out_dir) -> Path:
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a folder for train.csv, valid.csv and test.csv")
+def check_range(option: str, value, low: float, high: float | None = None, high_open: bool = False) -> None:
+    """A converter option inside ``[low, high]`` (``[low, high)`` with ``high_open``), else a one-line error."""
+    above = high is not None and (value >= high if high_open else value > high)
+    if value != value or value < low or above:
+        where = f"in [{low:g}, {high:g}{')' if high_open else ']'}" if high is not None else f">= {low:g}"
+        raise UserError(f"{option} must be {where}, got {value!r}; fix the option")
+
+
+def check_out_dir(out_dir, log: Callable[[str], None] = print) -> Path:
+    """The conversion's output folder, checked (a folder, writable) and created; leftovers of a killed conversion
+    in it are removed first (:func:`remove_leftovers`)."""
+    out = check_writable_dir(out_dir, "--out", "pass --out DIR, a writable folder for train.csv, valid.csv and "
+                                               "test.csv")
     out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise UserError(f"--out {out} is not writable; pick another folder")
+    remove_leftovers(out, log)
     return out
+
+
+_SPOOL = re.compile(r"^\.spool-(\d+)$")
+_PARTIAL = re.compile(r"^\.(train|valid|test)\.csv\.(?:(\d+)\.)?partial$")
+
+
+def remove_leftovers(out: Path, log: Callable[[str], None] = print) -> list[str]:
+    """Remove the ``.spool-<pid>`` folders and ``.<split>.csv.<pid>.partial`` files of conversions whose process is
+    gone (killed), saying so in one line. A live conversion's files are left alone, and a folder another live
+    conversion writes into is refused (a one-line :class:`UserError`, nothing removed). A ``.partial`` without
+    a pid (written before pids were in the name) counts as a leftover."""
+    entries = list(out.iterdir())
+    owners = [m.group(1) if (m := _SPOOL.match(e.name)) else (m.group(2) if (m := _PARTIAL.match(e.name)) else None)
+              for e in entries]
+    live = {int(pid) for pid in owners if pid and pid_alive(int(pid))} - {os.getpid()}
+    if live:  # two conversions into one folder would overwrite each other's train/valid/test.csv
+        raise UserError(f"another conversion (pid {min(live)}) is writing into {out} right now; wait for it to "
+                        f"finish, or pass another --out")
+    removed, size = [], 0
+    for entry in entries:  # every owner is gone now (checked above)
+        if not (_SPOOL.match(entry.name) or _PARTIAL.match(entry.name)):
+            continue
+        files = [f for f in entry.rglob("*") if f.is_file()] if entry.is_dir() else [entry]
+        size += sum(f.stat().st_size for f in files)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry.name)
+    if removed:
+        log(f"Removed leftovers of a killed conversion in {out}: {', '.join(sorted(removed))} ({size / 1e6:.1f} MB)")
+    return removed
 
 
 # ============================================================================================ config, stats

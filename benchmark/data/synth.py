@@ -45,14 +45,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .. import schema
 from ..errors import UserError, close_matches
+from ..paths import pid_alive
 
 SCHEMA_VERSION = 1  # bump when the generative model changes, so cached raw files are regenerated
 ID_STREAM = 1  # second random stream (seed, ID_STREAM): the domain-specific id factors of ``id_rho``
@@ -193,6 +197,30 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Ranges of the generator's options (their types are SynthSpec's annotations).
+OPTION_RANGES = {
+    **dict.fromkeys(("n_train", "n_valid", "n_test", "n_users", "n_items", "n_authors", "user_clusters",
+                     "item_clusters", "latent_dim"), schema.POSITIVE_INT),
+    **dict.fromkeys(("user_zipf", "item_zipf"), schema.POSITIVE),
+    **dict.fromkeys(("affinity_scale", "id_scale", "user_bias_std", "item_bias_std", "hour_effect_std",
+                     "domain_sizes"), schema.NON_NEGATIVE),
+    "side_accuracy": schema.FRACTION, **dict.fromkeys(("domain_rho", "id_rho", "small_rho"), schema.Range(ge=-1, le=1)),
+    "size_skew": schema.NON_NEGATIVE, "n_small_domains": schema.POSITIVE_INT,
+    "seed": schema.Range(ge=0, le=2**32 - 1),
+}
+
+
+def _typed_options(overrides: dict) -> dict:
+    """Options checked against SynthSpec's field types and :data:`OPTION_RANGES` (``"1e3"`` -> 1000)."""
+    import typing
+
+    hints = typing.get_type_hints(SynthSpec)
+    numbers = {"domains": tuple, "domain_sizes": tuple[float, ...], "domain_rho": tuple[float, ...],
+               "domain_offset": tuple[float, ...], "id_rho": tuple[float, ...]}
+    return {key: schema.check_value(key, value, numbers.get(key, hints[key]), OPTION_RANGES.get(key), None,
+                                    what="synthetic-data option") for key, value in overrides.items()}
+
+
 def make_spec(preset: str = "kuairand_like", **overrides) -> SynthSpec:
     """Build a spec from a preset name plus overrides (unknown keys are a one-line error)."""
     if preset not in PRESETS:
@@ -203,7 +231,7 @@ def make_spec(preset: str = "kuairand_like", **overrides) -> SynthSpec:
     if bad:
         raise UserError(f"unknown synthetic-data option {bad[0]!r}{close_matches(bad[0], known)}; "
                         f"known options: {', '.join(sorted(known))}")
-    values = {**PRESETS[preset], **overrides}
+    values = {**PRESETS[preset], **_typed_options(overrides)}
     for key in ("domains", "domain_sizes", "domain_rho", "domain_offset", "id_rho"):
         if key in values:
             values[key] = tuple(values[key])
@@ -330,6 +358,20 @@ def generate(spec: SynthSpec) -> dict[str, np.ndarray]:
     }
 
 
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove ``<out>.tmp-<pid>-*`` folders of generators that were killed (their process is gone)."""
+    pattern = re.compile(rf"^{re.escape(out_dir.name)}\.tmp-(\d+)-[a-z0-9_]{{8}}$")
+    removed = []
+    for entry in (out_dir.parent.iterdir() if out_dir.parent.is_dir() else []):
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not pid_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    if removed:
+        print(f"Removed leftovers of a killed data generation in {out_dir.parent}: {', '.join(sorted(removed))}",
+              file=sys.stderr)
+
+
 def write_raw(spec: SynthSpec, out_dir: str | os.PathLike) -> dict:
     """Generate and write ``train.csv``, ``valid.csv``, ``test.csv`` and ``synth_meta.json`` into ``out_dir``.
 
@@ -345,7 +387,9 @@ def write_raw(spec: SynthSpec, out_dir: str | os.PathLike) -> dict:
     bounds = {"train": (0, spec.n_train),
               "valid": (spec.n_train, spec.n_train + spec.n_valid),
               "test": (spec.n_train + spec.n_valid, spec.n_train + spec.n_valid + spec.n_test)}
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    _remove_leftovers(out_dir)
+    # the pid in the name tells a killed generator's folder from a live one
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         counts = {}
         for split, (lo, hi) in bounds.items():
