@@ -200,6 +200,13 @@ def store_path(path: str | os.PathLike | None) -> Path:
     return Path(expand_path(str(path or DEFAULT_STORE))).resolve()
 
 
+def check_store_writable(path) -> Path:
+    """A one-line :class:`UserError` unless a results store could be written at ``path``; creates nothing (a suite
+    asks this before it builds data or opens the store)."""
+    return check_writable_file(store_path(path), "results store", "pass --store FILE in a writable folder (`runs` "
+                                                                  "and `leaderboard` can still read a read-only store)")
+
+
 class Store:
     """An open results store. ``create=False`` refuses a missing file instead of creating it, and opens the store
     read-only (readers: ``runs``, ``leaderboard``, ``analyze``, ``rerun``), so a store on a read-only folder or
@@ -217,8 +224,7 @@ class Store:
         else:
             self._check_magic()
         if not self.read_only:
-            check_writable_file(self.path, "results store", "pass --store FILE in a writable folder (`runs` and "
-                                                            "`leaderboard` can still read a read-only store)")
+            check_store_writable(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = self._connect()

@@ -76,7 +76,8 @@ import yaml
 from .errors import UserError, close_matches
 from .paths import expand_path, packaged_config_dir
 from .codeid import code_fingerprint
-from .store import Store, config_hash, git_state, library_versions, portable_config, store_path
+from .store import (Store, check_store_writable, config_hash, git_state, library_versions, portable_config,
+                    store_path)
 
 SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "store",
               "leaderboard", "models_from")
@@ -704,6 +705,7 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
         for params in {(r.params["model_root"], r.params["dataset_id"], r.params.get("data_root")): r.params
                        for r in plan.unique_runs()}.values():
             check_paths(params)  # before the store is made or a run starts: a folder no run could write
+        check_store_writable(store or suite.store)
         # a data error is the dataset's, not each run's: one error, before any run starts
         stored = _stored_keys(store or suite.store)
         prepare_datasets([r for r in plan.unique_runs() if r.key not in stored], out=out)

@@ -105,9 +105,11 @@ def write_raw_dataset(tmp_path, label_of_row_3="1"):
     def edit(d):
         d["toy"] = dict(data_root=str(tmp_path / "data"), data_format="csv", train_data=str(raw / "train.csv"),
                         valid_data=str(raw / "valid.csv"), test_data=str(raw / "test.csv"), domain_field="domain",
-                        domains=[0, 1], label_col={"name": "click", "dtype": "float"},
+                        domains=[0, 1], label_col={"name": "click", "dtype": "float"}, group_id="group_id",
                         feature_cols=[{"name": ["user_id", "item_id", "domain"], "dtype": "int",
-                                       "type": "categorical"}])
+                                       "type": "categorical"},
+                                      {"name": "group_id", "dtype": "int", "type": "meta",
+                                       "preprocess": "copy_from(user_id)"}])
     return edit
 
 

@@ -193,6 +193,14 @@ def test_schema_1_store_is_migrated_and_its_runs_are_outdated(tmp_path, tiny):
                      (run.variant.config_hash, json.dumps(portable_config(run.params))))
         conn.execute("INSERT INTO metrics VALUES (1, 'test', 'AUC', 'Overall', 0.6)")
         conn.commit()
+    # a reader (leaderboard, runs) converts nothing: it sees the runs with code unknown, so outdated
+    board = build_board(suite, store=str(path))
+    assert board.tables[0].rows[0].outdated and board.tables[0].rows[0].run_ids == {1: 1}
+    with Store(path, create=False) as db:
+        assert db.stored_keys() == {(run.variant.config_hash, 1, ""): 1}
+    with contextlib.closing(sqlite3.connect(str(path))) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    # a writer migrates it
     with Store(path) as db:
         assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         assert db.stored_keys() == {(run.variant.config_hash, 1, ""): 1}

@@ -204,8 +204,7 @@ OPTION_RANGES = {
     **dict.fromkeys(("user_zipf", "item_zipf"), schema.POSITIVE),
     **dict.fromkeys(("affinity_scale", "id_scale", "user_bias_std", "item_bias_std", "hour_effect_std",
                      "domain_sizes"), schema.NON_NEGATIVE),
-    "side_accuracy": schema.FRACTION, **dict.fromkeys(("domain_rho", "id_rho", "small_rho"), schema.Range(ge=-1, le=1)),
-    "size_skew": schema.NON_NEGATIVE, "n_small_domains": schema.POSITIVE_INT,
+    "side_accuracy": schema.FRACTION, "domain_rho": schema.Range(ge=-1, le=1),
     "seed": schema.Range(ge=0, le=2**32 - 1),
 }
 
