@@ -99,6 +99,7 @@ def column_marks(values: list[dict], metric: str) -> ColumnMarks:
 
 # ================================================================================================ the board
 OUTDATED_MARK = "†"
+CAP_MARK = "‡"  # a run whose best epoch is its last allowed one: early stopping never said it converged
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Row:
     values: dict             # column -> {seed: value}
     code: str = ""           # the code fingerprint every run of the row was made by (never a mix)
     outdated: bool = False   # no run of the current code yet: the row shows the newest older revision
+    capped: int = 0          # runs whose best epoch is the epoch cap (not shown to have converged)
 
     @property
     def label(self) -> str:
@@ -115,8 +117,9 @@ class Row:
 
     @property
     def shown_label(self) -> str:
-        """The label with the marks of the row: :data:`OUTDATED_MARK` for runs of older code."""
-        return self.label + (f" {OUTDATED_MARK}" if self.outdated else "")
+        """The label with the marks of the row: :data:`OUTDATED_MARK` for runs of older code, :data:`CAP_MARK`
+        when a run's best epoch is its last allowed one."""
+        return self.label + (f" {OUTDATED_MARK}" if self.outdated else "") + (f" {CAP_MARK}" if self.capped else "")
 
     @property
     def group(self) -> str:
@@ -189,7 +192,9 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
         by_config = db.stored_by_config()
         wanted = {r.key: stored[r.key] for r in plan.runs if r.key in stored}
         rows_runs = {v.index: _row_runs(v, stored, by_config) for v in plan.variants}
-        values_of = db.metrics_of({rid for _, ids, _ in rows_runs.values() for rid in ids.values()})
+        shown = {rid for _, ids, _ in rows_runs.values() for rid in ids.values()}
+        values_of = db.metrics_of(shown)
+        capped_runs = {r["run_id"] for r in db.list_runs(shown) if _at_cap(r)}
     finally:
         db.close()
     datasets = list(dict.fromkeys(v.dataset_id for v in plan.variants))
@@ -210,7 +215,8 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
             code, run_ids, outdated = rows_runs[v.index]
             values = {c: {s: values_of[r].get(split, {}).get(c, float("nan")) for s, r in run_ids.items()}
                       for c in table.columns}
-            table.rows.append(Row(variant=v, run_ids=run_ids, values=values, code=code, outdated=outdated))
+            table.rows.append(Row(variant=v, run_ids=run_ids, values=values, code=code, outdated=outdated,
+                                  capped=sum(rid in capped_runs for rid in run_ids.values())))
         for c in table.columns:
             table.marks[c] = column_marks([row.values[c] for row in table.rows], c)
         for row in table.rows:  # the data's oracle (same for every run of the dataset): a reference row
@@ -235,6 +241,12 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
                  store_path=_store_path(store or suite.store),
                  std=lb["std"] if std is None else std, digits=lb["digits"] if digits is None else digits,
                  missing=missing)
+
+
+def _at_cap(run: dict) -> bool:
+    """Whether a stored run's best epoch is the last epoch it was allowed (``epochs``)."""
+    best, cap = run.get("best_epoch"), run.get("epochs")
+    return best is not None and cap is not None and int(best) >= int(cap)
 
 
 def _row_runs(variant, stored: dict, by_config: dict) -> tuple[str, dict, bool]:
@@ -329,6 +341,10 @@ def _notes(board: Board) -> list[str]:
         notes.append(f"{OUTDATED_MARK}: {len(outdated)} row(s) ({', '.join(r.label for r in outdated)}) come from runs "
                      f"of older code (their model, the layers it uses or the run path changed since); every cell of "
                      f"a row comes from one code revision. `mdl-bench run --suite {board.suite.name}` reruns them.")
+    capped = [r for t in board.tables for r in t.rows if r.capped]
+    if capped:
+        notes.append(f"{CAP_MARK}: in {len(capped)} row(s) a run's best epoch is its last allowed one (`epochs`): "
+                     f"early stopping never saw validation stop improving, so those runs may not have converged.")
     if board.missing:
         notes.append(f"{len(board.missing)} of {board.planned} runs are not in the store for the current code yet "
                      f"(`mdl-bench run --suite {board.suite.name}`); their rows show the runs found.")
@@ -417,7 +433,8 @@ def render_csv(board: Board) -> str:
             name = f"lift[{lift.base.label}] {column(metric, lift.spec['domain'])}"
             if name not in lift_cols:
                 lift_cols.append(name)
-    header = ["dataset", "group", "method", "expid", "config_hash", "code", "outdated", "seeds"] + info_keys
+    header = ["dataset", "group", "method", "expid", "config_hash", "code", "outdated", "at_epoch_cap",
+              "seeds"] + info_keys
     for c in columns:
         header += [c, f"{c} std", f"{c} mark"]
     for name in lift_cols:
@@ -426,7 +443,8 @@ def render_csv(board: Board) -> str:
     for table in board.tables:
         for i, row in enumerate(table.rows):
             line = [table.dataset_id, row.group, row.label, row.variant.expid, row.variant.config_hash, row.code,
-                    int(row.outdated), len(row.run_ids)] + [row.variant.entry.info.get(k, "") for k in info_keys]
+                    int(row.outdated), row.capped, len(row.run_ids)] + [row.variant.entry.info.get(k, "")
+                                                                       for k in info_keys]
             for c in columns:
                 if c not in table.columns:
                     line += ["", "", ""]
@@ -449,7 +467,7 @@ def render_csv(board: Board) -> str:
                 line += list(extra.get(name, ("", "")))
             writer.writerow(line)
         if table.oracle:
-            line = [table.dataset_id, "Oracle", ORACLE_LABEL, "", "", "", "", ""] + [""] * len(info_keys)
+            line = [table.dataset_id, "Oracle", ORACLE_LABEL, "", "", "", "", "", ""] + [""] * len(info_keys)
             for c in columns:
                 value = table.oracle.get(c, float("nan"))
                 line += ["" if math.isnan(value) else repr(value), "", ""]

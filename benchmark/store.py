@@ -409,16 +409,18 @@ class Store:
                "best_epoch, epochs_run, train_seconds, wall_seconds, finished_at, "
                "json_extract(config_json, '$.models_from') AS models_from, "
                "json_extract(config_json, '$.epochs') AS epochs FROM runs")
-        args: list = []
-        if run_ids is not None:
-            ids = [int(r) for r in run_ids]
-            if not ids:
-                return []
-            sql += f" WHERE run_id IN ({','.join('?' * len(ids))})"
-            args = ids
-        cur = self.conn.execute(sql + " ORDER BY run_id", args)
-        cols = [c[0] for c in cur.description]
-        return [dict(zip(cols, r)) for r in cur]
+        if run_ids is None:
+            cur = self.conn.execute(sql + " ORDER BY run_id")
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, r)) for r in cur]
+        ids = sorted({int(r) for r in run_ids})
+        out: list[dict] = []
+        for start in range(0, len(ids), 500):  # SQLite caps the number of bound variables
+            chunk = ids[start:start + 500]
+            cur = self.conn.execute(sql + f" WHERE run_id IN ({','.join('?' * len(chunk))}) ORDER BY run_id", chunk)
+            cols = [c[0] for c in cur.description]
+            out += [dict(zip(cols, r)) for r in cur]
+        return out
 
     # -------------------------------------------------------------------------------------- claims
     def claim(self, config_hash: str, seed: int, code_fingerprint: str) -> dict | None:

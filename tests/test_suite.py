@@ -489,3 +489,30 @@ def test_sigkill_mid_suite_then_restart_stores_each_run_exactly_once(tiny, tmp_p
         keys = conn.execute("SELECT config_hash, seed, code_fingerprint FROM runs").fetchall()
         assert not conn.execute("SELECT * FROM claims").fetchall()
     assert sorted(keys) == sorted({r.key for r in suite.plan().runs}) and len(keys) == 4
+
+
+def test_runs_stopped_at_the_epoch_cap_are_marked(tmp_path):
+    """A run whose best epoch is its last allowed one (`epochs`) never saw early stopping: its row carries the cap
+    mark in every format (md/html label, csv column) and a note says what it means."""
+    from mdl_bench.benchmark.leaderboard import CAP_MARK
+
+    data = dict(THREE_ROWS, seeds=[1, 2])
+    suite = Suite(data, write_suite(tmp_path, data))
+    store = tmp_path / "cap.sqlite"
+    plan = suite.plan()
+    with Store(store) as db:
+        for run in plan.runs:
+            record = fake_record(run, three_values(0, run.seed))
+            cap = int(run.params["epochs"])
+            # row A: both seeds peak at the cap; row B: seed 1 only; row C: before the cap
+            record["best_epoch"] = {"A": cap, "B": cap if run.seed == 1 else cap - 1}.get(run.variant.label, cap - 1)
+            assert db.insert_run(record) is not None
+    board = build_board(suite, store=str(store))
+    rows = {r.label: r for r in board.tables[0].rows}
+    assert (rows["A"].capped, rows["B"].capped, rows["C"].capped) == (2, 1, 0)
+    md, page = render(board, "md"), render(board, "html")
+    assert f"| A {CAP_MARK} " in md and f"| B {CAP_MARK} " in md and f"| C {CAP_MARK}" not in md
+    assert "last allowed one" in md and f"A {CAP_MARK}" in page
+    table = {r["method"]: r["at_epoch_cap"] for r in csv.DictReader(io.StringIO(render(board, "csv")))
+             if r["group"] != "Oracle"}
+    assert table == {"A": "2", "B": "1", "C": "0"}
