@@ -73,7 +73,7 @@ class MultiEmbedding(nn.Module):
 
     def select(self, emb: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
         """The named fields of an embedding ``... x F x D`` (from :meth:`forward`), in the order of ``names``."""
-        return emb.index_select(emb.dim() - 2, torch.as_tensor(self.positions(names), device=emb.device))
+        return take_fields(emb, self.positions(names))
 
     def forward(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = self.embedding(X)  # B x F x (M*D)
@@ -85,6 +85,12 @@ class MultiEmbedding(nn.Module):
         B, F, _ = emb.shape
         return emb.view(B, F, self.num_tables, self.embedding_dim).permute(2, 0, 1, 3).reshape(
             self.num_tables, B, F * self.embedding_dim)
+
+
+def take_fields(emb: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+    """Fields ``positions`` of ``... x F x D``. ``index_select``, whose backward is deterministic on the CPU
+    (``emb[..., positions, :]`` backpropagates through ``index_put_`` with accumulation)."""
+    return emb.index_select(emb.dim() - 2, torch.as_tensor(positions, device=emb.device))
 
 
 def check_fields(feature_map, fields: Sequence[str], option: str, model: str) -> list[str]:
@@ -129,8 +135,7 @@ class FieldSelection:
         self.last: torch.Tensor | None = None
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
-        out = emb if self.identity else emb.index_select(
-            emb.dim() - 2, torch.as_tensor(self.positions, device=emb.device))
+        out = emb if self.identity else take_fields(emb, self.positions)
         if self.record:
             self.last = out
         return out
