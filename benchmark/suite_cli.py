@@ -120,7 +120,7 @@ def cmd_runs(args) -> int:
         ids = sorted({rid for r in plan.unique_runs() for rid, _, _ in by_config.get(r.key[:2], [])})
         rows = db.list_runs(ids)
         current = {r.key for r in plan.unique_runs()}
-        missing = sum(1 for r in plan.unique_runs() if r.key not in db.stored_keys())
+        missing = len(current - set(db.stored_keys()))
     else:
         db = Store(args.store, create=False)
         rows, missing, current = db.list_runs(), 0, None

@@ -139,6 +139,3 @@ class FieldSelection:
         if self.record:
             self.last = out
         return out
-
-    def __len__(self) -> int:
-        return len(self.fields)
