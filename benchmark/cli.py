@@ -10,28 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError, show_value
+from mdl_bench.model_zoo.core.errors import UserError, show_value
+from .config import parse_set
 from .paths import check_writable_dir
-
-# Third-party chatter that would bury our one-line messages (polars/fuxictr deprecations, tqdm, Ray).
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def parse_set(items) -> dict:
-    """``["a=1", "b=[1, 2]"]`` -> ``{"a": 1, "b": [1, 2]}``; values are YAML (never evaluated as code)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set expects KEY=VALUE, got {show_value(item)}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {show_value(key.strip())[1:-1]}: {show_value(value)} is not a valid YAML value; "
-                            f"quote it") from None
-    return out
-
 
 RUN_FLAGS = ("gpu", "seed", "epochs", "batch_size", "model_root", "data_root")
 
@@ -266,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # Third-party chatter (polars/fuxictr deprecations) would bury our one-line messages; silenced for this
+    # command only, not for a program that imports the package.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from .paths import HOME_ENV, bench_home

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError, close_matches, show_value
+from mdl_bench.model_zoo.core.errors import UserError, close_matches, show_value
 from .paths import expand_path, packaged_config_dir
 from .schema import DATASET_TYPES, TRAINER_TYPES
 
@@ -190,3 +190,18 @@ def check_keys(params: dict, model_class, expid: str, config: ConfigSet | None =
 
 def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=True, default_flow_style=None)
+
+
+def parse_set(items) -> dict:
+    """``["a=1", "b=[1, 2]"]`` -> ``{"a": 1, "b": [1, 2]}``; values are YAML (never evaluated as code)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got {show_value(item)}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {show_value(key.strip())[1:-1]}: {show_value(value)} is not a valid YAML value; "
+                            f"quote it") from None
+    return out

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from .errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
 
 TEST_SUFFIX, DEFAULT_SUFFIX = "_test", "_default"
 
@@ -58,7 +58,7 @@ def tiny_data(expid: str = "Crocodile_test", config_dir=None) -> SimpleNamespace
     ``$MDL_BENCH_HOME``: ``params``, ``feature_map`` and the parquet ``paths``."""
     from .config import ConfigSet
     from .data.build import ensure_dataset
-    from .runner import load_feature_map
+    from .data.build import load_feature_map
 
     params = ConfigSet(config_dir).load(expid, {"verbose": 0})
     paths = ensure_dataset(params)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError, close_matches
+from mdl_bench.model_zoo.core.errors import UserError, close_matches
 
 P_VALUE = 0.05
 PAPER_GROUPS = ("Single Domain", "MTL (SE)", "MTL (ME)", "MDL", "Crocodile")
@@ -179,7 +179,7 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
 
     lb = suite.leaderboard
     metrics = list(metrics or lb["metrics"])
-    from . import metrics as metric_lib
+    from mdl_bench.model_zoo.core import metrics as metric_lib
     for metric in metrics:
         if metric not in metric_lib.BASE_METRICS:
             raise UserError(f"unknown metric {metric!r}{close_matches(metric, metric_lib.BASE_METRICS)}; known "
@@ -561,10 +561,8 @@ def render_html(board: Board, images: dict | None = None) -> str:
 
 def _analysis_section(board: Board) -> str:
     """The figures of ``mdl-bench analyze --suite`` (issue 6) for this suite, if it was analysed; else ``""``."""
-    try:
-        from .analysis.html import leaderboard_section
-    except ImportError:  # the analysis package is optional for the leaderboard
-        return ""
+    from .analysis.html import leaderboard_section
+
     return leaderboard_section(board)
 
 

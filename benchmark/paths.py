@@ -7,15 +7,11 @@ as ``${MDL_BENCH_HOME}``.
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
-HOME_ENV = "MDL_BENCH_HOME"
-
-
-def bench_home() -> Path:
-    """The working area for generated data, built datasets, checkpoints and result stores."""
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".mdl_bench").expanduser()
+from mdl_bench.model_zoo.core.workdir import HOME_ENV, bench_home  # noqa: F401 (the one definition)
 
 
 def packaged_config_dir() -> Path:
@@ -30,6 +26,11 @@ def expand_path(value):
     if "${" + HOME_ENV + "}" in value or "$" + HOME_ENV in value:
         value = value.replace("${" + HOME_ENV + "}", str(bench_home())).replace("$" + HOME_ENV, str(bench_home()))
     return os.path.expanduser(value)
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: runs of other characters than letters, digits, ``_.-`` become one ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "run"
 
 
 def pid_alive(pid: int) -> bool:
@@ -67,7 +68,7 @@ def check_writable_dir(path, what: str, fix: str) -> Path:
     """``path`` as a folder this process can write in (it may not exist yet: then the nearest existing folder
     above it must be writable), or a one-line :class:`UserError`: is a file / not writable. Nothing is left
     behind (nothing is written to find out)."""
-    from .errors import UserError
+    from mdl_bench.model_zoo.core.errors import UserError
 
     path = Path(path).expanduser()
     note = _home_note(path)
@@ -88,7 +89,7 @@ def check_writable_dir(path, what: str, fix: str) -> Path:
 def check_writable_file(path, what: str, fix: str) -> Path:
     """``path`` as a file this process can write (create, or replace beside it), or a one-line
     :class:`UserError`: is a folder / not writable."""
-    from .errors import UserError
+    from mdl_bench.model_zoo.core.errors import UserError
 
     path = Path(path).expanduser()
     if path.is_dir():

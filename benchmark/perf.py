@@ -47,8 +47,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import allocator
-from .errors import UserError
+from mdl_bench.model_zoo.core import allocator
+from mdl_bench.model_zoo.core.errors import UserError
 from .paths import bench_home
 
 MB = 1024 * 1024
@@ -416,7 +416,8 @@ def _base_overrides(cfg: PerfConfig, work: Path) -> dict:
 def _prepare(expid: str, overrides: dict):
     """Resolved params, model class, built paths and feature map of ``expid`` (the dataset built if needed)."""
     from .data.build import ensure_dataset
-    from .runner import load_feature_map, resolve
+    from .data.build import load_feature_map
+    from .runner import resolve
 
     params, model_class, _ = resolve(expid, None, overrides)
     paths = ensure_dataset(params, log=lambda message: None)
@@ -629,7 +630,7 @@ def gauc_data(rows: int, users: int, seed: int = 7):
 def measure_gauc(rows: int, users: int, repeats: int = 3) -> dict:
     from fuxictr.metrics import evaluate_metrics
 
-    from .metrics import gauc_score
+    from mdl_bench.model_zoo.core.metrics import gauc_score
 
     y, score, group = gauc_data(rows, users)
     times, value = [], None
@@ -1091,7 +1092,7 @@ def run_perf(cfg: PerfConfig, out_path: str | os.PathLike | None = None, command
     names = list(cfg.models) if cfg.models else list(known)
     for name in names:
         if name not in known:
-            from .errors import close_matches
+            from mdl_bench.model_zoo.core.errors import close_matches
 
             raise UserError(f"perf: unknown model {name!r}{close_matches(name, known)}; registered: "
                             f"{', '.join(known)}")

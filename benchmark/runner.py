@@ -14,11 +14,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import distributed, metrics as metric_lib, schema
+from . import distributed, schema
+from mdl_bench.model_zoo.core import metrics as metric_lib
 from .config import ConfigSet, check_keys
 from .data import synth
-from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir, file_lock
-from .errors import UserError
+from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir, file_lock, load_feature_map
+from mdl_bench.model_zoo.core.errors import UserError
 from .paths import check_writable_dir
 from .report import domain_table
 
@@ -136,15 +137,6 @@ def check_device(params: dict) -> None:
                         f"lower nproc or pass --gpu -1")
 
 
-def load_feature_map(params: dict):
-    from fuxictr.features import FeatureMap
-
-    data_dir = dataset_dir(params)
-    feature_map = FeatureMap(params["dataset_id"], str(data_dir))
-    feature_map.load(str(data_dir / "feature_map.json"), params)
-    return feature_map
-
-
 def make_loaders(feature_map, paths: dict, params: dict, rank: int = 0, world_size: int = 1):
     """Train, valid and test loaders: in memory for a split built as one file, streamed for one built in parts."""
     from .data.loader import InMemoryLoader, StreamingLoader
@@ -253,7 +245,7 @@ def _run(expid: str, params: dict, model_class, rank, started: float, step_callb
         if gen.num_samples == 0:  # metrics of no rows are NaN: refuse rather than report them
             raise UserError(f"the {split} split of dataset {params['dataset_id']!r} has no rows ({split}_data "
                             f"{params.get(f'{split}_data')}); give it rows, or point {split}_data at a file with rows")
-    from .analysis.epochs import attach_ia_recorder
+    from .measure.epochs import attach_ia_recorder
 
     attach_ia_recorder(model, params, train_gen, valid_gen)  # `record_ia: true`: IA at every epoch end (figure 2)
     model.fit(train_gen, validation_data=valid_gen, **params)

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AllowInfNan, BeforeValidator, Field, StrictBool, TypeAdapter, ValidationError
 
-from .errors import UserError, show_value
+from mdl_bench.model_zoo.core.errors import UserError, show_value
 
 
 # ---------------------------------------------------------------------------------------------- ranges
@@ -130,7 +130,7 @@ REGULARIZER_TEXT = "a number >= 0, or l1(x), l2(x), l1_l2(x, y)"
 
 # ---------------------------------------------------------------------------------------------- declared keys
 # Keys read by the trainer and the run script (FuxiCTR's BaseModel, this package's runner, loaders, DDP;
-# record_ia: benchmark/analysis/epochs.py; models_from: where a model outside the package is found, set by
+# record_ia: benchmark/measure/epochs.py; models_from: where a model outside the package is found, set by
 # runner.resolve). config.RUN_KEYS is this table's keys.
 TRAINER_TYPES: dict[str, tuple[Any, Range | None]] = {
     "model": (str, None), "dataset_id": (str, None), "model_id": (str, None), "loss": (str, None),

@@ -33,7 +33,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterable
 
-from .errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
 from .paths import bench_home, check_writable_file, expand_path, pid_alive as _pid_alive
 
 APPLICATION_ID = 0x4D444C42  # "MDLB"

@@ -73,7 +73,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import UserError, close_matches
+from mdl_bench.model_zoo.core.errors import UserError, close_matches
 from .paths import expand_path, packaged_config_dir
 from .codeid import code_fingerprint
 from .store import (Store, check_store_writable, config_hash, git_state, library_versions, portable_config,
@@ -317,7 +317,7 @@ class Suite:
         """Resolve every variant and run. ``strict`` (for running) checks models and keys through
         :func:`~mdl_bench.benchmark.runner.resolve`; the leaderboard uses ``strict=False`` so that rows of models
         that are not importable now still find their stored runs."""
-        from . import metrics as metric_lib
+        from mdl_bench.model_zoo.core import metrics as metric_lib
         from .config import ConfigSet
         from .data.build import domain_names
         from .runner import resolve
@@ -824,28 +824,6 @@ def _run_here(pending: list, db: Store, suite_name: str, progress: SuiteProgress
 
 
 # ------------------------------------------------------------------------------------------------ workers
-def _die_with_parent(parent_pid: int) -> None:
-    """End this worker when the suite process is gone (e.g. SIGKILLed): the run in flight is lost, nothing is
-    half-stored. Linux: the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); elsewhere, and as
-    a fallback, a thread polls the parent id."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # it died before the line above
-        os._exit(3)
-
-    def poll():
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                os._exit(3)
-
-    threading.Thread(target=poll, daemon=True).start()
-
-
 def _worker_main(worker_id: int, tasks, results, store_file: str, suite_name: str, threads: int,
                  parent_pid: int, home: str | None) -> None:
     import warnings
@@ -854,7 +832,7 @@ def _worker_main(worker_id: int, tasks, results, store_file: str, suite_name: st
     warnings.filterwarnings("ignore", category=FutureWarning)
     if home:
         os.environ["MDL_BENCH_HOME"] = home
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)

@@ -7,18 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
-
-
-def _parse_set(items) -> dict:
-    from .cli import parse_set
-
-    return parse_set(items)
+from mdl_bench.model_zoo.core.errors import UserError
+from .config import parse_set
 
 
 def _overrides(args) -> dict:
     """``--set`` and ``--nproc``: the same on ``run``, ``leaderboard`` and ``runs``, so they find the same runs."""
-    overrides = _parse_set(getattr(args, "set", None))
+    overrides = parse_set(getattr(args, "set", None))
     nproc = getattr(args, "nproc", None)
     if nproc is not None:
         if nproc < 1:

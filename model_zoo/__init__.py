@@ -32,7 +32,7 @@ import re
 import sys
 from pathlib import Path
 
-from mdl_bench.benchmark.errors import UserError, close_matches, show_value
+from mdl_bench.model_zoo.core.errors import UserError, close_matches, show_value
 from .base import MultiDomainModel
 
 _NOT_MODELS = {"base", "registry"}
@@ -278,6 +278,12 @@ def model_location(name: str) -> str | None:
     return _state.locations.get(name)
 
 
+def model_group(name) -> str | None:
+    """The leaderboard group of registered model ``name`` (``None`` for a name not registered)."""
+    cls = registry().get(str(name))
+    return getattr(cls, "group", None) if cls is not None else None
+
+
 def get_model(name: str, models_from=None) -> type:
     """The class of model ``name``; ``models_from`` (locations, as ``add_models_from`` takes them) are searched
     when the name is not registered yet."""
@@ -295,5 +301,5 @@ def get_model(name: str, models_from=None) -> type:
                     f"--models-from DIR or `models_from:`){failed}")
 
 
-__all__ = ["MultiDomainModel", "registry", "get_model", "add_models_from", "model_location", "model_file",
+__all__ = ["MultiDomainModel", "registry", "get_model", "add_models_from", "model_location", "model_file", "model_group",
            "normalise_location", "ENTRY_POINT_GROUP", "ENV_VAR"]

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from fuxictr.pytorch.models import BaseModel
 from tqdm import tqdm
 
-from mdl_bench.benchmark.errors import UserError
-from mdl_bench.benchmark import allocator, distributed, metrics as metric_lib
+from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.model_zoo.core import allocator, collectives, metrics as metric_lib
+from mdl_bench.model_zoo.core.workdir import bench_home
 
 BCE_NAMES = ("binary_crossentropy", "binary_cross_entropy", "bce")
 
@@ -64,7 +65,7 @@ class MultiDomainModel(BaseModel):
                  loss: str = "binary_crossentropy", optimizer: str = "adam", **kwargs):
         kwargs.setdefault("verbose", 1)
         kwargs.setdefault("metrics", ["logloss", "AUC", "gAUC"])
-        kwargs.setdefault("model_root", os.path.join(os.path.expanduser("~"), ".mdl_bench", "checkpoints"))
+        kwargs.setdefault("model_root", str(bench_home() / "checkpoints"))
         super().__init__(feature_map, model_id=model_id, gpu=gpu, **kwargs)
         if str(loss) not in BCE_NAMES:
             raise UserError(f"{type(self).__name__}: loss {loss!r} is not supported; multi-domain CTR models here "
@@ -176,7 +177,7 @@ class MultiDomainModel(BaseModel):
     # ------------------------------------------------------------------ training loop
     def fit(self, data_generator, **kwargs) -> None:
         """FuxiCTR's ``fit``, after telling glibc to keep freed memory: without it every CPU step page-faults its
-        large tensors in afresh (see :mod:`mdl_bench.benchmark.allocator`; ``mdl-bench perf`` measures it)."""
+        large tensors in afresh (see :mod:`mdl_bench.model_zoo.core.allocator`; ``mdl-bench perf`` measures it)."""
         allocator.keep_freed_memory()
         self.checkpoint_written = False  # fit ends by loading self.checkpoint: the runner checks it is this fit's
         super().fit(data_generator, **kwargs)
@@ -207,7 +208,7 @@ class MultiDomainModel(BaseModel):
         with (ddp.join(divide_by_initial_world_size=False) if uneven and ddp is not None
               else contextlib.nullcontext()):
             self._train_batches(data_generator, evaluate_inside=not uneven)
-        distributed.sync_buffers(self)
+        collectives.sync_buffers(self)
         if uneven and not self._stop_training:
             self.eval_step()
 
@@ -266,7 +267,7 @@ class MultiDomainModel(BaseModel):
 
         Under DDP each rank predicts its shard and the arrays are gathered in rank order (all rows, once)."""
         self.eval()
-        distributed.sync_buffers(self)  # a mid-epoch evaluation must not use per-rank running statistics
+        collectives.sync_buffers(self)  # a mid-epoch evaluation must not use per-rank running statistics
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         group_id = self.feature_map.group_id
         batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stdout)
@@ -282,7 +283,7 @@ class MultiDomainModel(BaseModel):
         keys = ["y_pred", "domain"] + [k for k in ("y_true", "group") if k in parts or not parts and
                                        (k == "y_true" or group_id is not None)]
         dtypes = {"y_pred": torch.float32, "domain": torch.long, "y_true": torch.float32, "group": torch.long}
-        return distributed.gather_arrays({k: (torch.cat(parts[k]) if k in parts else torch.zeros(0, dtype=dtypes[k]))
+        return collectives.gather_arrays({k: (torch.cat(parts[k]) if k in parts else torch.zeros(0, dtype=dtypes[k]))
                                           .numpy() for k in keys})
 
     def predict(self, data_generator) -> np.ndarray:
@@ -306,12 +307,12 @@ class MultiDomainModel(BaseModel):
         """Write to a temporary file and rename, so a killed run never leaves a truncated checkpoint.
 
         Under DDP only rank 0 writes; every rank waits until the file is complete."""
-        if distributed.current().is_main:
+        if collectives.current().is_main:
             os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
             tmp = f"{checkpoint}.tmp-{os.getpid()}"
             torch.save(self.state_dict(), tmp)
             os.replace(tmp, checkpoint)
-        distributed.barrier()
+        collectives.barrier()
         self.checkpoint_written = True
 
     checkpoint_written: bool = False

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mdl_bench.benchmark.analysis.measures import (OutputMoments, covloss_total, dim_covariance_summary,
+from mdl_bench.benchmark.measure.quantities import (OutputMoments, covloss_total, dim_covariance_summary,
                                                    diversity_index, domain_norms, gram, information_abundance,
                                                    singular_values)
-from mdl_bench.benchmark.analysis.probe import (embedding_tables, expert_outputs, frequency_groups, table_domains)
+from mdl_bench.benchmark.measure.probe import (embedding_tables, expert_outputs, frequency_groups, table_domains)
 from mdl_bench.benchmark.analysis.report import table_information
 from mdl_bench.model_zoo.layers import CovLoss, MultiEmbedding
 from conftest import build_model
@@ -286,7 +286,7 @@ def test_pepnet_experts_are_the_gated_tower_hidden_outputs(tiny, tiny_batch):
 def test_probe_reads_model_hooks_not_class_names(tiny):
     import inspect
 
-    from mdl_bench.benchmark.analysis import probe
+    from mdl_bench.benchmark.measure import probe
     from mdl_bench.model_zoo import registry
 
     source = inspect.getsource(probe)
@@ -341,7 +341,7 @@ def tiny_runs(tiny, tmp_path_factory):
 
 
 def test_ia_recorder_writes_a_snapshot_per_epoch(tiny_runs):
-    from mdl_bench.benchmark.analysis.epochs import read_ia_epochs
+    from mdl_bench.benchmark.measure.epochs import read_ia_epochs
 
     record = read_ia_epochs(tiny_runs.croc.checkpoint)
     assert [s["epoch"] for s in record["snapshots"]] == list(range(tiny_runs.croc.epochs_run + 1))

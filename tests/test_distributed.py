@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from mdl_bench.benchmark import distributed
+from mdl_bench.model_zoo.core import collectives
 from mdl_bench.benchmark.data.loader import InMemoryLoader, StreamingLoader
-from mdl_bench.benchmark.errors import UserError
-from mdl_bench.benchmark.metrics import compute_metrics
+from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.model_zoo.core.metrics import compute_metrics
 
 # ---------------------------------------------------------------------------------------------- rank functions
 
@@ -106,7 +107,7 @@ def rank_one_dies(expid: str) -> None:
     d.init({})
     if d.current().rank == 1:
         os._exit(7)
-    d.barrier()  # rank 0 would wait here forever
+    collectives.barrier()  # rank 0 would wait here forever
 
 
 # ---------------------------------------------------------------------------------------------- DDP tests

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from mdl_bench.benchmark import metrics as M
-from mdl_bench.benchmark.errors import UserError
+from mdl_bench.model_zoo.core import metrics as M
+from mdl_bench.model_zoo.core.errors import UserError
 
 
 def reference_gauc(y, p, g):

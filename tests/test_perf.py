@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mdl_bench.benchmark import cli
-from mdl_bench.benchmark.metrics import gauc_score
+from mdl_bench.model_zoo.core.metrics import gauc_score
 from mdl_bench.benchmark.perf import (FirstBatches, PerfConfig, evaluate_targets, gauc_data, is_ray_process,
                                       render_markdown, run_perf, tree_usage)
 

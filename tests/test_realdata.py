@@ -16,7 +16,7 @@ import yaml
 
 from mdl_bench.benchmark.cli import main
 from mdl_bench.benchmark.data import aliccp, kuairand, realdata
-from mdl_bench.benchmark.errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
 from mdl_bench.benchmark.paths import packaged_config_dir
 
 

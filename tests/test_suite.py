@@ -24,7 +24,7 @@ import yaml
 from scipy import stats
 
 from mdl_bench.benchmark.cli import main
-from mdl_bench.benchmark.errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
 from mdl_bench.benchmark.leaderboard import build_board, make_plots, render
 from mdl_bench.benchmark.codeid import code_fingerprint
 from mdl_bench.benchmark.store import (APPLICATION_ID, SCHEMA_VERSION, Store, config_hash, local_config,

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from mdl_bench.benchmark.data import synth
-from mdl_bench.benchmark.errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
 
 SMALL = dict(n_train=3000, n_valid=500, n_test=500, n_users=200, n_items=400, n_authors=50)
 
@@ -56,7 +56,7 @@ def test_stored_probability_is_the_oracle():
         se = np.sqrt((p[m] * (1 - p[m])).sum()) / m.sum()
         assert abs(y[m].mean() - p[m].mean()) < 4 * se
     # the oracle AUC reported by the package is the AUC of the stored probability
-    from mdl_bench.benchmark.metrics import auc_score
+    from mdl_bench.model_zoo.core.metrics import auc_score
     assert auc_score(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert roc_auc_score(y, p) > 0.7
 

@@ -1,10 +1,9 @@
-"""Why Crocodile works: the paper's analysis tools (sections 2, 4.3, 4.4; figures 1, 2, 5, 6, 7).
+"""Why Crocodile works: the paper's analysis tools (sections 2, 4.3, 4.4; figures 1, 2, 5, 6, 7), on stored runs.
 
-* :mod:`.measures`: Information Abundance, memory-light singular values, the Diversity Index of eq. (1)-(3),
-  covariance heatmaps (pure numpy).
-* :mod:`.probe`: what is read from a model: expert outputs on fixed rows, embedding tables as views of the
-  weights, training frequencies of their rows.
-* :mod:`.epochs`: the ``record_ia`` run option: IA snapshots at every epoch end (figure 2).
-* :mod:`.figures`: the PNGs; :mod:`.report`: a set of runs -> ``analysis.json`` + figures;
-  :mod:`.command`: ``mdl-bench analyze``; :mod:`.html`: the figures as a section of the HTML leaderboard.
+The quantities themselves (IA, DI, spectra, covariances, the model probes) are in :mod:`..measure`, below the
+runner; this package turns a set of runs into reports and figures:
+
+* :mod:`.report`: a set of runs -> ``analysis.json`` + figures; :mod:`.figures`: the PNGs;
+* :mod:`.store_bridge`: the runs of the results store as :class:`~.report.RunRef`;
+* :mod:`.command`: ``mdl-bench analyze``; :mod:`.html`: the figures as a section of the HTML leaderboard.
 """

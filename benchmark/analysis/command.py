@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
 from ..paths import bench_home, check_writable_dir
 
 SINGLE_DOMAIN_MODEL = "SingleDomain"
@@ -73,10 +73,10 @@ def options_from(args):
 # ------------------------------------------------------------------ runs from checkpoints
 def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, overrides: dict | None = None):
     """A :class:`RunRef` for a checkpoint: config from its ``.result.json``, else resolved from ``expid``."""
+    from mdl_bench.model_zoo import model_group, registry
     from ..runner import RESULT_SUFFIX, resolve
+    from ..measure.probe import read_checkpoint
     from .report import RunRef
-
-    from .probe import read_checkpoint
 
     checkpoint = Path(path).expanduser()
     if checkpoint.is_dir():
@@ -95,7 +95,7 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
         from ..schema import validate
 
         # a result written before the schema may hold "1e-3" as text: convert what can be (never refuse a stored run)
-        params = validate(stored["params"], _model_class(stored["params"].get("model")), strict=False)
+        params = validate(stored["params"], registry().get(str(stored["params"].get("model"))), strict=False)
         label = stored.get("expid") or params.get("model_id") or checkpoint.stem
         seed = stored.get("seed")
     elif expid is not None:
@@ -105,18 +105,7 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
         raise UserError(f"no {result.name} beside {checkpoint}; pass --expid (and --config/--set) naming the config "
                         f"that trained it")
     return RunRef(label=str(label), params=params, checkpoint=str(checkpoint), seed=seed,
-                  group=_group(params.get("model")))
-
-
-def _model_class(model_name):
-    from mdl_bench.model_zoo import registry
-
-    return registry().get(str(model_name))
-
-
-def _group(model_name) -> str | None:
-    cls = _model_class(model_name)
-    return getattr(cls, "group", None) if cls is not None else None
+                  group=model_group(params.get("model")))
 
 
 # ------------------------------------------------------------------ runs from the results store
@@ -175,7 +164,8 @@ def _compare_ref(ref: str, store):
 
 def run_compare(args, options) -> int:
     """``analyze --compare A B``: figure 7 as numbers, printed, with the files beside."""
-    from .report import compare_covariance, slug
+    from ..paths import slug
+    from .report import compare_covariance
 
     if args.expid or args.set or args.single_domain:
         raise UserError("--compare takes two run ids or checkpoints with their stored configs; --expid, --set and "
@@ -236,7 +226,8 @@ def compare_table(report: dict) -> str:
 
 
 def run_command(args) -> int:
-    from .report import analyze_runs, slug
+    from ..paths import slug
+    from .report import analyze_runs
 
     options = options_from(args)
     options.check()
@@ -245,7 +236,7 @@ def run_command(args) -> int:
         raise UserError("analyze needs exactly one of --suite NAME, --run RUN_ID, --checkpoint PATH or --compare A B")
     if args.compare:
         return run_compare(args, options)
-    from ..cli import parse_set
+    from ..config import parse_set
 
     if args.checkpoint:
         runs = [run_from_checkpoint(p, args.expid, args.config, parse_set(args.set)) for p in args.checkpoint]

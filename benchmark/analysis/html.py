@@ -11,6 +11,7 @@ import html
 import json
 from pathlib import Path
 
+from ..paths import slug
 from .figures import CAPTIONS
 
 ORDER = ("fig1a", "fig6", "fig5", "fig2", "fig7")
@@ -70,8 +71,6 @@ def figures_section(folder) -> str:
 def suite_analysis_dir(suite, store_path) -> Path:
     """``<store folder>/analysis/<suite name>/`` for a loaded suite and its resolved store file: where
     ``mdl-bench analyze --suite`` writes and the HTML leaderboard looks."""
-    from .report import slug
-
     return Path(store_path).parent / "analysis" / slug(suite.name)
 
 

@@ -27,12 +27,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
+from ..paths import slug
 from . import figures
-from .epochs import read_ia_epochs
-from .measures import (covloss_total, cross_expert_mask, dim_covariance_summary, diversity_index,
+from ..measure.epochs import read_ia_epochs
+from ..measure.quantities import (covloss_total, cross_expert_mask, dim_covariance_summary, diversity_index,
                        information_abundance, singular_values)
-from .probe import (analysis_rows, batches, collect_experts, embedding_tables, frequency_groups, load_model,
+from ..measure.probe import (analysis_rows, batches, collect_experts, embedding_tables, frequency_groups, load_model,
                     train_frequencies)
 
 JSON_NAME = "analysis.json"
@@ -83,10 +84,6 @@ class AnalysisOptions:
             raise UserError("--rows must be >= 0 and --groups >= 1")
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "run"
-
-
 def _num(value):
     if value is None:
         return None
@@ -100,7 +97,7 @@ class _Dataset:
     def __init__(self, params: dict, options: AnalysisOptions):
         from ..data.build import ensure_dataset
         from ..data.loader import load_columns
-        from ..runner import load_feature_map
+        from ..data.build import load_feature_map
 
         paths = ensure_dataset(params)
         self.feature_map = load_feature_map(params)

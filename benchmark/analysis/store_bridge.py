@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
 
 
 def _plan(suite: str, config_dir=None, overrides: dict | None = None):
@@ -25,7 +25,7 @@ def runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, mo
     """Stored runs (in store order): those of ``suite`` (planned with the extra ``overrides`` it was run with),
     or the given ``run_ids``, or all of them (of ``model`` only, when given)."""
     from ..store import Store, local_config
-    from .command import _group
+    from mdl_bench.model_zoo import model_group
     from .report import RunRef
 
     labels: dict = {}
@@ -56,7 +56,7 @@ def runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, mo
         out = []
         for row in rows:
             run = store.get_run(row["run_id"])
-            label, group = labels.get(row["run_id"], (run["expid"], _group(run["model"])))
+            label, group = labels.get(row["run_id"], (run["expid"], model_group(run["model"])))
             out.append(RunRef(label=str(label), params=local_config(run["config"]), checkpoint=run["checkpoint"],
                               run_id=str(row["run_id"]), seed=run["seed"], group=group))
     return out

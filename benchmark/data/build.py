@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ..errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
 from . import synth
 from .realdata import read_header
 
@@ -580,3 +580,13 @@ def ensure_dataset(params: dict, log=logging.info) -> dict[str, str]:
                 log(f"Dataset {params['dataset_id']} config or raw files changed since the last build; rebuilding")
             build(params, files, fingerprint, log=log)
     return paths
+
+
+def load_feature_map(params: dict):
+    """The FuxiCTR ``FeatureMap`` of a built dataset (``params`` name it: ``dataset_id``, ``data_root``)."""
+    from fuxictr.features import FeatureMap
+
+    data_dir = dataset_dir(params)
+    feature_map = FeatureMap(params["dataset_id"], str(data_dir))
+    feature_map.load(str(data_dir / "feature_map.json"), params)
+    return feature_map

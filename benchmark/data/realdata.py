@@ -48,7 +48,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from ..errors import UserError
+from mdl_bench.model_zoo.core.errors import UserError
 from ..paths import check_writable_dir, pid_alive
 
 RARE_INT = -1

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import schema
-from ..errors import UserError, close_matches
+from mdl_bench.model_zoo.core.errors import UserError, close_matches
 from ..paths import pid_alive
 
 SCHEMA_VERSION = 1  # bump when the generative model changes, so cached raw files are regenerated

@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..errors import UserError
-from .measures import OutputMoments
+from mdl_bench.model_zoo.core.errors import UserError
+from .quantities import OutputMoments
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -29,7 +29,7 @@ def read_checkpoint(path) -> dict:
     :class:`UserError` for a missing, empty, truncated or foreign file."""
     import torch
 
-    from ..errors import show_value
+    from mdl_bench.model_zoo.core.errors import show_value
 
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -54,7 +54,7 @@ def load_model(params: dict, checkpoint: str | None = None):
     """The model of a resolved config on CPU, with the weights of ``checkpoint`` when given (else as built)."""
     from mdl_bench.model_zoo import get_model
     from ..data.build import ensure_dataset
-    from ..runner import load_feature_map
+    from ..data.build import load_feature_map
 
     params = {**params, "gpu": -1, "verbose": 0}
     ensure_dataset(params)

@@ -1,0 +1,187 @@
+"""The import structure, computed from the code: layers whose imports point one way, and no import circles.
+
+Every module of the package belongs to one layer (the longest matching prefix of :data:`LAYERS`); a module may
+import modules of its own layer or of a layer below, never one above, and the import graph (every ``import``,
+the ones inside functions included) has no circle. The models never import the benchmark. A new module that
+matches no layer fails here until it is given one.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = {"mdl_bench.model_zoo": ROOT / "model_zoo", "mdl_bench.benchmark": ROOT / "benchmark"}
+B = "mdl_bench.benchmark"
+
+#: bottom first; each layer lists module prefixes (see the README's "Architecture")
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("core", ("mdl_bench.model_zoo.core",)),
+    ("data", (f"{B}.paths", f"{B}.schema", f"{B}.config", f"{B}.data")),
+    ("layers", ("mdl_bench.model_zoo.layers",)),
+    ("models", ("mdl_bench.model_zoo",)),
+    ("measure", (f"{B}.measure",)),
+    ("runner", (f"{B}.runner", f"{B}.distributed", f"{B}.procs", f"{B}.report")),
+    ("suite/store", (f"{B}.store", f"{B}.suite", f"{B}.codeid")),
+    ("leaderboard/analysis/perf", (f"{B}.leaderboard", f"{B}.analysis", f"{B}.perf", f"{B}.perf_stock",
+                                   f"{B}.contract")),
+    ("cli", (f"{B}.cli", f"{B}.suite_cli", f"{B}.analysis.command")),
+]
+
+
+#: package roots that only hold a docstring (they must import nothing; they are in no layer)
+NAMESPACES = ("mdl_bench.benchmark",)
+
+
+def package_modules() -> dict[str, Path]:
+    """``{dotted module name: file}`` of every module of the package (a package is its ``__init__``)."""
+    out = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def imports_of(name: str, path: Path, modules) -> set[str]:
+    """The package modules ``name`` imports anywhere in its file (relative imports resolved)."""
+    is_package = path.name == "__init__.py"
+    here = name.split(".") if is_package else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                prefix = here[:len(here) - node.level + 1]
+                base = ".".join(prefix + ([node.module] if node.module else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # `import a.b.c` of a name inside module a.b
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = package_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def layer_of(module: str, layers=LAYERS) -> int | None:
+    best, best_len = None, -1
+    for index, (_, prefixes) in enumerate(layers):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+                best, best_len = index, len(prefix)
+    return best
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, on_stack, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in graph:
+                    continue
+                if child not in index:
+                    index[child] = low[child] = counter[0]
+                    counter[0] += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return out
+
+
+def violations(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """One line per problem: a module in no layer, an upward import, a model importing the benchmark, a circle."""
+    problems = []
+    for module in sorted(graph):
+        mine = layer_of(module, layers)
+        if module in NAMESPACES:
+            if graph[module]:
+                problems.append(f"{module} is a namespace package; it must import nothing")
+            continue
+        if mine is None:
+            problems.append(f"{module} is in no layer; add it to LAYERS in tests/test_structure.py and the README")
+            continue
+        for target in sorted(graph[module]):
+            theirs = layer_of(target, layers)
+            if theirs is not None and theirs > mine:
+                problems.append(f"{module} ({layers[mine][0]}) imports {target} ({layers[theirs][0]}), a layer above")
+            if module.startswith("mdl_bench.model_zoo") and target.startswith(B):
+                problems.append(f"{module} (a model or layer) imports the benchmark ({target})")
+    problems += [f"import circle: {' -> '.join(c)}" for c in circles(graph)]
+    return problems
+
+
+def test_the_package_has_one_way_layers_and_no_circles():
+    graph = import_graph()
+    assert len(graph) > 40  # the walk found the package
+    assert violations(graph) == []
+
+
+def test_every_layer_holds_a_module():
+    graph = import_graph()
+    used = {layer_of(m) for m in graph if m not in NAMESPACES}
+    assert used == set(range(len(LAYERS)))
+
+
+@pytest.mark.parametrize("graph, expected", [
+    ({"mdl_bench.model_zoo.core.errors": {"mdl_bench.benchmark.runner"}, "mdl_bench.benchmark.runner": set()},
+     ["mdl_bench.model_zoo.core.errors (core) imports mdl_bench.benchmark.runner (runner), a layer above",
+      "mdl_bench.model_zoo.core.errors (a model or layer) imports the benchmark (mdl_bench.benchmark.runner)"]),
+    ({f"{B}.suite.plan": {f"{B}.store"}, f"{B}.store": {f"{B}.suite.plan"}},
+     [f"import circle: {B}.store -> {B}.suite.plan"]),
+    ({f"{B}.newthing": set()}, [f"{B}.newthing is in no layer; add it to LAYERS in tests/test_structure.py and the README"]),
+    ({f"{B}.cli": {f"{B}.runner"}, f"{B}.runner": set()}, []),
+])
+def test_the_checker_finds_each_kind_of_problem(graph, expected):
+    assert violations(graph) == expected
+
+
+def test_imports_are_resolved_from_the_syntax(tmp_path):
+    modules = {"mdl_bench.benchmark": None, "mdl_bench.benchmark.data": None, "mdl_bench.benchmark.data.build": None,
+               "mdl_bench.benchmark.runner": None, "mdl_bench.model_zoo": None, "mdl_bench.model_zoo.core": None,
+               "mdl_bench.model_zoo.core.errors": None}
+    source = tmp_path / "runner.py"
+    source.write_text("from .data.build import x\nfrom . import data\nimport mdl_bench.model_zoo.core.errors\n"
+                      "def f():\n    from mdl_bench.model_zoo.core.errors import UserError\n"
+                      "    from mdl_bench.model_zoo import get_model\n")
+    assert imports_of("mdl_bench.benchmark.runner", source, modules) == {
+        "mdl_bench.benchmark.data.build", "mdl_bench.benchmark.data", "mdl_bench.model_zoo.core.errors",
+        "mdl_bench.model_zoo"}
