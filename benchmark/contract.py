@@ -20,7 +20,11 @@ The checks (the expid is ``<Name>_test``, a small config on tiny data):
 * ``field options``: every ``__init__`` option that names fields (``*_fields``) is taken through a
   :class:`~mdl_bench.model_zoo.layers.FieldSelection`; in a forward pass its slot ``j`` holds the embedding of its
   ``j``-th field, looked up on its own; and the option's fields in another order build the same model (same
-  parameters, same predictions).
+  parameters, same predictions);
+* ``hooks``: every analysis/perf hook the model declares (overrides; see :mod:`mdl_bench.model_zoo.base`) gives
+  what the tools read: ``expert_outputs_for_analysis`` ``E x B x H`` finite outputs with one bound domain (a tower
+  index or ``None``) per expert, consistent over batches; ``embedding_table_domains`` one entry per table of
+  ``self.embedding``, each a tower index or ``None``.
 """
 from __future__ import annotations
 
@@ -247,6 +251,69 @@ def check_field_options(tiny, batch: dict, expid: str, config_dir=None) -> str:
             if active else f"{', '.join(options)} unused in this configuration")
 
 
+def declared_hooks(model) -> list[str]:
+    """The analysis/perf hooks ``model``'s class overrides (the base class's defaults are not declarations)."""
+    from mdl_bench.model_zoo.base import MultiDomainModel
+
+    return [name for name in HOOKS if getattr(type(model), name, None) is not getattr(MultiDomainModel, name)]
+
+
+HOOKS = ("expert_outputs_for_analysis", "embedding_table_domains")
+
+
+def _domain_index_or_none(value, K: int) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < K)
+
+
+def check_hooks(tiny, batch: dict, expid: str, config_dir=None) -> str:
+    """Each declared hook returns what the analysis and perf tools read (see the module docstring)."""
+    import torch
+
+    model = build_model(tiny, expid, config_dir)
+    model.eval()
+    K, said = model.num_domains, []
+    hooks = declared_hooks(model)
+    if "expert_outputs_for_analysis" in hooks:
+        X = model.get_inputs(batch)
+        B = int(next(iter(X.values())).shape[0])
+        with torch.no_grad():
+            got = model.expert_outputs_for_analysis(X)
+            half = model.expert_outputs_for_analysis({k: v[: B // 2] for k, v in X.items()})
+        if got is None:
+            require(half is None, "expert_outputs_for_analysis returns None for one batch and outputs for another")
+            said.append("expert_outputs_for_analysis: no experts in this configuration")
+        else:
+            require(isinstance(got, tuple) and len(got) == 2,
+                    "expert_outputs_for_analysis must return (outputs E x B x H, bound domains) or None")
+            O, bound = got
+            require(isinstance(O, torch.Tensor) and O.dim() == 3 and O.shape[1] == B,
+                    f"expert_outputs_for_analysis: outputs of shape {tuple(getattr(O, 'shape', ()))}, expected "
+                    f"E x {B} x H")
+            require(bool(torch.isfinite(O).all()), "expert_outputs_for_analysis: outputs hold NaN or inf")
+            bound = list(bound)
+            require(len(bound) == O.shape[0], f"expert_outputs_for_analysis: {len(bound)} bound domains for "
+                                              f"{O.shape[0]} experts")
+            require(all(_domain_index_or_none(b, K) for b in bound),
+                    f"expert_outputs_for_analysis: bound domains {bound} must each be a tower index 0..{K - 1} or None")
+            require(half is not None and tuple(half[0].shape) == (O.shape[0], B // 2, O.shape[2])
+                    and list(half[1]) == bound, "expert_outputs_for_analysis: another batch gives other experts")
+            shared = sum(b is None for b in bound)
+            said.append(f"expert_outputs_for_analysis: {O.shape[0]} experts x {O.shape[2]} ({shared} shared)")
+    if "embedding_table_domains" in hooks:
+        domains = model.embedding_table_domains
+        tables = getattr(getattr(model, "embedding", None), "num_tables", None)
+        require(tables is not None, "embedding_table_domains is declared but the model has no multi-embedding "
+                                    "`self.embedding`")
+        if domains is not None:
+            domains = list(domains)
+            require(len(domains) == tables, f"embedding_table_domains lists {len(domains)} domains for {tables} "
+                                            f"tables of self.embedding")
+            require(all(_domain_index_or_none(d, K) for d in domains),
+                    f"embedding_table_domains {domains} must each be a tower index 0..{K - 1} or None")
+        said.append(f"embedding_table_domains: {domains}")
+    return "; ".join(said) if said else "no hook declared"
+
+
 def _option_inert(model, option: str) -> bool:
     """An option a model declares but does not use in its current configuration (it says so itself)."""
     return option in getattr(model, "unused_options", ())
@@ -291,6 +358,7 @@ def run_contract(name: str, config_dir=None, require_default: bool = False) -> l
                              ("gradients", lambda: check_gradients(tiny, batch, expid, config_dir)),
                              ("one step", lambda: check_one_step(tiny, batch, expid, config_dir)),
                              ("checkpoint", lambda: check_checkpoint(tiny, batch, expid, folder, config_dir)),
-                             ("field options", lambda: check_field_options(tiny, batch, expid, config_dir))):
+                             ("field options", lambda: check_field_options(tiny, batch, expid, config_dir)),
+                             ("hooks", lambda: check_hooks(tiny, batch, expid, config_dir))):
             results.append(_attempt(label, check))
     return results

@@ -11,6 +11,18 @@ losses. The base class does the rest:
   plus every auxiliary loss, each logged on its own;
 * evaluation: logloss, AUC and gAUC overall and per domain (``AUC@S6``), each usable as ``monitor``;
 * FuxiCTR's ``fit`` loop, with the train step, the per-term loss log and a throughput counter overridden.
+
+Hooks a model may declare for the analysis and perf tools (each has a default here; the tools ask through
+them, never by class name or by guessing attributes, and ``mdl-bench check-model`` checks the ones a model
+declares):
+
+* :meth:`MultiDomainModel.expert_outputs_for_analysis`: its experts' outputs ``E x B x H`` and the domain each
+  is bound to (Diversity Index, covariance heatmaps, figures 1a and 7). Default: ``None``, no experts.
+* :attr:`MultiDomainModel.embedding_table_domains`: per table of the main multi-embedding (``self.embedding``)
+  the domain it belongs to, or ``None`` for a shared table (IA per table, figure 5). Default: ``None``, every
+  table shared.
+* :attr:`MultiDomainModel.unused_options` and :meth:`MultiDomainModel.field_selections`: the options naming
+  fields, for the contract's field check.
 """
 from __future__ import annotations
 
@@ -135,6 +147,12 @@ class MultiDomainModel(BaseModel):
         expert ``e`` belongs to, or ``None`` for a shared expert (eq. 2 vs eq. 3 of the paper). Models without
         experts keep the default ``None``.
         """
+        return None
+
+    @property
+    def embedding_table_domains(self) -> list | None:
+        """Per table of the main multi-embedding ``self.embedding``: the tower index of the domain the table
+        belongs to, or ``None`` for a shared table; ``None`` (the default) = every table shared."""
         return None
 
     #: options of ``__init__`` that the current configuration ignores (e.g. Crocodile's ``prior_fields`` under

@@ -292,7 +292,12 @@ def test_probe_reads_model_hooks_not_class_names(tiny):
     source = inspect.getsource(probe)
     assert not [name for name in registry() if f'"{name}"' in source]
     model = build_model(tiny, "MMoE_test")
-    model.embedding_table_domains = [3]  # a model that declares its one table as domain 3's
+    assert table_domains(model, "embedding", 1) == [None]  # the base class's default: shared
+
+    class OwnTable(type(model)):  # a model that declares its one table as domain 3's
+        embedding_table_domains = [3]
+
+    model.__class__ = OwnTable
     assert table_domains(model, "embedding", 1) == [3]
 
 

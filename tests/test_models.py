@@ -47,3 +47,26 @@ def test_field_options_select_by_name(tiny, tiny_batch, name):
     """Every option naming fields (prior_fields, epnet_fields, ppnet_prior_fields, aux_fields, domain_fields,
     ...) feeds the model exactly those fields' embeddings, whatever order the option lists them in."""
     contract.check_field_options(tiny, tiny_batch, f"{name}_test")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_declared_hooks_give_what_the_tools_read(tiny, tiny_batch, name):
+    contract.check_hooks(tiny, tiny_batch, f"{name}_test")
+
+
+def test_the_hook_check_names_a_wrong_hook(tiny, tiny_batch, monkeypatch):
+    from mdl_bench.model_zoo import get_model
+
+    sdem, mmoe = get_model("SDEM"), get_model("ME_MMoE")
+    assert contract.declared_hooks(get_model("SharedBottom").__new__(get_model("SharedBottom"))) == []
+    monkeypatch.setattr(sdem, "embedding_table_domains", property(lambda self: [0]))
+    with pytest.raises(contract.ContractError, match=r"embedding_table_domains lists 1 domains for \d+ tables"):
+        contract.check_hooks(tiny, tiny_batch, "SDEM_test")
+    plain = mmoe.expert_outputs_for_analysis
+    monkeypatch.setattr(mmoe, "expert_outputs_for_analysis", lambda self, X: (plain(self, X)[0], [7] * 99))
+    with pytest.raises(contract.ContractError, match="99 bound domains for"):
+        contract.check_hooks(tiny, tiny_batch, "ME_MMoE_test")
+    monkeypatch.setattr(mmoe, "expert_outputs_for_analysis", lambda self, X: (plain(self, X)[0] * float("nan"),
+                                                                              plain(self, X)[1]))
+    with pytest.raises(contract.ContractError, match="NaN or inf"):
+        contract.check_hooks(tiny, tiny_batch, "ME_MMoE_test")

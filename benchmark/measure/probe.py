@@ -6,8 +6,8 @@ Everything model-specific comes from the model contract's hooks, never from clas
 * ``model.expert_outputs_for_analysis(X)``: ``E x B x H`` and, per expert, the domain it is bound to or ``None``
   (``None`` for a model without experts). Single Domain's are its K networks run on every row (eq. 1's
   reference), STAR's and PEPNet's their per-domain networks / towers (see the model files).
-* ``model.embedding_table_domains`` (attribute or property): per table of the main multi-embedding, the domain it
-  belongs to or ``None`` (Single Domain, SDEM and ME-PLE declare theirs); absent = every table shared.
+* ``model.embedding_table_domains``: per table of the main multi-embedding, the domain it belongs to or ``None``
+  (Single Domain, SDEM and ME-PLE declare theirs); the base class's ``None`` = every table shared.
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def expert_outputs(model, X):
 
 def table_domains(model, module_name: str, num_tables: int) -> list:
     """Per table of the multi-embedding ``module_name``, the domain it belongs to or ``None``."""
-    declared = getattr(model, "embedding_table_domains", None)
+    declared = model.embedding_table_domains
     if module_name == "embedding" and declared is not None:
         domains = list(declared)
     else:
