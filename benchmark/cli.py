@@ -8,9 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
 
-from mdl_bench.model_zoo.core.errors import UserError, show_value
+from mdl_bench.model_zoo.core.errors import UserError
 from .config import parse_set
 from .paths import check_writable_dir
 

@@ -25,7 +25,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import os
 import sys
 import types
 from pathlib import Path

@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from . import distributed, schema
 from mdl_bench.model_zoo.core import collectives, metrics as metric_lib
 from .config import ConfigSet, check_keys
 from .data import synth
-from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir, file_lock, load_feature_map
+from .data.build import domain_names as dataset_domain_names, ensure_dataset, file_lock, load_feature_map
 from mdl_bench.model_zoo.core.errors import UserError
 from .paths import check_writable_dir
 from .report import domain_table

@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 
 from mdl_bench.model_zoo.core.errors import UserError
 from .base import MultiDomainModel

@@ -1,0 +1,25 @@
+"""The paper-style leaderboard of a suite: tables 2/3 (per-domain and overall metrics, grouped rows, best in bold,
+second underlined, ``*`` when the best is significantly better than the second), tables 4/5 (lift over a base
+row) and figure 8 (a metric against a config key, with the lift over a base series), as Markdown, CSV or one
+self-contained HTML page.
+
+Numbers come from the results store only; which runs make a row comes from the suite: a row is a variant (one
+config hash), its cells are means over the seeds the suite lists. Statistics:
+
+* ``*`` in tables 2/3: paired t-test (``scipy.stats.ttest_rel``) of the best row against the second best, runs
+  paired by seed (only the seeds both rows have; at least two), two-sided p < 0.05. Chosen: two-sided,
+  because the paper does not say, and with the best row's mean already ahead a one-sided test would halve p.
+* ``*`` in lift tables: the same test of each row against the base row.
+* Best and second best: highest mean (lowest for logloss) among the rows that have the cell.
+"""
+from __future__ import annotations
+
+from .board import (CAP_MARK, ORACLE_LABEL, OUTDATED_MARK, PAPER_GROUPS, Board, Lift, Row, Table, build_board,
+                    column, find_row)
+from .plots import make_plots, plot_series
+from .render import render, render_csv, render_html, render_md
+from .stats import P_VALUE, column_marks, mean_std, paired_p
+
+__all__ = ["CAP_MARK", "ORACLE_LABEL", "OUTDATED_MARK", "PAPER_GROUPS", "P_VALUE", "Board", "Lift", "Row", "Table",
+           "build_board", "column", "column_marks", "find_row", "make_plots", "mean_std", "paired_p", "plot_series",
+           "render", "render_csv", "render_html", "render_md"]

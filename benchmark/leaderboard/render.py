@@ -1,0 +1,290 @@
+"""The board as Markdown, CSV or one self-contained HTML page."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import time
+from pathlib import Path
+
+from mdl_bench.model_zoo.core.errors import UserError
+from .board import CAP_MARK, ORACLE_LABEL, OUTDATED_MARK, Board, Row, Table, column
+from .stats import P_VALUE, mean_std
+
+GROUP_TITLES = {"MTL (SE)": "MTL (SE) for MDR", "MTL (ME)": "MTL (ME) for MDR"}
+
+
+def _num(value: float, digits: int) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _cell_text(table: Table, board: Board, i: int, col: str) -> tuple[str, str, bool]:
+    """(number text, mark: 'best' | 'second' | '', significant star)."""
+    mean, std, n = mean_std(table.rows[i].values[col])
+    text = _num(mean, board.digits)
+    if board.std and n > 1:
+        text += f" ± {std:.{board.digits}f}"
+    marks = table.marks[col]
+    mark = "best" if i in marks.best else "second" if i in marks.second else ""
+    return text, mark, mark == "best" and marks.significant
+
+
+def _seeds_text(row: Row) -> str:
+    n, planned = len(row.run_ids), len(row.variant.seeds)
+    return str(n) if n == planned else f"{n}/{planned}"
+
+
+def _header(table: Table) -> list[str]:
+    return ["Group", "Method"] + table.info_keys + [f"{m} {d}" for m in table.metrics for d in table.domains] + \
+        ["seeds"]
+
+
+def _notes(board: Board) -> list[str]:
+    seeds = sorted({len(r.variant.seeds) for t in board.tables for r in t.rows})
+    notes = [f"Means over {'/'.join(map(str, seeds))} seed(s) on the {board.split} split. Bold: best; underline: "
+             f"second best; *: the best is significantly better than the second (paired t-test over seeds, "
+             f"p < {P_VALUE}; needs 2+ seeds)."]
+    if any(t.oracle for t in board.tables):
+        notes.append(f"{ORACLE_LABEL}: the metrics of the data's true click probability (synthetic data), a ceiling "
+                     f"for reference; not ranked.")
+    outdated = [r for t in board.tables for r in t.rows if r.outdated]
+    if outdated:
+        notes.append(f"{OUTDATED_MARK}: {len(outdated)} row(s) ({', '.join(r.label for r in outdated)}) come from runs "
+                     f"of older code (their model, the layers it uses or the run path changed since); every cell of "
+                     f"a row comes from one code revision. `mdl-bench run --suite {board.suite.name}` reruns them.")
+    capped = [r for t in board.tables for r in t.rows if r.capped]
+    if capped:
+        notes.append(f"{CAP_MARK}: in {len(capped)} row(s) a run's best epoch is its last allowed one (`epochs`): "
+                     f"early stopping never saw validation stop improving, so those runs may not have converged.")
+    if board.missing:
+        notes.append(f"{len(board.missing)} of {board.planned} runs are not in the store for the current code yet "
+                     f"(`mdl-bench run --suite {board.suite.name}`); their rows show the runs found.")
+    notes.append(f"Store: {board.store_path}; {board.found} runs.")
+    return notes
+
+
+def render_md(board: Board, images: dict | None = None) -> str:
+    out = [f"## {board.title}", ""]
+    if board.suite.description:
+        out += [board.suite.description, ""]
+    for table in board.tables:
+        out.append(f"### {table.dataset_id} ({board.split})")
+        out.append("")
+        header = _header(table)
+        lines = [header]
+        last_group = None
+        for i, row in enumerate(table.rows):
+            group = GROUP_TITLES.get(row.group, row.group)
+            cells = [group if group != last_group else "", row.shown_label] + \
+                [str(row.variant.entry.info.get(k, "")) for k in table.info_keys]
+            last_group = group
+            for col in table.columns:
+                text, mark, star = _cell_text(table, board, i, col)
+                if mark == "best":
+                    text = f"**{text}**"
+                elif mark == "second":
+                    text = f"<u>{text}</u>"
+                cells.append(text + ("\\*" if star else ""))
+            cells.append(_seeds_text(row))
+            lines.append(cells)
+        if table.oracle:
+            lines.append(["", ORACLE_LABEL] + [""] * len(table.info_keys) +
+                         [_num(table.oracle[c], board.digits) for c in table.columns] + [""])
+        out += _md_table(lines, right_from=2 + len(table.info_keys))
+        out.append("")
+    for lift in board.lifts:
+        out.append(f"### {lift.spec.get('title') or 'Lift over ' + lift.base.label} ({lift.table.dataset_id}, "
+                   f"{lift.spec['domain']})")
+        out.append("")
+        header = ["Method"] + lift.table.info_keys
+        for metric in lift.spec["metrics"]:
+            header += [metric, "Lift (%)"]
+        lines = [header]
+        for row, cells in lift.rows:
+            line = [row.shown_label] + [str(row.variant.entry.info.get(k, "")) for k in lift.table.info_keys]
+            for metric in lift.spec["metrics"]:
+                mean, pct, p = cells[metric]
+                star = "\\*" if p < P_VALUE else ""
+                line += [_num(mean, board.digits) + star, "-" if row is lift.base else _pct(pct)]
+            lines.append(line)
+        out += _md_table(lines, right_from=1 + len(lift.table.info_keys))
+        out.append("")
+        out.append(f"Lift = (row - base) / base; \\*: significantly different from the base row (paired t-test over "
+                   f"seeds, p < {P_VALUE}).")
+        out.append("")
+    for name, path in (images or {}).items():
+        out += [f"![{name}]({path})", ""]
+    out += _notes(board)
+    return "\n".join(out) + "\n"
+
+
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:+.2f}%"
+
+
+def _md_table(lines: list[list[str]], right_from: int) -> list[str]:
+    widths = [max(len(line[c]) for line in lines) for c in range(len(lines[0]))]
+    fmt = lambda line: "| " + " | ".join(cell.rjust(w) if c >= right_from else cell.ljust(w)
+                                         for c, (cell, w) in enumerate(zip(line, widths))) + " |"
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if c >= right_from else ("-" * (w + 2))
+                          for c, w in enumerate(widths)) + "|"
+    return [fmt(lines[0]), rule] + [fmt(line) for line in lines[1:]]
+
+
+def render_csv(board: Board) -> str:
+    """One line per row and dataset: each column's mean, standard deviation and mark (best, best*, second), then
+    each lift table's mean, lift and significance."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    info_keys = list(dict.fromkeys(k for t in board.tables for k in t.info_keys))
+    columns = list(dict.fromkeys(c for t in board.tables for c in t.columns))
+    lift_cols = []
+    for k, lift in enumerate(board.lifts):
+        for metric in lift.spec["metrics"]:
+            name = f"lift[{lift.base.label}] {column(metric, lift.spec['domain'])}"
+            if name not in lift_cols:
+                lift_cols.append(name)
+    header = ["dataset", "group", "method", "expid", "config_hash", "code", "outdated", "at_epoch_cap",
+              "seeds"] + info_keys
+    for c in columns:
+        header += [c, f"{c} std", f"{c} mark"]
+    for name in lift_cols:
+        header += [f"{name} %", f"{name} p"]
+    writer.writerow(header)
+    for table in board.tables:
+        for i, row in enumerate(table.rows):
+            line = [table.dataset_id, row.group, row.label, row.variant.expid, row.variant.config_hash, row.code,
+                    int(row.outdated), row.capped, len(row.run_ids)] + [row.variant.entry.info.get(k, "")
+                                                                       for k in info_keys]
+            for c in columns:
+                if c not in table.columns:
+                    line += ["", "", ""]
+                    continue
+                mean, std, n = mean_std(row.values[c])
+                _, mark, star = _cell_text(table, board, i, c)
+                line += ["" if math.isnan(mean) else repr(mean), "" if math.isnan(std) else repr(std),
+                         mark + ("*" if star else "")]
+            extra = {}
+            for lift in board.lifts:
+                if lift.table is not table:
+                    continue
+                for r, cells in lift.rows:
+                    if r is row:
+                        for metric in lift.spec["metrics"]:
+                            _, pct, p = cells[metric]
+                            name = f"lift[{lift.base.label}] {column(metric, lift.spec['domain'])}"
+                            extra[name] = ("" if math.isnan(pct) else repr(pct), "" if math.isnan(p) else repr(p))
+            for name in lift_cols:
+                line += list(extra.get(name, ("", "")))
+            writer.writerow(line)
+        if table.oracle:
+            line = [table.dataset_id, "Oracle", ORACLE_LABEL, "", "", "", "", "", ""] + [""] * len(info_keys)
+            for c in columns:
+                value = table.oracle.get(c, float("nan"))
+                line += ["" if math.isnan(value) else repr(value), "", ""]
+            writer.writerow(line + ["", ""] * len(lift_cols))
+    return buf.getvalue()
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em;color:#222;max-width:1400px}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:13px;margin:.6em 0 1em}
+th,td{padding:3px 9px;text-align:right;border-bottom:1px solid #e4e4e4;white-space:nowrap}
+th{background:#f4f4f4;font-weight:600}th.l,td.l{text-align:left}
+tr.first td{border-top:2px solid #999}td.group{vertical-align:top;font-weight:600;background:#fafafa}
+.best{font-weight:bold}.second{text-decoration:underline}.std{color:#888;font-size:11px}
+.note{color:#555;font-size:12px;margin:.2em 0}tr.oracle td{font-style:italic;color:#666}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+""".strip()
+
+
+def render_html(board: Board, images: dict | None = None) -> str:
+    """One self-contained page: inline CSS, plots embedded as base64 ``data:`` URIs, no external resource."""
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(board.title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(board.title)}</h1>"]
+    if board.suite.description:
+        parts.append(f"<p>{e(board.suite.description)}</p>")
+    for table in board.tables:
+        parts.append(f"<h2>{e(table.dataset_id)} ({e(board.split)} split)</h2><table>")
+        parts.append("<thead><tr><th class='l' rowspan='2'>Group</th><th class='l' rowspan='2'>Method</th>" +
+                     "".join(f"<th class='l' rowspan='2'>{e(k)}</th>" for k in table.info_keys) +
+                     "".join(f"<th colspan='{len(table.domains)}'>{e(m)}</th>" for m in table.metrics) +
+                     "<th rowspan='2'>seeds</th></tr><tr>" +
+                     "".join(f"<th>{e(d)}</th>" for _ in table.metrics for d in table.domains) + "</tr></thead><tbody>")
+        groups = [GROUP_TITLES.get(r.group, r.group) for r in table.rows]
+        for i, row in enumerate(table.rows):
+            first = i == 0 or groups[i] != groups[i - 1]
+            cells = []
+            if first:
+                span = 1
+                while i + span < len(groups) and groups[i + span] == groups[i]:
+                    span += 1
+                cells.append(f"<td class='l group' rowspan='{span}'>{e(groups[i])}</td>")
+            cells.append(f"<td class='l'>{e(row.shown_label)}</td>")
+            cells += [f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in table.info_keys]
+            for col in table.columns:
+                mean, std, n = mean_std(row.values[col])
+                _, mark, star = _cell_text(table, board, i, col)
+                text = e(_num(mean, board.digits))
+                if mark == "best":
+                    text = f"<b class='best'>{text}</b>"
+                elif mark == "second":
+                    text = f"<u class='second'>{text}</u>"
+                if star:
+                    text += "*"
+                if board.std and n > 1:
+                    text += f" <span class='std'>± {std:.{board.digits}f}</span>"
+                cells.append(f"<td>{text}</td>")
+            cells.append(f"<td>{e(_seeds_text(row))}</td>")
+            row_class = " class='first'" if first and i else ""
+            parts.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+        if table.oracle:
+            parts.append(f"<tr class='first oracle'><td class='l group'></td><td class='l'>{e(ORACLE_LABEL)}</td>" +
+                         "<td></td>" * len(table.info_keys) +
+                         "".join(f"<td>{e(_num(table.oracle[c], board.digits))}</td>" for c in table.columns) +
+                         "<td></td></tr>")
+        parts.append("</tbody></table>")
+    for lift in board.lifts:
+        parts.append(f"<h2>{e(lift.spec.get('title') or 'Lift over ' + lift.base.label)} "
+                     f"({e(lift.table.dataset_id)}, {e(lift.spec['domain'])})</h2><table><thead><tr>"
+                     f"<th class='l'>Method</th>" + "".join(f"<th class='l'>{e(k)}</th>" for k in lift.table.info_keys)
+                     + "".join(f"<th>{e(m)}</th><th>Lift (%)</th>" for m in lift.spec["metrics"]) +
+                     "</tr></thead><tbody>")
+        for row, cells in lift.rows:
+            line = f"<td class='l'>{e(row.shown_label)}</td>" + "".join(
+                f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in lift.table.info_keys)
+            for metric in lift.spec["metrics"]:
+                mean, pct, p = cells[metric]
+                line += f"<td>{e(_num(mean, board.digits))}{'*' if p < P_VALUE else ''}</td>"
+                line += f"<td>{'-' if row is lift.base else e(_pct(pct))}</td>"
+            parts.append(f"<tr>{line}</tr>")
+        parts.append("</tbody></table><p class='note'>Lift = (row - base) / base; *: significantly different from "
+                     f"the base row (paired t-test over seeds, p &lt; {P_VALUE}).</p>")
+    for name, path in (images or {}).items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        parts.append(f"<h2>{e(name)}</h2><img alt='{e(name)}' src='data:image/png;base64,{data}'>")
+    parts.append(_analysis_section(board))
+    parts += [f"<p class='note'>{e(n)}</p>" for n in _notes(board)]
+    parts.append(f"<p class='note'>Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by mdl-bench.</p></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _analysis_section(board: Board) -> str:
+    """The figures of ``mdl-bench analyze --suite`` (issue 6) for this suite, if it was analysed; else ``""``."""
+    from ..analysis.html import leaderboard_section
+
+    return leaderboard_section(board)
+
+
+
+def render(board: Board, fmt: str, images: dict | None = None) -> str:
+    if fmt == "md":
+        return render_md(board, images)
+    if fmt == "csv":
+        return render_csv(board)
+    if fmt == "html":
+        return render_html(board, images)
+    raise UserError(f"unknown leaderboard format {fmt!r}; use md, csv or html")
