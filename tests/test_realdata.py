@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mdl_bench.benchmark.cli import main
-from mdl_bench.benchmark.data import aliccp, kuairand, realdata
+from mdl_bench.benchmark.data import aliccp, kuairand, rawfiles, realdata
 from mdl_bench.model_zoo.core.errors import UserError
 from mdl_bench.benchmark.paths import packaged_config_dir
 
@@ -326,7 +326,7 @@ def reference_fields(feature_list: str) -> dict:
 
 def test_aliccp_parser_matches_a_plain_python_reading():
     lines = [ln.encode() for ln in COMMON_TRAIN[:3]]
-    bad = realdata.BadLines("x", 1.0)
+    bad = rawfiles.BadLines("x", 1.0)
     frame = aliccp.parse_block(lines, [1, 2, 3], 3, bad, "__c")
     for (line, got) in zip(COMMON_TRAIN[:3], frame.iter_rows(named=True)):
         want = reference_fields(line.split(",", 2)[2])

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import os
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -42,7 +41,7 @@ import numpy as np
 import polars as pl
 
 from mdl_bench.model_zoo.core.errors import UserError
-from . import realdata as rd
+from . import rawfiles, realdata as rd
 
 USER_FIELDS = ["121", "122", "124", "125", "126", "127", "128", "129", "109_14", "110_14", "127_14", "150_14"]
 ITEM_FIELDS = ["206", "207", "210", "216"]
@@ -76,7 +75,7 @@ def output_columns() -> list[str]:
 
 
 # ================================================================================================ parsing
-def parse_block(lines: list[bytes], line_nos: list[int], parts: int, bad: rd.BadLines, prefix: str) -> pl.DataFrame:
+def parse_block(lines: list[bytes], line_nos: list[int], parts: int, bad: rawfiles.BadLines, prefix: str) -> pl.DataFrame:
     """Parse a block of raw lines (``parts`` = 6 for skeleton, 3 for common-features lines), vectorised.
 
     Returns one row per well-formed line: ``__line`` (line number), the leading columns (``sid, click, cidx``
@@ -167,14 +166,14 @@ def _check_layout(path: Path, parts: int, layout: str) -> None:
                         f"field\\x02id\\x03value items); check --raw-dir and the file")
 
 
-def read_common(path: Path, bad: rd.BadLines, needed: set | None = None, block_bytes: int = 16 << 20,
+def read_common(path: Path, bad: rawfiles.BadLines, needed: set | None = None, block_bytes: int = 16 << 20,
                 log: Callable[[str], None] = print) -> pl.DataFrame:
     """``__cidx`` (common_feature_index) -> ``__c<j>`` = the fields found in its feature list, one row per index.
 
     ``needed``: keep only these indices (bytes), for ``--max-rows``.
     """
     frames = []
-    for first, lines in rd.line_blocks(path, block_bytes):
+    for first, lines in rawfiles.line_blocks(path, block_bytes):
         nos = range(first, first + len(lines))
         bad.seen(len(lines))
         if needed is not None:
@@ -190,10 +189,10 @@ def read_common(path: Path, bad: rd.BadLines, needed: set | None = None, block_b
     return unique
 
 
-def _skeleton_chunks(path: Path, bad: rd.BadLines, max_rows: int | None, block_bytes: int, split_test: bool):
+def _skeleton_chunks(path: Path, bad: rawfiles.BadLines, max_rows: int | None, block_bytes: int, split_test: bool):
     """Parsed skeleton lines, one frame per block: ``__line``, ``click``, ``__split``, ``__cidx``, ``__s<j>``."""
     read = 0
-    for first, lines in rd.line_blocks(path, block_bytes):
+    for first, lines in rawfiles.line_blocks(path, block_bytes):
         if max_rows is not None:
             lines = lines[: max_rows - read]
         read += len(lines)
@@ -208,7 +207,7 @@ def _skeleton_chunks(path: Path, bad: rd.BadLines, max_rows: int | None, block_b
             return
 
 
-def _join_common(chunk: pl.DataFrame, common: pl.DataFrame, bad: rd.BadLines) -> pl.DataFrame:
+def _join_common(chunk: pl.DataFrame, common: pl.DataFrame, bad: rawfiles.BadLines) -> pl.DataFrame:
     """Each field from the skeleton line, else from its common features; lines whose index is unknown are
     malformed (their user fields would be missing)."""
     joined = chunk.join(common, on="__cidx", how="left")
@@ -228,7 +227,7 @@ def _join_common(chunk: pl.DataFrame, common: pl.DataFrame, bad: rd.BadLines) ->
 
 # ============================================================================================= conversion
 def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None, min_count: int = 10,
-            max_malformed: float = rd.DEFAULT_MAX_MALFORMED, dataset_id: str = "aliccp", block_bytes: int = 16 << 20,
+            max_malformed: float = rawfiles.DEFAULT_MAX_MALFORMED, dataset_id: str = "aliccp", block_bytes: int = 16 << 20,
             log: Callable[[str], None] = print) -> dict:
     """Convert AliCCP; write ``train/valid/test.csv``, ``dataset_config.yaml`` and ``stats.json``; return the stats."""
     if max_rows is not None and max_rows < 1:
@@ -238,26 +237,25 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
     rd.check_range("--max-malformed", max_malformed, 0, 1)
     wanted_domains = _parse_domains(domains)
     timer = rd.Timer()
-    files = {split: [rd.find_raw_file(raw_dir, n, "AliCCP", HINT) for n in names] for split, names in FILES.items()}
+    files = {split: [rawfiles.find_raw_file(raw_dir, n, "AliCCP", HINT) for n in names] for split, names in FILES.items()}
     for split, (skeleton, common) in files.items():
         _check_layout(skeleton, 6, "sample skeleton")
         _check_layout(common, 3, "common features")
     out = rd.check_out_dir(out_dir or rd.default_out(dataset_id), log)
     log(f"Converting AliCCP from {Path(raw_dir).expanduser()} -> {out}"
         + (f" (at most {max_rows:,} lines of each skeleton file)" if max_rows else ""))
-    spool = rd.Spool(out / f".spool-{os.getpid()}")
-    writer = None
     lines_read = 0
     counters = {c: rd.ValueCounter() for c in FEATURES}
     domain_rows: dict[int, int] = {}
     dropped: dict[int, int] = {}
     rows = {s: {} for s in rd.SPLITS}
     clicks = {s: 0 for s in rd.SPLITS}
-    try:
+    with rd.ConversionFiles(out) as temporary:
+        spool = temporary.spool
         # ---- train: parse, count values, spool
         common, n_common = _load_common(files["train"], max_rows, max_malformed, block_bytes, log)
         lines_read += n_common
-        bad = rd.BadLines(files["train"][0], max_malformed)
+        bad = rawfiles.BadLines(files["train"][0], max_malformed)
         t0 = timer.seconds
         for chunk in _skeleton_chunks(files["train"][0], bad, max_rows, block_bytes, split_test=False):
             frame = _join_common(chunk, common, bad)
@@ -285,7 +283,7 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
             frame = frame.with_columns([rd.replace_rare(c, kept[c], rd.RARE_INT) for c in FEATURES] + [remap])
             return frame.filter(pl.col("domain").is_not_null())
 
-        writer = rd.SplitWriter(out, output_columns())
+        writer = temporary.open_writer(output_columns())
         rare = {"user_id": 0, "item_id": 0}
         for frame in spool:
             frame = finish(frame)
@@ -295,7 +293,7 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
         # ---- test: parse, split in half, write
         common, n_common = _load_common(files["test"], max_rows, max_malformed, block_bytes, log)
         lines_read += n_common
-        bad = rd.BadLines(files["test"][0], max_malformed)
+        bad = rawfiles.BadLines(files["test"][0], max_malformed)
         t0 = timer.seconds
         for chunk in _skeleton_chunks(files["test"][0], bad, max_rows, block_bytes, split_test=True):
             frame = _join_common(chunk, common, bad)
@@ -309,14 +307,7 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
         log(f"  read {files['test'][0].name}: {bad.lines:,} lines, {bad.lines / max(timer.seconds - t0, 1e-9):,.0f} "
             f"lines/s ({timer.seconds:.0f}s)")
         del common
-        paths = writer.close()
-        writer = None
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        spool.remove()
+        paths = temporary.close()
     seconds = timer.seconds
     domains_out = list(mapping.values())
     stats = {"dataset_id": dataset_id, "domains": domains_out,
@@ -370,14 +361,14 @@ def _load_common(pair, max_rows, max_malformed, block_bytes, log) -> tuple[pl.Da
                 parts = line.split(b",", 4)
                 if len(parts) > 3:
                     needed.add(parts[3])
-    bad = rd.BadLines(common_path, max_malformed)
+    bad = rawfiles.BadLines(common_path, max_malformed)
     common = read_common(common_path, bad, needed, block_bytes, log)
     bad.finish(log)
     log(f"  read {common_path.name}: {bad.lines:,} lines, {common.height:,} kept")
     return common, bad.lines
 
 
-def _domain_filter(frame: pl.DataFrame, wanted: list[int] | None, bad: rd.BadLines, dropped: dict) -> pl.DataFrame:
+def _domain_filter(frame: pl.DataFrame, wanted: list[int] | None, bad: rawfiles.BadLines, dropped: dict) -> pl.DataFrame:
     missing = frame["domain"].is_null()
     if missing.any():
         lost = frame.filter(missing)

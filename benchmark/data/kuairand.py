@@ -37,7 +37,6 @@ files are built by FuxiCTR's FeatureProcessor on first use (``mdl-bench run-expi
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -46,7 +45,7 @@ import numpy as np
 import polars as pl
 
 from mdl_bench.model_zoo.core.errors import UserError
-from . import realdata as rd
+from . import rawfiles, realdata as rd
 
 LOG_COLUMNS = ["user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like", "is_follow", "is_comment",
                "is_forward", "is_hate", "long_view", "play_time_ms", "duration_ms", "profile_stay_time",
@@ -132,7 +131,7 @@ def output_columns() -> list[str]:
 def _files(raw_dir, release: Release) -> dict[str, list[Path]]:
     hint = (f"download {release.name} from https://kuairand.com, unpack it and pass its folder with --raw-dir "
             f"(--release picks 1k, pure or 27k)")
-    find = lambda name: rd.find_raw_file(raw_dir, name, release.name, hint)  # noqa: E731
+    find = lambda name: rawfiles.find_raw_file(raw_dir, name, release.name, hint)  # noqa: E731
     return {"logs": [find(n) for n in release.logs], "user": [find(release.user)],
             "basic": [find(n) for n in release.basic], "stats": [find(n) for n in release.stats]}
 
@@ -142,7 +141,7 @@ def _headers(paths: list[Path], key: str) -> list[list[str] | None]:
     ``_partN`` continuation)."""
     out, first = [], None
     for path in paths:
-        names = rd.read_header(path)
+        names = rawfiles.read_header(path)
         if key in names:
             out.append(None)
             first = first or names
@@ -156,8 +155,8 @@ def _headers(paths: list[Path], key: str) -> list[list[str] | None]:
 def _read_all(paths, kinds, max_malformed, what, expected, block_bytes, key, log) -> pl.DataFrame:
     frames = []
     for path, header in zip(paths, _headers(paths, key)):
-        bad = rd.BadLines(path, max_malformed)
-        for frame in rd.read_csv_blocks(path, kinds, bad, header=header, block_bytes=block_bytes, what=what,
+        bad = rawfiles.BadLines(path, max_malformed)
+        for frame in rawfiles.read_csv_blocks(path, kinds, bad, header=header, block_bytes=block_bytes, what=what,
                                         expected=expected):
             frames.append(frame)
         bad.finish(log)
@@ -167,7 +166,7 @@ def _read_all(paths, kinds, max_malformed, what, expected, block_bytes, key, log
 # ============================================================================================= conversion
 def convert(raw_dir, out_dir=None, *, release: str = "1k", domains=None, num_domains: int = 5, split: str = "time",
             valid_days: int = 3, test_days: int = 3, valid_frac: float = 0.1, test_frac: float = 0.1,
-            seed: int = 2024, min_count: int = 10, max_malformed: float = rd.DEFAULT_MAX_MALFORMED,
+            seed: int = 2024, min_count: int = 10, max_malformed: float = rawfiles.DEFAULT_MAX_MALFORMED,
             dataset_id: str | None = None, block_bytes: int = 32 << 20, log: Callable[[str], None] = print) -> dict:
     """Convert one KuaiRand release; write ``train/valid/test.csv``, ``dataset_config.yaml``, ``stats.json``.
 
@@ -196,20 +195,19 @@ def convert(raw_dir, out_dir=None, *, release: str = "1k", domains=None, num_dom
     log(f"Converting {rel.name} from {Path(raw_dir).expanduser()} -> {out}")
     expected_log = "a KuaiRand log file: " + ", ".join(LOG_COLUMNS)
     for path, header in zip(files["logs"], _headers(files["logs"], USER_KEY)):
-        names = header or rd.read_header(path)
+        names = header or rawfiles.read_header(path)
         missing = [c for c in LOG_KINDS if c not in names]
         if missing:
             raise UserError(f"{path} has no column {missing[0]!r} (its header: {', '.join(names[:12])}), so it is "
                             f"not a KuaiRand log file ({expected_log}); check --raw-dir and the file")
-    spool = rd.Spool(out / f".spool-{os.getpid()}")
-    writer = None
-    try:
+    with rd.ConversionFiles(out) as temporary:
+        spool = temporary.spool
         # ---- pass A: the logs' five used columns into the spool, tab volumes and the date range
         tab_rows: dict[int, int] = {}
         dates = [None, None]
         for path, header in zip(files["logs"], _headers(files["logs"], USER_KEY)):
-            bad = rd.BadLines(path, max_malformed)
-            for frame in rd.read_csv_blocks(path, LOG_KINDS, bad, header=header, block_bytes=block_bytes,
+            bad = rawfiles.BadLines(path, max_malformed)
+            for frame in rawfiles.read_csv_blocks(path, LOG_KINDS, bad, header=header, block_bytes=block_bytes,
                                             what="a KuaiRand log file", expected=", ".join(LOG_COLUMNS)):
                 frame = frame.with_columns(pl.col("tab").cast(pl.Int32), pl.col("is_click").cast(pl.Int8),
                                            pl.col("date").cast(pl.Int32))
@@ -259,7 +257,7 @@ def convert(raw_dir, out_dir=None, *, release: str = "1k", domains=None, num_dom
         videos = _replace_rare_in_table(videos, "__video", video_train.counts(), min_count, VIDEO_FEATURES, log)
 
         # ---- pass C: join and write
-        writer = rd.SplitWriter(out, output_columns())
+        writer = temporary.open_writer(output_columns())
         rare_user_rows = rare_item_rows = 0
         offset = 0
         for frame in spool:
@@ -273,14 +271,7 @@ def convert(raw_dir, out_dir=None, *, release: str = "1k", domains=None, num_dom
             frame = frame.join(users, on="__user", how="left").join(videos, on="__video", how="left")
             for code, name in enumerate(rd.SPLITS):
                 writer.write(name, frame.filter(pl.col("split") == code))
-        paths = writer.close()
-        writer = None
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        spool.remove()
+        paths = temporary.close()
     stats = {"dataset_id": dataset_id, "release": rel.name, "domains": chosen, "rows": rows, "clicks": clicks,
              "samples": sum(sum(r.values()) for r in rows.values()), "users": int(kept_users.len()),
              "items": int(kept_videos.len()), "rare_user_rows": rare_user_rows, "rare_item_rows": rare_item_rows,
@@ -415,8 +406,8 @@ def _read_videos(basic_paths, stat_paths, wanted: pl.Series, max_malformed, bloc
     def read(paths, kinds, what, bucketed):
         frames = []
         for path, header in zip(paths, _headers(paths, VIDEO_KEY)):
-            bad = rd.BadLines(path, max_malformed)
-            for frame in rd.read_csv_blocks(path, kinds, bad, header=header, block_bytes=block_bytes, what=what,
+            bad = rawfiles.BadLines(path, max_malformed)
+            for frame in rawfiles.read_csv_blocks(path, kinds, bad, header=header, block_bytes=block_bytes, what=what,
                                             expected=VIDEO_KEY + ", " + ", ".join(c for c in kinds if c != VIDEO_KEY)):
                 frame = keep(frame).with_columns([_bucket(c) for c in bucketed])
                 # statistics are small buckets: Int16 keeps 4.4M videos x 51 columns under half a GB

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from mdl_bench.model_zoo.core.errors import UserError
-from .realdata import read_header
+from .rawfiles import read_header
 
 POLARS_DTYPES = {"str": pl.Utf8, "int": pl.Int64, "float": pl.Float64}
 
