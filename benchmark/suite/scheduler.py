@@ -61,11 +61,12 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
         if not pending:
             return outcome
         progress = SuiteProgress(pending, stream=progress_stream)
+        claims = ClaimQueue(pending, db, progress, outcome)
         try:
             if jobs == 1:
-                _run_here(pending, db, suite.name, progress, outcome, poll_seconds)
+                _run_here(claims, suite.name, poll_seconds)
             else:
-                _run_workers(pending, db, suite.name, progress, outcome, jobs, poll_seconds)
+                _run_workers(claims, suite.name, jobs, poll_seconds)
         finally:
             progress.close()
     finally:
@@ -103,51 +104,102 @@ def prepare_datasets(runs: list, out=print) -> None:
             raise UserError(f"dataset {dataset_id!r} cannot be built, so {runs_text}: {exc}") from None
 
 
-def _run_here(pending: list, db: Store, suite_name: str, progress: SuiteProgress, outcome: SuiteOutcome,
-              poll_seconds: float) -> None:
+class ClaimQueue:
+    """The pending runs of a suite, handed out only once this process holds their claim in the store.
+
+    The one place of the claim rules both drivers follow: a run stored meanwhile is skipped; a run another live
+    process claimed is waited for (:meth:`poll`) and skipped once stored, or put back in line when that process
+    is gone. A run taken (:meth:`take`) ends in :meth:`finished` (the store drops its claim with the run) or
+    :meth:`failed` (the claim is released).
+    """
+
+    def __init__(self, pending: list, db: Store, progress: SuiteProgress, outcome: SuiteOutcome):
+        self.queued: list[PlannedRun] = list(pending)
+        self.waiting: dict[tuple, PlannedRun] = {}
+        self.db, self.progress, self.outcome = db, progress, outcome
+
+    @property
+    def pending(self) -> bool:
+        """Whether runs are left to take or to wait for."""
+        return bool(self.queued or self.waiting)
+
+    def take(self) -> PlannedRun | None:
+        """The next queued run, now claimed by this process; None when only waited runs (or none) are left."""
+        while self.queued:
+            run = self.queued.pop(0)
+            if self.db.run_id(*run.key) is not None:
+                self._stored_elsewhere(run, None)
+                continue
+            other = self.db.claim(*run.key)
+            if other is None:
+                return run
+            self.waiting[run.key] = run
+            self.progress.write(f"{run.describe()} is running in process {other['pid']} on {other['hostname']}; "
+                                f"waiting for it")
+        return None
+
+    def poll(self) -> None:
+        """Look at the waited runs: one stored meanwhile is skipped, one whose process is gone is queued again."""
+        for key, run in list(self.waiting.items()):
+            if self.db.run_id(*key) is not None:
+                del self.waiting[key]
+                self._stored_elsewhere(run, f"{self._index(run)} {run.describe()}: stored by another process")
+            elif self.db.claim(*key) is None:  # its process is gone: the claim just taken over is ours
+                del self.waiting[key]
+                # dropped again, so that a claim is only held while its run runs; take() claims it like any other
+                self.db.release(*key)
+                self.queued.append(run)
+
+    def finished(self, run: PlannedRun, run_id: int | None, result) -> None:
+        """A taken run ran: stored now, or (``run_id`` None) stored by another process while it ran."""
+        (self.outcome.stored_now if run_id is not None else self.outcome.stored_elsewhere).append(run)
+        self.progress.finished(run.key, result_line(self.progress.runs[run.key][0], self.progress.count, run,
+                                                    run_id, result))
+
+    def failed(self, run: PlannedRun, message: str) -> None:
+        """A taken run failed: its claim is released and the failure reported; the suite goes on."""
+        self.db.release(*run.key)
+        self.outcome.failed.append((run, message))
+        self.progress.finished(run.key, f"{self._index(run)} FAILED {run.describe()}: {message} "
+                                        f"(log: {run.log_file})")
+
+    def abandon(self, message: str) -> None:
+        """The queued runs will not run (no worker left): each is a failure with ``message``, not reported."""
+        self.outcome.failed += [(run, message) for run in self.queued]
+        self.queued.clear()
+
+    def _stored_elsewhere(self, run: PlannedRun, line: str | None) -> None:
+        self.outcome.stored_elsewhere.append(run)
+        self.progress.finished(run.key, line)
+
+    def _index(self, run: PlannedRun) -> str:
+        return f"[{self.progress.runs[run.key][0]}/{self.progress.count}]"
+
+
+def _error_message(exc: Exception) -> str:
+    """A failed run's message: a user error as it is, anything else with its type."""
+    return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+
+
+def _run_here(claims: ClaimQueue, suite_name: str, poll_seconds: float) -> None:
     """Sequential runs in this process; runs claimed by another live process are waited for, then skipped."""
-    queue = list(pending)
-    waiting: dict[tuple, PlannedRun] = {}
-    count = len(pending)
-    while queue or waiting:
-        if not queue:
+    while claims.pending:
+        run = claims.take()
+        if run is None:  # only waited runs are left
             time.sleep(poll_seconds)
-            for key, run in list(waiting.items()):
-                if db.run_id(*key) is not None:
-                    waiting.pop(key)
-                    outcome.stored_elsewhere.append(run)
-                    progress.finished(key, f"[{progress.runs[key][0]}/{count}] {run.describe()}: stored by another "
-                                           f"process")
-                elif db.claim(*key) is None:  # the other process is gone: take it over
-                    queue.append(waiting.pop(key))
+            claims.poll()
             continue
-        run = queue.pop(0)
-        if db.run_id(*run.key) is not None:
-            outcome.stored_elsewhere.append(run)
-            progress.finished(run.key)
-            continue
-        other = db.claim(*run.key)
-        if other is not None:
-            waiting[run.key] = run
-            progress.write(f"{run.describe()} is running in process {other['pid']} on {other['hostname']}; "
-                           f"waiting for it")
-            continue
-        index = progress.runs[run.key][0]
-        progress.started(run.key)
+        claims.progress.started(run.key)
         try:
-            run_id, result = execute_run(run, db, suite_name, step_callback=lambda info, k=run.key:
-                                         progress.step(k, info))
+            run_id, result = execute_run(run, claims.db, suite_name, step_callback=lambda info, k=run.key:
+                                         claims.progress.step(k, info))
         except KeyboardInterrupt:
-            db.release(*run.key)
+            claims.db.release(*run.key)
             raise
         except Exception as exc:  # a failing run is reported; the suite goes on with the others
-            db.release(*run.key)
-            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-            outcome.failed.append((run, message))
-            progress.finished(run.key, f"[{index}/{count}] FAILED {run.describe()}: {message} (log: {run.log_file})")
+            claims.failed(run, _error_message(exc))
             continue
-        (outcome.stored_now if run_id is not None else outcome.stored_elsewhere).append(run)
-        progress.finished(run.key, result_line(index, count, run, run_id, result))
+        claims.finished(run, run_id, result)
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -177,14 +229,12 @@ def _worker_main(worker_id: int, tasks, results, store_file: str, suite_name: st
             except KeyboardInterrupt:
                 return
             except Exception as exc:
-                message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-                results.put(("error", worker_id, run.key, message))
+                results.put(("error", worker_id, run.key, _error_message(exc)))
     finally:
         db.close()
 
 
-def _run_workers(pending: list, db: Store, suite_name: str, progress: SuiteProgress, outcome: SuiteOutcome,
-                 jobs: int, poll_seconds: float) -> None:
+def _run_workers(claims: ClaimQueue, suite_name: str, jobs: int, poll_seconds: float) -> None:
     """``jobs`` worker processes (fresh interpreters), each storing its own runs; this process claims, dispatches
     and draws the bar. Each worker gets ``cores // jobs`` torch threads."""
     import multiprocessing as mp
@@ -192,49 +242,32 @@ def _run_workers(pending: list, db: Store, suite_name: str, progress: SuiteProgr
 
     import torch
 
+    db, progress = claims.db, claims.progress
     ctx = mp.get_context("spawn")
     threads = max(1, torch.get_num_threads() // jobs)
     tasks, results = ctx.Queue(), ctx.Queue()
     workers = {}
-    for wid in range(min(jobs, len(pending))):
+    for wid in range(min(jobs, len(claims.queued))):
         proc = ctx.Process(target=_worker_main, daemon=True,
                            args=(wid, tasks, results, str(db.path), suite_name, threads, os.getpid(),
                                  os.environ.get("MDL_BENCH_HOME")))
         proc.start()
         workers[wid] = proc
-    queue = list(pending)
-    waiting: dict[tuple, PlannedRun] = {}
     in_flight: dict[tuple, PlannedRun] = {}
     busy: dict[int, tuple] = {}
-    by_key = {r.key: r for r in pending}
-    count = len(pending)
     last_poll = time.time()
 
     def dispatch():
-        while queue and len(in_flight) < len(workers):
-            run = queue.pop(0)
-            if db.run_id(*run.key) is not None:
-                outcome.stored_elsewhere.append(run)
-                progress.finished(run.key)
-                continue
-            other = db.claim(*run.key)
-            if other is not None:
-                waiting[run.key] = run
-                progress.write(f"{run.describe()} is running in process {other['pid']}; waiting for it")
-                continue
+        while len(in_flight) < len(workers):
+            run = claims.take()
+            if run is None:
+                return
             in_flight[run.key] = run
             tasks.put(run)
 
-    def fail(key, message):
-        run = in_flight.pop(key)
-        db.release(*key)
-        outcome.failed.append((run, message))
-        progress.finished(key, f"[{progress.runs[key][0]}/{count}] FAILED {run.describe()}: {message} "
-                               f"(log: {run.log_file})")
-
     try:
         dispatch()
-        while in_flight or queue or waiting:
+        while in_flight or claims.pending:
             try:
                 kind, wid, key, payload = results.get(timeout=1.0)
             except queue_lib.Empty:
@@ -246,36 +279,23 @@ def _run_workers(pending: list, db: Store, suite_name: str, progress: SuiteProgr
                 progress.step(key, payload)
             elif kind == "done":
                 busy.pop(wid, None)
-                run = in_flight.pop(key)
-                run_id, result = payload
-                (outcome.stored_now if run_id is not None else outcome.stored_elsewhere).append(run)
-                progress.finished(key, result_line(progress.runs[key][0], count, run, run_id, result))
+                claims.finished(in_flight.pop(key), *payload)
             elif kind == "error":
                 busy.pop(wid, None)
-                fail(key, payload)
+                claims.failed(in_flight.pop(key), payload)
             for wid, proc in list(workers.items()):  # a worker that died (killed, out of memory) fails its run
                 if not proc.is_alive():
                     workers.pop(wid)
                     if wid in busy:
-                        fail(busy.pop(wid), f"worker process exited with code {proc.exitcode}")
-            if not workers and (queue or in_flight):
+                        claims.failed(in_flight.pop(busy.pop(wid)), f"worker process exited with code {proc.exitcode}")
+            if not workers and (claims.queued or in_flight):
                 for key in list(in_flight):
-                    fail(key, "no worker process left")
-                for run in queue:
-                    outcome.failed.append((run, "not run: no worker process left"))
-                queue.clear()
+                    claims.failed(in_flight.pop(key), "no worker process left")
+                claims.abandon("not run: no worker process left")
                 break
-            if waiting and time.time() - last_poll > poll_seconds:
+            if claims.waiting and time.time() - last_poll > poll_seconds:
                 last_poll = time.time()
-                for key, run in list(waiting.items()):
-                    if db.run_id(*key) is not None:
-                        waiting.pop(key)
-                        outcome.stored_elsewhere.append(run)
-                        progress.finished(key, f"{run.describe()}: stored by another process")
-                    elif db.claim(*key) is None:
-                        waiting.pop(key)
-                        db.release(*key)
-                        queue.append(run)
+                claims.poll()
             dispatch()
     finally:
         for _ in workers:
