@@ -12,6 +12,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -438,6 +439,90 @@ def test_insert_is_one_transaction_and_never_duplicates(tmp_path):
         first = db.insert_run(fake_record(run, {"AUC": 0.7}))
         assert first is not None and db.insert_run(fake_record(run, {"AUC": 0.8})) is None
         assert db.get_run(first)["metrics"]["test"] == {"AUC": 0.7}
+
+
+# ---------------------------------------------------------------------------------------------- claims
+@pytest.fixture
+def claim_queue(tmp_path):
+    """A ClaimQueue over three planned runs (no data built, nothing run), its store and its progress stream."""
+    from mdl_bench.benchmark.suite.progress import SuiteOutcome, SuiteProgress
+    from mdl_bench.benchmark.suite.scheduler import ClaimQueue
+
+    data = {"name": "claims", "seeds": [1, 2, 3], "expids": ["Crocodile_test"]}
+    plan = Suite(data, write_suite(tmp_path, data)).plan()
+    stream = io.StringIO()
+    with Store(tmp_path / "claims.sqlite") as db:
+        progress = SuiteProgress(plan.runs, stream=stream)
+        try:
+            yield ClaimQueue(plan.runs, db, progress, SuiteOutcome(plan=plan, store_path=db.path)), plan.runs, stream
+        finally:
+            progress.close()
+
+
+def claim_as(db: Store, run, pid: int) -> None:
+    """Another process's claim of ``run`` on this host, written as Store.claim writes one."""
+    db.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                    run.key + (pid, socket.gethostname(), time.time()))
+
+
+def claim_holder(db: Store, run) -> int | None:
+    row = db.conn.execute("SELECT pid FROM claims WHERE config_hash=? AND seed=? AND code_fingerprint=?",
+                          run.key).fetchone()
+    return row[0] if row else None
+
+
+def test_claim_queue_skips_a_run_stored_meanwhile(claim_queue):
+    claims, runs, _ = claim_queue
+    claims.db.insert_run(fake_record(runs[0], {"AUC": 0.7}))
+    assert claims.take() is runs[1] and claim_holder(claims.db, runs[1]) == os.getpid()
+    assert claims.outcome.stored_elsewhere == [runs[0]] and not claims.waiting
+    assert claim_holder(claims.db, runs[0]) is None  # a stored run is never claimed
+
+
+def test_claim_queue_waits_for_a_live_claim_then_skips_it_once_stored(claim_queue):
+    claims, runs, stream = claim_queue
+    other = os.getppid()  # alive, and not this process
+    claim_as(claims.db, runs[0], other)
+    assert claims.take() is runs[1] and claims.take() is runs[2] and claims.take() is None
+    assert list(claims.waiting) == [runs[0].key] and claims.pending
+    assert f"{runs[0].describe()} is running in process {other} on {socket.gethostname()}; waiting for it" \
+        in stream.getvalue()
+    claims.poll()  # still running there: still waited for, its claim untouched
+    assert list(claims.waiting) == [runs[0].key] and claim_holder(claims.db, runs[0]) == other
+    claims.db.insert_run(fake_record(runs[0], {"AUC": 0.7}))
+    claims.poll()
+    assert not claims.pending and claims.take() is None
+    assert claims.outcome.stored_elsewhere == [runs[0]] and not claims.outcome.stored_now
+    assert f"[1/3] {runs[0].describe()}: stored by another process" in stream.getvalue()
+
+
+def test_claim_queue_takes_a_run_over_exactly_once_when_its_process_is_gone(claim_queue):
+    claims, runs, _ = claim_queue
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim_as(claims.db, runs[0], other.pid)
+        assert claims.take() is runs[1] and claims.take() is runs[2] and claims.take() is None
+        claims.poll()
+        assert list(claims.waiting) == [runs[0].key]  # alive: waited for
+    finally:
+        other.kill()
+        other.wait()
+    claims.poll()  # gone: queued again, with no claim held until it is taken
+    assert not claims.waiting and claims.queued == [runs[0]] and claim_holder(claims.db, runs[0]) is None
+    taken = [claims.take()]
+    claims.poll()
+    taken.append(claims.take())
+    assert taken == [runs[0], None] and not claims.pending
+    assert claim_holder(claims.db, runs[0]) == os.getpid()
+    assert not claims.outcome.stored_elsewhere and not claims.outcome.failed
+
+
+def test_claim_queue_releases_the_claim_of_a_failed_run(claim_queue):
+    claims, runs, stream = claim_queue
+    run = claims.take()
+    claims.failed(run, "boom")
+    assert claim_holder(claims.db, run) is None and claims.outcome.failed == [(run, "boom")]
+    assert f"[1/3] FAILED {run.describe()}: boom (log: {run.log_file})" in stream.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------- kill safety
