@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import distributed, schema
-from mdl_bench.model_zoo.core import metrics as metric_lib
+from mdl_bench.model_zoo.core import collectives, metrics as metric_lib
 from .config import ConfigSet, check_keys
 from .data import synth
 from .data.build import domain_names as dataset_domain_names, ensure_dataset, dataset_dir, file_lock, load_feature_map
@@ -277,5 +277,5 @@ def _run(expid: str, params: dict, model_class, rank, started: float, step_callb
         tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
         os.replace(tmp, result_path)  # a reader sees the old result or the new one, never half of one
         logging.info(f"Results written to {result_path}")
-    distributed.barrier()
+    collectives.barrier()
     return result
