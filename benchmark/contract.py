@@ -150,7 +150,6 @@ def check_one_step(tiny, batch: dict, expid: str, config_dir=None) -> str:
     model_class = resolve(expid, config_dir, {"verbose": 0})[1]
     extra = {"net_dropout": 0.0} if "net_dropout" in model_keys(model_class) else {}
     model = build_model(tiny, expid, config_dir, learning_rate=1e-3, **extra)
-    model._max_gradient_norm = 10.0
     model.train()
     labels = model.get_labels(batch)
     torch.manual_seed(0)
@@ -168,7 +167,6 @@ def check_checkpoint(tiny, batch: dict, expid: str, folder, config_dir=None) -> 
     import torch
 
     model = build_model(tiny, expid, config_dir)
-    model._max_gradient_norm = 10.0
     model.train_step(batch)  # move away from the initial weights
     path = str(Path(folder) / "contract.model")
     model.save_weights(path)
