@@ -13,6 +13,9 @@ losses. The base class does the rest:
 * FuxiCTR's ``fit`` loop, with the train step (:func:`mdl_bench.model_zoo.core.step.train_step`, the one step
   that ``mdl-bench perf`` times too), the per-term loss log, a throughput counter and a per-epoch time log
   overridden.
+
+Hooks with defaults that a model may override: :meth:`MultiDomainModel.expert_outputs_for_analysis` (the analysis
+tools) and :meth:`MultiDomainModel.step_components` (``mdl-bench perf``'s split of a step into parts).
 """
 from __future__ import annotations
 
@@ -53,6 +56,13 @@ class MultiDomainModel(BaseModel):
         max_gradient_norm: every step clips the total gradient norm to this (FuxiCTR's ``fit`` default, 10). It is
             the model's, so that a step works outside ``fit`` too; ``fit(max_gradient_norm=...)`` replaces it, as
             in FuxiCTR.
+
+    Hooks (override in a model; each has a default):
+        expert_outputs_for_analysis(X): ``(O, bound)`` of the model's experts for the analysis tools, or ``None``.
+        step_components(X, domain): named closures, one per part of a step (embedding, experts, gate, ...), whose
+            forward+backward ``mdl-bench perf`` times on its own; ``None`` (the default) says the model does not
+            split its step. The model contract checks that each closure runs, returns a finite scalar and
+            backpropagates.
 
     Training figures (counted in ``fit``, evaluation excluded):
         train_rows, train_seconds: totals since construction.
@@ -146,6 +156,19 @@ class MultiDomainModel(BaseModel):
         ``O`` is ``E x B x H``, the outputs of the model's experts; ``bound[e]`` is the tower index of the domain
         expert ``e`` belongs to, or ``None`` for a shared expert (eq. 2 vs eq. 3 of the paper). Models without
         experts keep the default ``None``.
+        """
+        return None
+
+    def step_components(self, X: dict[str, torch.Tensor],
+                        domain: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]] | None:
+        """The parts of one training step, for ``mdl-bench perf``'s scaling curves, or ``None``.
+
+        ``X`` holds the model inputs of a batch of ``B`` rows (:meth:`get_inputs`), ``domain`` their tower indices
+        (``B``). A model that splits its step returns ``{part: closure}`` in step order; each closure runs one part
+        on the model's own layers and returns a scalar (e.g. the sum of the part's output) whose ``backward()``
+        is that part's backward. Inputs that come from earlier parts are computed once beforehand and detached
+        (leaves), so that each closure's forward+backward is its part alone. The default ``None`` means "this
+        model does not split its step": perf then reports the step as a whole.
         """
         return None
 
