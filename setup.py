@@ -11,6 +11,7 @@ PACKAGES = {
     "mdl_bench.benchmark.data": "benchmark/data",
     "mdl_bench.benchmark.analysis": "benchmark/analysis",
     "mdl_bench.benchmark.measure": "benchmark/measure",
+    "mdl_bench.benchmark.perf": "benchmark/perf",
     "mdl_bench.model_zoo": "model_zoo",
     "mdl_bench.model_zoo.layers": "model_zoo/layers",
     "mdl_bench.model_zoo.core": "model_zoo/core",

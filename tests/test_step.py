@@ -1,15 +1,16 @@
 """The one training step (``model_zoo/core/step.py``): the trainer's and every perf measurement's.
 
 It must stay FuxiCTR's step to the bit (training is compared with FuxiCTR's own ``BaseModel.train_step``), report
-its phases in order, go through a wrapper when given one, and clip at the model's own ``max_gradient_norm``
-outside ``fit``. The model logs each epoch's training time and rows for perf.
+its phases in order, go through a wrapper when given one, work on a plain FuxiCTR model, and clip at the model's
+own ``max_gradient_norm`` outside ``fit``. The model logs each epoch's training time and rows for perf.
 """
 from __future__ import annotations
 
 import torch
 from fuxictr.pytorch.models import BaseModel
 
-from mdl_bench.benchmark.perf import FirstBatches
+from mdl_bench.benchmark.perf.stock import TimedEpochs, stock_classes
+from mdl_bench.benchmark.perf.timing import FirstBatches, bare_loop, split_steps
 from mdl_bench.benchmark.runner import make_loaders, resolve
 from mdl_bench.model_zoo.core.step import PHASES, train_step
 from conftest import build_model
@@ -66,3 +67,24 @@ def test_fit_keeps_the_models_norm_and_logs_every_epoch(tiny):
     assert abs(model.train_seconds - sum(e["seconds"] for e in model.epoch_log)) < 1e-9
     model.fit(FirstBatches(train, 1), epochs=1, validation_data=FirstBatches(valid, 1), max_gradient_norm=4.0)
     assert model.max_gradient_norm == 4.0 and len(model.epoch_log) == 3  # fit's argument wins, as in FuxiCTR
+
+
+def test_a_plain_fuxictr_model_steps_and_times_its_epochs(tiny, tmp_path):
+    """perf's stock side: a FuxiCTR BaseModel subclass through the same step, its epochs timed by a subclass."""
+    StockDNN, _ = stock_classes()
+
+    class TimedStockDNN(TimedEpochs, StockDNN):
+        pass
+
+    model = TimedStockDNN(tiny.feature_map, hidden_units=[16], embedding_dim=4, optimizer="adam",
+                          loss="binary_crossentropy", metrics=["AUC"], verbose=0, model_root=str(tmp_path),
+                          reduce_lr_on_plateau=False)
+    assert "train_epoch" not in vars(model) and "eval_step" not in vars(model)  # overridden, not patched
+    (tmp_path / tiny.feature_map.dataset_id).mkdir()  # FuxiCTR makes it in set_logger(), which is not called here
+    train, valid, _ = make_loaders(tiny.feature_map, tiny.paths, tiny.params)
+    batches = list(FirstBatches(train, 3))
+    assert len(bare_loop(model, batches, 10.0)) == 3
+    split = split_steps(model, batches, 3, 10.0)
+    assert set(split) == {"data", "forward", "backward", "optimizer", "step"}
+    model.fit(FirstBatches(train, 2), epochs=2, validation_data=FirstBatches(valid, 1))
+    assert len(model.epoch_seconds) == 2 and all(s > 0 for s in model.epoch_seconds)
