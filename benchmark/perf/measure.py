@@ -140,9 +140,9 @@ def measure_covloss(cfg: PerfConfig, work: Path, models: dict) -> dict:
         model = new_model(model_class, feature_map, params)
         train, _, _ = make_loaders(feature_map, paths, params)
         batches = list(itertools.islice(iter(train), cfg.batches + 1))
-        bare_loop(model, batches[:1], model.max_gradient_norm)
-        steps = [t for _ in range(max(1, cfg.repeats - 1)) for t in bare_loop(model, batches[1:],
-                                                                               model.max_gradient_norm)]
+        max_norm = model.max_gradient_norm
+        bare_loop(model, batches[:1], max_norm)
+        steps = [t for _ in range(max(1, cfg.repeats - 1)) for t in bare_loop(model, batches[1:], max_norm)]
         entry = {"step_ms": 1000 * median(steps), "sample_rows": params.get("cov_sample_rows", 0)}
         X = model.get_inputs(batches[1])
         cov = (model.step_components(X, model.domain_of(X)) or {}).get("cov")  # absent without CovLoss
