@@ -75,6 +75,7 @@ import yaml
 
 from mdl_bench.model_zoo.core.errors import UserError, close_matches
 from .paths import expand_path, packaged_config_dir
+from .procs import die_with_parent
 from .codeid import code_fingerprint
 from .store import (Store, check_store_writable, config_hash, git_state, library_versions, portable_config,
                     store_path)
