@@ -13,6 +13,7 @@ PACKAGES = {
     "mdl_bench.benchmark.measure": "benchmark/measure",
     "mdl_bench.benchmark.leaderboard": "benchmark/leaderboard",
     "mdl_bench.benchmark.suite": "benchmark/suite",
+    "mdl_bench.benchmark.perf": "benchmark/perf",
     "mdl_bench.model_zoo": "model_zoo",
     "mdl_bench.model_zoo.layers": "model_zoo/layers",
     "mdl_bench.model_zoo.core": "model_zoo/core",

@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .suite_cli import add_commands as add_suite_commands
 
     add_suite_commands(sub)  # `mdl-bench run`, `leaderboard`, `runs`, `rerun` (issue 4)
-    from .perf import add_parser as add_perf_parser
+    from .perf.command import add_parser as add_perf_parser
 
     add_perf_parser(sub)  # `mdl-bench perf` (issue 7)
     add_models_from_option(sub)  # issue 9

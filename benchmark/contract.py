@@ -17,6 +17,9 @@ The checks (the expid is ``<Name>_test``, a small config on tiny data):
   takes ``net_dropout``, the same random state before and after);
 * ``checkpoint``: weights saved after a step and loaded into a model built with another seed give identical
   predictions;
+* ``step components``: a model that splits its step for ``mdl-bench perf``
+  (:meth:`~mdl_bench.model_zoo.base.MultiDomainModel.step_components` returns named closures rather than ``None``)
+  gives closures that each run, return a finite scalar and backpropagate;
 * ``field options``: every ``__init__`` option that names fields (``*_fields``) is taken through a
   :class:`~mdl_bench.model_zoo.layers.FieldSelection`; in a forward pass its slot ``j`` holds the embedding of its
   ``j``-th field, looked up on its own; and the option's fields in another order build the same model (same
@@ -154,7 +157,6 @@ def check_one_step(tiny, batch: dict, expid: str, config_dir=None) -> str:
     model_class = resolve(expid, config_dir, {"verbose": 0})[1]
     extra = {"net_dropout": 0.0} if "net_dropout" in model_keys(model_class) else {}
     model = build_model(tiny, expid, config_dir, learning_rate=1e-3, **extra)
-    model._max_gradient_norm = 10.0
     model.train()
     labels = model.get_labels(batch)
     torch.manual_seed(0)
@@ -172,7 +174,6 @@ def check_checkpoint(tiny, batch: dict, expid: str, folder, config_dir=None) -> 
     import torch
 
     model = build_model(tiny, expid, config_dir)
-    model._max_gradient_norm = 10.0
     model.train_step(batch)  # move away from the initial weights
     path = str(Path(folder) / "contract.model")
     model.save_weights(path)
@@ -184,6 +185,33 @@ def check_checkpoint(tiny, batch: dict, expid: str, folder, config_dir=None) -> 
     diff = (a - b).abs().max().item()
     require(torch.equal(a, b), f"predictions after save/load differ (max abs difference {diff:.3g})")
     return "identical predictions after save_weights/load_weights into a model built with another seed"
+
+
+def check_step_components(tiny, batch: dict, expid: str, config_dir=None) -> str:
+    """``step_components`` returns ``None`` or ``{name: closure}``; each closure gives a finite scalar whose
+    ``backward()`` runs."""
+    import torch
+
+    model = build_model(tiny, expid, config_dir)
+    model.train()
+    X = model.get_inputs(batch)
+    parts = model.step_components(X, model.domain_of(X))
+    if parts is None:
+        return "not split (step_components returns None): perf times the step as a whole"
+    require(isinstance(parts, dict) and parts, f"step_components returned {type(parts).__name__}, expected None or "
+                                               f"a non-empty dict of {{name: closure}}")
+    for name, closure in parts.items():
+        require(isinstance(name, str) and callable(closure),
+                f"step_components: entry {name!r} must map a part name to a closure, got {type(closure).__name__}")
+        out = closure()
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        require(isinstance(out, torch.Tensor) and out.dim() == 0,
+                f"step_components[{name!r}]() returned {got}, expected a scalar tensor")
+        require(bool(torch.isfinite(out)), f"step_components[{name!r}]() is not finite ({out.item()})")
+        require(out.requires_grad, f"step_components[{name!r}]() does not depend on anything trainable: no backward")
+        out.backward()
+    model.zero_grad(set_to_none=True)
+    return f"{len(parts)} parts ({', '.join(parts)}): each a finite scalar that backpropagates"
 
 
 def field_options(model_class) -> list[str]:
@@ -358,6 +386,7 @@ def run_contract(name: str, config_dir=None, require_default: bool = False) -> l
                              ("gradients", lambda: check_gradients(tiny, batch, expid, config_dir)),
                              ("one step", lambda: check_one_step(tiny, batch, expid, config_dir)),
                              ("checkpoint", lambda: check_checkpoint(tiny, batch, expid, folder, config_dir)),
+                             ("step components", lambda: check_step_components(tiny, batch, expid, config_dir)),
                              ("field options", lambda: check_field_options(tiny, batch, expid, config_dir)),
                              ("hooks", lambda: check_hooks(tiny, batch, expid, config_dir))):
             results.append(_attempt(label, check))

@@ -21,14 +21,15 @@ Every switch of the ablation (table 5) is an option:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from mdl_bench.model_zoo.core.errors import UserError
 from .base import MultiDomainModel
 from .layers import (BatchedMLP, DomainGroups, DomainTowers, ElementwiseGate, FieldSelection, MultiEmbedding,
-                     SoftmaxGate, check_fields, gather_domain, make_disentangle_loss, mix_own)
+                     SoftmaxGate, check_fields, gather_domain, make_disentangle_loss, mix_own,
+                     mixture_step_components)
 
 
 class Crocodile(MultiDomainModel):
@@ -108,22 +109,46 @@ class Crocodile(MultiDomainModel):
         self.reset_parameters()
         self.model_to_device()
 
+    def _experts(self, emb: torch.Tensor) -> torch.Tensor:
+        """Expert outputs ``M x B x d`` from the flat embeddings ``tables x B x (F*D)``."""
+        return self.experts(emb if self.embedding_mode == "ME" else emb[0])  # M x B x FD, or one B x FD for all
+
+    def _gate_weights(self, X: dict[str, torch.Tensor], emb: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """Each row's own-domain weights ``B x M [x d]``. The gate reads all tables side by side,
+        ``B x (tables*F*D)`` (``mmoe``), or the prior embedding ``r``, ``B x l`` (``pg``, ``peg``)."""
+        if self.gating == "mmoe":
+            gate_in = emb.permute(1, 0, 2).reshape(emb.shape[1], -1)
+        else:
+            gate_in = self.prior(self.prior_embedding(X)[0]).flatten(1)
+        return self.gate.own(gate_in, DomainGroups(domain, self.num_domains))
+
     def expert_outputs(self, X: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(O, e)``: expert outputs ``M x B x d`` and the flat embeddings ``tables x B x (F*D)``."""
         emb = self.embedding.flat(X)
-        experts_in = emb if self.embedding_mode == "ME" else emb[0]  # M x B x FD, or one B x FD for all
-        return self.experts(experts_in), emb
+        return self._experts(emb), emb
 
     def expert_outputs_for_analysis(self, X):
         return self.expert_outputs(X)[0], [None] * self.num_experts
 
+    def step_components(self, X, domain) -> dict[str, Callable[[], torch.Tensor]]:
+        """Embedding lookup, experts, gate and mixing (the prior embedding included under ``pg``/``peg``),
+        towers, and the auxiliary loss (under its name, ``cov`` by default) when it is on."""
+        with torch.no_grad():
+            expert_out, emb = self.expert_outputs(X)
+        aux = None
+        if self.aux_loss_fn is not None:
+            gates = None  # most losses read the expert outputs alone; one that reads the gates gets a leaf of them
+            if self.aux_loss_fn.needs_gates:
+                with torch.no_grad():
+                    gates = self._gate_weights(X, emb, domain)
+                gates.requires_grad_(True)
+            aux = {self.aux_name: lambda O: self.aux_loss_fn(O, gates)}
+        return mixture_step_components(lambda: self.embedding.flat(X), emb, self._experts, expert_out,
+                                       lambda e: self._gate_weights(X, e, domain), self.towers, domain, aux)
+
     def logits(self, X, domain):
         expert_out, emb = self.expert_outputs(X)  # M x B x d
-        if self.gating == "mmoe":
-            gate_in = emb.permute(1, 0, 2).reshape(emb.shape[1], -1)  # B x (tables*F*D)
-        else:
-            gate_in = self.prior(self.prior_embedding(X)[0]).flatten(1)  # B x l
-        weights = self.gate.own(gate_in, DomainGroups(domain, self.num_domains))  # B x M [x d], own domain
+        weights = self._gate_weights(X, emb, domain)  # B x M [x d], own domain
         tower_in = mix_own(expert_out, weights)  # B x d
         logit = gather_domain(self.towers(tower_in), domain)  # every tower on every row, own one kept
         aux = {}

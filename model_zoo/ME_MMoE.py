@@ -18,10 +18,13 @@ Choices where the paper is open (each with its reason):
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
+
+import torch
 
 from .base import MultiDomainModel
-from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, gather_domain, mix_own
+from .layers import (BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, gather_domain, mix_own,
+                     mixture_step_components)
 
 
 class ME_MMoE(MultiDomainModel):
@@ -59,9 +62,21 @@ class ME_MMoE(MultiDomainModel):
     def expert_outputs_for_analysis(self, X):
         return self.experts(self.embedding.flat(X)), [None] * self.num_experts
 
+    def _gate_weights(self, emb: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """Each row's own-domain weights ``B x M`` from all ``M`` tables side by side (``B x (M*F*D)``)."""
+        gate_in = emb.permute(1, 0, 2).reshape(emb.shape[1], -1)  # B x (M*F*D)
+        return self.gate.own(gate_in, DomainGroups(domain, self.num_domains))
+
+    def step_components(self, X, domain) -> dict[str, Callable[[], torch.Tensor]]:
+        """Embedding lookup, experts, gate and mixing, towers."""
+        with torch.no_grad():
+            emb = self.embedding.flat(X)
+            expert_out = self.experts(emb)
+        return mixture_step_components(lambda: self.embedding.flat(X), emb, self.experts, expert_out,
+                                       lambda e: self._gate_weights(e, domain), self.towers, domain)
+
     def logits(self, X, domain):
         emb = self.embedding.flat(X)  # M x B x F*D
         expert_out = self.experts(emb)  # M x B x H: expert p on table p
-        gate_in = emb.permute(1, 0, 2).reshape(emb.shape[1], -1)  # B x (M*F*D)
-        weights = self.gate.own(gate_in, DomainGroups(domain, self.num_domains))  # B x M
+        weights = self._gate_weights(emb, domain)  # B x M
         return gather_domain(self.towers(mix_own(expert_out, weights)), domain), {}

@@ -10,7 +10,9 @@ losses. The base class does the rest:
 * the loss of eq. (8): the mean BCE of each domain's rows, summed over the domains present in the batch,
   plus every auxiliary loss, each logged on its own;
 * evaluation: logloss, AUC and gAUC overall and per domain (``AUC@S6``), each usable as ``monitor``;
-* FuxiCTR's ``fit`` loop, with the train step, the per-term loss log and a throughput counter overridden.
+* FuxiCTR's ``fit`` loop, with the train step (:func:`mdl_bench.model_zoo.core.step.train_step`, the one step
+  that ``mdl-bench perf`` times too), the per-term loss log, a throughput counter and a per-epoch time log
+  overridden.
 
 Hooks a model may declare for the analysis and perf tools (each has a default here; the tools ask through
 them, never by class name or by guessing attributes, and ``mdl-bench check-model`` checks the ones a model
@@ -21,6 +23,8 @@ declares):
 * :attr:`MultiDomainModel.embedding_table_domains`: per table of the main multi-embedding (``self.embedding``)
   the domain it belongs to, or ``None`` for a shared table (IA per table, figure 5). Default: ``None``, every
   table shared.
+* :meth:`MultiDomainModel.step_components`: the parts of one training step, for ``mdl-bench perf``'s split of
+  a step. Default: ``None``, the step is timed as a whole.
 * :attr:`MultiDomainModel.unused_options` and :meth:`MultiDomainModel.field_selections`: the options naming
   fields, for the contract's field check.
 """
@@ -31,7 +35,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections import OrderedDict, defaultdict
 from typing import Any, Callable
 
@@ -42,7 +45,7 @@ from fuxictr.pytorch.models import BaseModel
 from tqdm import tqdm
 
 from mdl_bench.model_zoo.core.errors import UserError
-from mdl_bench.model_zoo.core import allocator, collectives, metrics as metric_lib
+from mdl_bench.model_zoo.core import allocator, collectives, metrics as metric_lib, step as step_lib
 from mdl_bench.model_zoo.core.workdir import bench_home
 
 BCE_NAMES = ("binary_crossentropy", "binary_cross_entropy", "bce")
@@ -61,6 +64,21 @@ class MultiDomainModel(BaseModel):
         embedding_dim: ``D``, the width of one embedding table.
         learning_rate, optimizer, loss: as in FuxiCTR (``loss`` must be binary cross-entropy; it is computed
             from logits, per domain, as eq. (8)).
+        max_gradient_norm: every step clips the total gradient norm to this (FuxiCTR's ``fit`` default, 10). It is
+            the model's, so that a step works outside ``fit`` too; ``fit(max_gradient_norm=...)`` replaces it, as
+            in FuxiCTR.
+
+    Hooks (override in a model; each has a default):
+        expert_outputs_for_analysis(X): ``(O, bound)`` of the model's experts for the analysis tools, or ``None``.
+        step_components(X, domain): named closures, one per part of a step (embedding, experts, gate, ...), whose
+            forward+backward ``mdl-bench perf`` times on its own; ``None`` (the default) says the model does not
+            split its step. The model contract checks that each closure runs, returns a finite scalar and
+            backpropagates.
+
+    Training figures (counted in ``fit``, evaluation excluded):
+        train_rows, train_seconds: totals since construction.
+        epoch_log: one ``{"epoch", "seconds", "rows"}`` per trained epoch since construction (``epoch`` counts
+            from 1 within its ``fit``); seconds are read with a clock that waits for CUDA on a GPU.
 
     Class attributes:
         group: the leaderboard group of the paper's tables ("Single Domain", "MTL (SE)", "MTL (ME)", "MDL",
@@ -74,7 +92,8 @@ class MultiDomainModel(BaseModel):
     def __init__(self, feature_map, model_id: str = "MultiDomainModel", gpu: int = -1,
                  learning_rate: float = 1e-3, embedding_dim: int = 16, domain_field: str | None = None,
                  domains: list | None = None, domain_names: list | None = None, num_domains: int | None = None,
-                 loss: str = "binary_crossentropy", optimizer: str = "adam", **kwargs):
+                 loss: str = "binary_crossentropy", optimizer: str = "adam", max_gradient_norm: float = 10.0,
+                 **kwargs):
         kwargs.setdefault("verbose", 1)
         kwargs.setdefault("metrics", ["logloss", "AUC", "gAUC"])
         kwargs.setdefault("model_root", str(bench_home() / "checkpoints"))
@@ -96,8 +115,10 @@ class MultiDomainModel(BaseModel):
         metric_lib.check_metric_names(self.validation_metrics, self.domain_names, where="metrics", has_group=has_group)
         metric_lib.check_metric_names(self._monitor.get_metrics(), self.domain_names, where="monitor",
                                       has_group=has_group)
+        self._max_gradient_norm = float(max_gradient_norm)  # the attribute FuxiCTR's fit sets, set from the start
         self.train_rows = 0
         self.train_seconds = 0.0
+        self.epoch_log: list[dict[str, float]] = []
         self.step_callbacks: list[Callable[[dict], None]] = []
 
     # ------------------------------------------------------------------ domains
@@ -155,6 +176,19 @@ class MultiDomainModel(BaseModel):
         belongs to, or ``None`` for a shared table; ``None`` (the default) = every table shared."""
         return None
 
+    def step_components(self, X: dict[str, torch.Tensor],
+                        domain: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]] | None:
+        """The parts of one training step, for ``mdl-bench perf``'s scaling curves, or ``None``.
+
+        ``X`` holds the model inputs of a batch of ``B`` rows (:meth:`get_inputs`), ``domain`` their tower indices
+        (``B``). A model that splits its step returns ``{part: closure}`` in step order; each closure runs one part
+        on the model's own layers and returns a scalar (e.g. the sum of the part's output) whose ``backward()``
+        is that part's backward. Inputs that come from earlier parts are computed once beforehand and detached
+        (leaves), so that each closure's forward+backward is its part alone. The default ``None`` means "this
+        model does not split its step": perf then reports the step as a whole.
+        """
+        return None
+
     #: options of ``__init__`` that the current configuration ignores (e.g. Crocodile's ``prior_fields`` under
     #: ``gating: mmoe``); the contract's field check skips them.
     unused_options: tuple = ()
@@ -193,23 +227,25 @@ class MultiDomainModel(BaseModel):
         return sum(terms.values())
 
     # ------------------------------------------------------------------ training loop
-    def fit(self, data_generator, **kwargs) -> None:
+    @property
+    def max_gradient_norm(self) -> float:
+        """The norm every step clips the gradients to (``__init__``'s, or the last ``fit``'s argument)."""
+        return self._max_gradient_norm
+
+    def fit(self, data_generator, max_gradient_norm: float | None = None, **kwargs) -> None:
         """FuxiCTR's ``fit``, after telling glibc to keep freed memory: without it every CPU step page-faults its
-        large tensors in afresh (see :mod:`mdl_bench.model_zoo.core.allocator`; ``mdl-bench perf`` measures it)."""
+        large tensors in afresh (see :mod:`mdl_bench.model_zoo.core.allocator`; ``mdl-bench perf`` measures it).
+
+        ``max_gradient_norm`` replaces the model's when given; otherwise the model's is kept (FuxiCTR's ``fit``
+        would reset it to its own default)."""
         allocator.keep_freed_memory()
         self.checkpoint_written = False  # fit ends by loading self.checkpoint: the runner checks it is this fit's
-        super().fit(data_generator, **kwargs)
+        norm = self._max_gradient_norm if max_gradient_norm is None else float(max_gradient_norm)
+        super().fit(data_generator, max_gradient_norm=norm, **kwargs)
 
     def train_step(self, batch_data: dict[str, torch.Tensor]) -> torch.Tensor:
-        self.optimizer.zero_grad()
         # Under DDP the step must go through the wrapper, or gradients are never all-reduced.
-        return_dict = (getattr(self, "_ddp", None) or self)(batch_data)
-        y_true = self.get_labels(batch_data)
-        loss = self.compute_loss(return_dict, y_true)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters(), self._max_gradient_norm)
-        self.optimizer.step()
-        return loss
+        return step_lib.train_step(self, batch_data, self._max_gradient_norm, module=getattr(self, "_ddp", None))
 
     def train_epoch(self, data_generator) -> None:
         """FuxiCTR's epoch loop, plus: each loss term logged, throughput counted, step callbacks.
@@ -231,10 +267,13 @@ class MultiDomainModel(BaseModel):
             self.eval_step()
 
     def _train_batches(self, data_generator, evaluate_inside: bool) -> None:
+        """The batches of one epoch; adds their time (evaluation excluded) and rows to the counters and to
+        :attr:`epoch_log`."""
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         steps_since_log = 0
         batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stdout)
-        tick = time.perf_counter()
+        rows_before, seconds = self.train_rows, 0.0
+        tick = step_lib.now(self.device)
         for batch_index, batch_data in enumerate(batches):
             self._batch_index = batch_index
             self._total_steps += 1
@@ -249,15 +288,18 @@ class MultiDomainModel(BaseModel):
                 callback({"epoch": self._epoch_index, "batch": batch_index, "batches": len(data_generator),
                           "rows": rows})
             if evaluate_inside and self._total_steps % self._eval_steps == 0:
-                self.train_seconds += time.perf_counter() - tick
+                seconds += step_lib.now(self.device) - tick
                 self._log_train_loss(sums, steps_since_log)
                 sums.clear()
                 steps_since_log = 0
                 self.eval_step()
-                tick = time.perf_counter()
+                tick = step_lib.now(self.device)
             if self._stop_training:
                 break
-        self.train_seconds += time.perf_counter() - tick
+        seconds += step_lib.now(self.device) - tick
+        self.train_seconds += seconds
+        self.epoch_log.append({"epoch": self._epoch_index + 1, "seconds": seconds,
+                               "rows": self.train_rows - rows_before})
         if not evaluate_inside and steps_since_log:
             self._log_train_loss(sums, steps_since_log)
 

@@ -83,9 +83,9 @@ def test_readme_example_passes_check_model_trains_and_shows_the_new_row(readme_r
     for line, code, out, err in readme_run.outputs:
         assert code == 0, f"{line} exited {code}: {err[-2000:]}"
     _, _, check, _ = readme_run.outputs[0]
-    for name in ("config", "data", "shapes", "gradients", "one step", "checkpoint"):
+    for name in ("config", "data", "shapes", "gradients", "one step", "checkpoint", "step components"):
         assert re.search(rf"^PASS  {name}\s", check, re.M), check
-    assert "DomainGatedMoE: all 7 checks passed" in check and "gate_fields: every slot is its field" in check
+    assert "DomainGatedMoE: all 9 checks passed" in check and "gate_fields: every slot is its field" in check
     for _, _, out, _ in readme_run.outputs[1:]:  # `run` prints the leaderboard, then `leaderboard` again
         rows = [r for r in out.splitlines() if r.startswith("|") and ("DG-MoE" in r or "| MMoE" in r)]
         assert len(rows) == 2, out

@@ -13,7 +13,6 @@ from conftest import build_model
 @pytest.mark.parametrize("aux", ["none", "cov"])
 def test_every_ablation_switch_trains(tiny, tiny_batch, mode, gating, aux):
     model = build_model(tiny, embedding_mode=mode, gating=gating, aux_loss=aux)
-    model._max_gradient_norm = 10.0
     assert model.embedding.num_tables == (model.num_domains if mode == "ME" else 1)
     assert isinstance(model.gate, ElementwiseGate if gating == "peg" else SoftmaxGate)
     assert (model.cov_loss is not None) == (aux == "cov")

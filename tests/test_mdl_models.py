@@ -189,7 +189,6 @@ def test_pepnet_no_gradient_reaches_embeddings_through_gate_inputs(tiny, tiny_ba
 
 def test_pepnet_embeddings_change_after_a_step(tiny, tiny_batch):
     model = build_model(tiny, "PEPNet_test")
-    model._max_gradient_norm = 10.0
     before = [p.detach().clone() for p in model.embedding.parameters()]
     model.train_step(tiny_batch)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.embedding.parameters()))
@@ -263,7 +262,6 @@ def test_adasparse_binarization_is_zero_one_with_straight_through_gradient(tiny,
 def test_adasparse_alpha_anneals_with_training_steps_only(tiny, tiny_batch):
     model = build_model(tiny, "AdaSparse_test", alpha_init=1.0, alpha_step=0.5, alpha_max=2.2)
     X, _ = inputs(model, tiny_batch)
-    model._max_gradient_norm = 10.0
     assert model.alpha == 1.0
     model.eval()
     with torch.no_grad():
@@ -286,7 +284,6 @@ def test_adasparse_sparsity_regulariser(tiny, tiny_batch):
     model = build_model(tiny, "AdaSparse_test", sparsity_weight=0.5, sparsity_target=0.3)
     X, domain = inputs(model, tiny_batch)
     model.train()
-    model._max_gradient_norm = 10.0
     _, aux = model.logits(X, domain)
     _, _, soft = model.forward_layers(X)
     ref = 0.5 * sum((1 - s.mean() - 0.3).abs() for s in soft)

@@ -8,6 +8,7 @@ from mdl_bench.benchmark import contract
 from mdl_bench.model_zoo import model_location, registry
 
 MODELS = sorted(name for name in registry() if model_location(name) is None)  # the built-in models
+SPLIT_MODELS = {"Crocodile", "ME_MMoE"}  # the models whose step perf's scaling curves split into parts
 
 
 def test_registry_finds_models_by_file_name():
@@ -40,6 +41,13 @@ def test_one_step_lowers_the_loss(tiny, tiny_batch, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_checkpoint_round_trip(tiny, tiny_batch, tmp_path, name):
     contract.check_checkpoint(tiny, tiny_batch, f"{name}_test", tmp_path)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_step_components_run_and_backpropagate(tiny, tiny_batch, name):
+    """A model that splits its step for ``mdl-bench perf`` gives closures that run; the others say they do not."""
+    message = contract.check_step_components(tiny, tiny_batch, f"{name}_test")
+    assert message.startswith("not split") == (name not in SPLIT_MODELS), message
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -1,4 +1,5 @@
 """``mdl-bench perf``: the structure of its output on a tiny configuration (no timing is asserted)."""
+import copy
 import json
 import os
 
@@ -7,8 +8,16 @@ import pytest
 
 from mdl_bench.benchmark import cli
 from mdl_bench.model_zoo.core.metrics import gauc_score
-from mdl_bench.benchmark.perf import (FirstBatches, PerfConfig, evaluate_targets, gauc_data, is_ray_process,
-                                      render_markdown, run_perf, tree_usage)
+from mdl_bench.benchmark.perf.command import run_perf
+from mdl_bench.benchmark.perf.measure import gauc_data
+from mdl_bench.benchmark.perf.plot import plot_scaling
+from mdl_bench.benchmark.perf.proc import is_ray_process, tree_usage
+from mdl_bench.benchmark.perf.report import render_markdown
+from mdl_bench.benchmark.perf.scaling import explain_scaling
+from mdl_bench.benchmark.perf.settings import PerfConfig
+from mdl_bench.benchmark.perf.targets import evaluate_targets
+from mdl_bench.benchmark.perf.timing import FirstBatches, component_times
+from conftest import build_model
 
 
 def tiny_config(**over) -> PerfConfig:
@@ -72,6 +81,22 @@ def test_perf_scaling_has_every_point(perf_result):
             assert all({"embedding", "experts", "gate", "towers"} <= set(p["components_ms"]) for p in points)
     assert "cov" in scaling["tables"]["Crocodile"][0]["components_ms"]
     assert "Why:" in scaling["explanation"]
+
+
+def test_a_model_that_does_not_split_its_step_is_reported_whole(perf_result, tiny, tiny_batch, tmp_path):
+    """Parts come from the model's own ``step_components``; ``None`` there is "not split", never an error."""
+    assert component_times(build_model(tiny, "SharedBottom_test"), tiny_batch, 1) is None
+    result = copy.deepcopy(perf_result)
+    for axis in ("tables", "domains"):
+        for point in result["scaling"][axis]["ME_MMoE"]:
+            point["components_ms"] = None
+    result["scaling"]["explanation"] = explain_scaling(result["scaling"])
+    text = render_markdown(result)
+    assert "Not split into parts (the model's `step_components` returns None): ME-MMoE." in text
+    assert "- ME-MMoE, M 1 -> 2: step" in text and "(step not split into parts); grew:" in text
+    assert "| Crocodile embedding |" in text and "| Crocodile cov |" in text  # Crocodile's parts are still shown
+    assert "Not split" not in render_markdown(perf_result)
+    assert os.path.isfile(plot_scaling(result["scaling"], tmp_path / "scaling.png"))
 
 
 def test_perf_targets_and_markdown(perf_result):

@@ -25,8 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("measure", (f"{B}.measure",)),
     ("runner", (f"{B}.runner", f"{B}.distributed", f"{B}.procs", f"{B}.report")),
     ("suite/store", (f"{B}.store", f"{B}.suite", f"{B}.codeid")),
-    ("leaderboard/analysis/perf", (f"{B}.leaderboard", f"{B}.analysis", f"{B}.perf", f"{B}.perf_stock",
-                                   f"{B}.contract")),
+    ("leaderboard/analysis/perf", (f"{B}.leaderboard", f"{B}.analysis", f"{B}.perf", f"{B}.contract")),
     ("cli", (f"{B}.cli", f"{B}.suite_cli", f"{B}.analysis.command")),
 ]
 

@@ -1,18 +1,21 @@
 """The other side of ``mdl-bench perf``: FuxiCTR 2.3.10's stock pipeline, run in a child process.
 
-Run as ``python -m mdl_bench.benchmark.perf_stock TASK SPEC.json OUT.json`` by :mod:`mdl_bench.benchmark.perf`,
-so that its Ray processes, its memory and its allocator settings are its own (the parent samples the child's
-process tree). Tasks:
+Run as ``python -m mdl_bench.benchmark.perf.stock TASK SPEC.json OUT.json`` by :mod:`.measure`, so that its Ray
+processes, its memory and its allocator settings are its own (the parent samples the child's process tree). Tasks:
 
 * ``train``: FuxiCTR's ``RankDataLoader`` (its default path for built parquet data: ``ParquetDataLoader`` on
   Ray Data) and ``BaseModel.fit`` on architecture-matched models built from FuxiCTR's own layers, the way
   FuxiCTR's model zoo builds them: :class:`StockDNN` (``FeatureEmbedding`` + ``MLP_Block``) and
   :class:`StockMMoE` (a list of ``MLP_Block`` experts, one gate and one tower per domain, every tower on every
-  row and each row's own domain's output kept). Also the same models' bare loop on batches already in memory.
+  row and each row's own domain's output kept). Also the same models' bare loop on batches already in memory
+  (:func:`.timing.bare_loop`: the one training step that this package's models and measurements run too).
 * ``build_fuxictr``: ``fuxictr.preprocess.build_dataset`` on raw CSV files.
 * ``build_project``: this package's build (:func:`mdl_bench.benchmark.data.build.ensure_dataset`) on the same files.
 
-Each task writes a JSON result; times are taken around the work only (imports excluded).
+Each task writes a JSON result; times are taken around the work only (imports excluded). The epoch times come
+from :class:`TimedEpochs`, a subclass of the stock models: FuxiCTR cannot be changed, and replacing methods on an
+instance would hide what runs. Everything beyond the standard library is imported inside the tasks, so that a
+build's peak memory counts what that build loads and nothing of this module (FuxiCTR's build never loads torch).
 """
 from __future__ import annotations
 
@@ -24,13 +27,44 @@ import time
 import warnings
 
 
+def _now(device) -> float:
+    from mdl_bench.model_zoo.core.step import now  # imported late (torch): see the module docstring
+
+    return now(device)
+
+
 def _quiet() -> None:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING, force=True)
 
 
 # ---------------------------------------------------------------------------------------------- stock models
-def _stock_classes():
+class TimedEpochs:
+    """Mixin ahead of a FuxiCTR ``BaseModel`` subclass: FuxiCTR's own ``train_epoch`` and ``eval_step``, timed.
+
+    The timing is a subclass override that calls FuxiCTR's method (``super()``) between two clock readings, not a
+    replacement of methods on an instance. ``epoch_seconds`` gets one entry per epoch, with the time of the
+    evaluations inside it (FuxiCTR evaluates from within ``train_epoch``) taken out.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch_seconds: list[float] = []
+        self.eval_seconds = 0.0
+
+    def eval_step(self) -> None:
+        tick = _now(self.device)
+        super().eval_step()
+        self.eval_seconds += _now(self.device) - tick
+
+    def train_epoch(self, data_generator) -> None:
+        eval_before, tick = self.eval_seconds, _now(self.device)
+        super().train_epoch(data_generator)
+        self.epoch_seconds.append(_now(self.device) - tick - (self.eval_seconds - eval_before))
+
+
+def stock_classes():
+    """``(StockDNN, StockMMoE)``: plain FuxiCTR models (torch is imported here, after the child has started)."""
     import torch
     from torch import nn
     from fuxictr.pytorch.layers import FeatureEmbedding, MLP_Block
@@ -100,24 +134,6 @@ def _domain_lookup(data_dir: str, field: str, domains: list) -> list[int]:
     return lookup
 
 
-def _bare_loop(model, batches) -> list[float]:
-    """Forward, loss, backward, clip and optimiser step on in-memory batches; seconds of each step."""
-    import torch
-
-    times = []
-    model.train()
-    for batch in batches:
-        tick = time.perf_counter()
-        model.optimizer.zero_grad()
-        out = model(batch)
-        loss = model.compute_loss(out, model.get_labels(batch))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        model.optimizer.step()
-        times.append(time.perf_counter() - tick)
-    return times
-
-
 def task_train(spec: dict) -> dict:
     """Stock training of each matched model: ``epochs`` full epochs through RankDataLoader + fit."""
     import itertools
@@ -126,7 +142,16 @@ def task_train(spec: dict) -> dict:
     from fuxictr.pytorch.dataloaders import RankDataLoader
     from fuxictr.pytorch.torch_utils import seed_everything
 
-    StockDNN, StockMMoE = _stock_classes()
+    from .timing import DEFAULT_MAX_NORM, bare_loop, batch_rows
+
+    StockDNN, StockMMoE = stock_classes()
+
+    class TimedStockDNN(TimedEpochs, StockDNN):
+        """StockDNN with timed epochs."""
+
+    class TimedStockMMoE(TimedEpochs, StockMMoE):
+        """StockMMoE with timed epochs."""
+
     feature_map = FeatureMap(spec["dataset_id"], spec["data_dir"])
     feature_map.load(os.path.join(spec["data_dir"], "feature_map.json"),
                      {"embedding_dim": spec["embedding_dim"], "group_id": spec.get("group_id")})
@@ -142,39 +167,26 @@ def task_train(spec: dict) -> dict:
                   reduce_lr_on_plateau=False)
     lookup = _domain_lookup(spec["data_dir"], spec["domain_field"], spec["domains"])
     builders = {
-        "DNN": lambda: StockDNN(feature_map, hidden_units=spec["dnn_hidden_units"], **common),
-        "MMoE": lambda: StockMMoE(feature_map, num_domains=len(spec["domains"]), domain_field=spec["domain_field"],
-                                  domain_lookup=lookup, expert_hidden_units=spec["expert_hidden_units"],
-                                  tower_hidden_units=spec["tower_hidden_units"], **common),
+        "DNN": lambda: TimedStockDNN(feature_map, hidden_units=spec["dnn_hidden_units"], **common),
+        "MMoE": lambda: TimedStockMMoE(feature_map, num_domains=len(spec["domains"]),
+                                       domain_field=spec["domain_field"], domain_lookup=lookup,
+                                       expert_hidden_units=spec["expert_hidden_units"],
+                                       tower_hidden_units=spec["tower_hidden_units"], **common),
     }
     results = {}
     for name in spec["models"]:
         seed_everything(int(spec.get("seed", 2024)))
         model = builders[name]()
         os.makedirs(model.model_dir, exist_ok=True)  # FuxiCTR creates it in set_logger(), which we do not call
-        epoch_seconds, eval_seconds = [], [0.0]
-        plain_eval, plain_epoch = model.eval_step, model.train_epoch
-
-        def eval_step(plain_eval=plain_eval, eval_seconds=eval_seconds):
-            t = time.perf_counter()
-            plain_eval()
-            eval_seconds[0] += time.perf_counter() - t
-
-        def train_epoch(gen, plain_epoch=plain_epoch, eval_seconds=eval_seconds, epoch_seconds=epoch_seconds):
-            before, t = eval_seconds[0], time.perf_counter()
-            plain_epoch(gen)
-            epoch_seconds.append(time.perf_counter() - t - (eval_seconds[0] - before))
-
-        model.eval_step, model.train_epoch = eval_step, train_epoch
-        model.fit(train_gen, epochs=spec["epochs"], validation_data=valid_gen)
+        model.fit(train_gen, epochs=spec["epochs"], validation_data=valid_gen, max_gradient_norm=DEFAULT_MAX_NORM)
         rows = train_gen.num_samples
         batches = list(itertools.islice(iter(train_gen), spec["bare_batches"]))
-        _bare_loop(model, batches[:1])  # warm-up step
-        bare = _bare_loop(model, batches)
+        bare_loop(model, batches[:1], DEFAULT_MAX_NORM)  # warm-up step
+        bare = bare_loop(model, batches, DEFAULT_MAX_NORM)
         results[name] = {
-            "epoch_seconds": epoch_seconds, "rows_per_epoch": rows,
-            "samples_per_second": [rows / s for s in epoch_seconds],
-            "bare_step_seconds": bare, "bare_rows": [int(next(iter(b.values())).shape[0]) for b in batches],
+            "epoch_seconds": model.epoch_seconds, "rows_per_epoch": rows,
+            "samples_per_second": [rows / s for s in model.epoch_seconds],
+            "bare_step_seconds": bare, "bare_rows": [batch_rows(b) for b in batches],
             "num_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
         del model

@@ -1,0 +1,164 @@
+"""``mdl-bench perf``: :func:`run_perf` runs every measurement and writes the JSON result, the Markdown report and
+the scaling figure; :func:`add_parser` wires the command into ``mdl-bench`` (:mod:`mdl_bench.benchmark.cli`)."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mdl_bench.model_zoo.core import allocator
+from mdl_bench.model_zoo.core.errors import UserError
+from ..paths import bench_home
+from .measure import measure_build, measure_covloss, measure_gauc, measure_matched, measure_model, measure_stock
+from .plot import plot_scaling
+from .proc import TreeSampler
+from .report import render_markdown
+from .scaling import measure_scaling
+from .settings import QUICK_MODELS, PerfConfig, quick_config
+from .targets import evaluate_targets
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def default_out_path() -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return bench_home() / "perf" / f"perf-{stamp}.json"
+
+
+def run_perf(cfg: PerfConfig, out_path: str | os.PathLike | None = None, command: str = "mdl-bench perf",
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Run every measurement of ``cfg``; write JSON, Markdown and PNG; return the result dict."""
+    import torch
+    import fuxictr
+
+    from mdl_bench.model_zoo import registry
+
+    say = progress or (lambda message: None)
+    out_path = Path(out_path) if out_path else default_out_path()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    known = registry()
+    names = list(cfg.models) if cfg.models else list(known)
+    for name in names:
+        if name not in known:
+            from mdl_bench.model_zoo.core.errors import close_matches
+
+            raise UserError(f"perf: unknown model {name!r}{close_matches(name, known)}; registered: "
+                            f"{', '.join(known)}")
+    logging.getLogger().setLevel(logging.WARNING)
+    started = time.perf_counter()
+    tuned = allocator.keep_freed_memory()  # what this package's training path does (MultiDomainModel.fit)
+    result: dict[str, Any] = {"meta": {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
+        "host": platform.node(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "load_start": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
+        "fuxictr": getattr(fuxictr, "__version__", "?"), "python": platform.python_version(), "quick": cfg.quick,
+        "allocator_tuned": tuned, "config": dataclasses.asdict(cfg)}}
+    work = Path(tempfile.mkdtemp(prefix="perf-", dir=bench_home() if bench_home().exists() else None))
+    try:
+        with TreeSampler() as sampler:
+            project_phases = ["models", "covloss", "matched", "scaling"]
+            say("data: default dataset")
+            result["models"] = {}
+            with sampler.phase("models"):
+                for name in names:
+                    say(f"models: {name}")
+                    result["models"][name] = measure_model(name, cfg, work)
+            if "Crocodile" in names:
+                with sampler.phase("covloss"):
+                    say("covloss: Crocodile with all rows, 32 rows, none")
+                    result["covloss"] = measure_covloss(cfg, work, result["models"])
+            with sampler.phase("matched"):
+                say("matched: DNN and MMoE through this package's path")
+                matched = measure_matched(cfg, work)
+                result["matched"] = matched
+            if cfg.stock:  # right after its counterpart, so that both see the machine in the same state
+                with sampler.phase("stock"):
+                    say("stock: FuxiCTR RankDataLoader + fit (child process, Ray)")
+                    stock = measure_stock(cfg, work, matched)
+                    stock["epochs"] = cfg.matched_epochs
+                    stock["rows_per_epoch"] = next(iter(stock["models"].values()))["rows_per_epoch"]
+                    stock["speedup"] = {n: matched[n]["real_sps"] / stock["models"][n]["real_sps"]
+                                        for n in stock["models"]}
+                    result["stock"] = stock
+            with sampler.phase("scaling"):
+                say("scaling: M and K")
+                result["scaling"] = measure_scaling(cfg, work)
+            with sampler.phase("gauc"):
+                say(f"gauc: {cfg.gauc_rows:,} rows, {cfg.gauc_users:,} users")
+                result["gauc"] = measure_gauc(cfg.gauc_rows, cfg.gauc_users)
+            with sampler.phase("build"):
+                say(f"build: {cfg.build_rows:,} rows" + (" (and FuxiCTR's build_dataset)" if cfg.build_fuxictr else ""))
+                result["build"] = measure_build(cfg, work)
+        result["memory"] = {"project_peak_rss_bytes": max(sampler.peak[p] for p in project_phases)}
+        result["ray"] = {"default_path": max(sampler.ray[p] for p in project_phases)}
+        if "stock" in result:
+            result["ray"]["stock_path"] = result["stock"]["ray_processes"]
+        result["meta"]["others_cpu"] = dict(sampler.others_cpu)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["targets"] = evaluate_targets(result)
+    result["meta"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["meta"]["seconds"] = time.perf_counter() - started
+    png = plot_scaling(result["scaling"], out_path.with_name(out_path.stem + "_scaling.png"))
+    md_path = out_path.with_suffix(".md")
+    result["files"] = {"json": str(out_path), "markdown": str(md_path), "png": png}
+    ordered = {"meta": result.pop("meta"), "targets": result.pop("targets")}  # ratios first
+    clean = _jsonable({**ordered, **result})
+    out_path.write_text(json.dumps(clean, indent=2))
+    md_path.write_text(render_markdown(clean))
+    return clean
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def cmd_perf(args) -> int:
+    over = {}
+    if args.models:
+        over["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    cfg = quick_config(**over) if args.quick else PerfConfig(**over)
+    command = "mdl-bench perf" + (f" --out {args.out}" if args.out else "") + (" --quick" if args.quick else "") + (
+        f" --models {args.models}" if args.models else "")
+    if args.out and not str(args.out).endswith(".json"):
+        raise UserError(f"--out {args.out}: give a .json path (the Markdown report and the PNG go next to it)")
+    result = run_perf(cfg, args.out, command=command,
+                      progress=lambda message: print(f"[perf {time.strftime('%H:%M:%S')}] {message}",
+                                                     file=sys.stderr, flush=True))
+    print(Path(result["files"]["markdown"]).read_text())
+    print(f"wrote {result['files']['json']}, {result['files']['markdown']}"
+          + (f", {result['files']['png']}" if result["files"].get("png") else ""))
+    return 0
+
+
+def add_parser(sub) -> None:
+    """``mdl-bench perf`` (issue 7)."""
+    p = sub.add_parser("perf", help="measure training/evaluation speed against the bare loop and stock FuxiCTR")
+    p.add_argument("--out", help="JSON result path; the Markdown report and the scaling PNG are written next to it "
+                                 "(default $MDL_BENCH_HOME/perf/perf-<time>.json)")
+    p.add_argument("--quick", action="store_true",
+                   help="about 90 s: four models, fewer batches and rows, no FuxiCTR stock training or build; for "
+                        "comparing this package before and after a change")
+    p.add_argument("--models", help="comma-separated registered models (default: all; --quick: "
+                                    + ",".join(QUICK_MODELS) + ")")
+    p.set_defaults(func=cmd_perf)

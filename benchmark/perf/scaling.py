@@ -1,0 +1,115 @@
+"""``mdl-bench perf``'s scaling curves: step time and its parts as the number of tables M and of domains K grow.
+
+The parts are the model's own (:meth:`MultiDomainModel.step_components`); a model that does not split its step
+is reported as a whole ("not split").
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from .measure import base_overrides, new_model, prepare
+from .settings import PerfConfig
+from .timing import bare_loop, batch_rows, component_times, split_steps
+
+
+def _k_domain_data(K: int, cfg: PerfConfig, work: Path) -> dict:
+    """Dataset overrides for synthetic data with ``K`` domains (long-tailed sizes, one conflicting domain)."""
+    domains = list(range(K))
+    sizes = [round(1.0 / (i + 1) ** 0.8, 4) for i in range(K)]
+    rho = [0.8 if i % 4 != 3 else -0.6 for i in range(K)]
+    offset = [-0.8] * K
+    root = work / f"k{K}"
+    n_small = max(1000, cfg.scaling_rows // 10)
+    return {"data_root": str(root / "data"), "train_data": str(root / "raw" / "train.csv"),
+            "valid_data": str(root / "raw" / "valid.csv"), "test_data": str(root / "raw" / "test.csv"),
+            "synth": {"preset": "kuairand_like", "seed": 11, "n_train": cfg.scaling_rows, "n_valid": n_small,
+                      "n_test": n_small, "domains": domains, "domain_sizes": sizes, "domain_rho": rho,
+                      "domain_offset": offset},
+            "domains": domains}
+
+
+def _scale_point(name: str, overrides: dict, cfg: PerfConfig, work: Path) -> dict:
+    """Step time, its phases and the model's own parts (``components_ms``; ``None``: the model does not split its
+    step) of one model at one configuration."""
+    from ..runner import make_loaders
+
+    params, model_class, paths, feature_map = prepare(name + cfg.expid_suffix,
+                                                       {**base_overrides(cfg, work), **overrides})
+    model = new_model(model_class, feature_map, params)
+    train, _, _ = make_loaders(feature_map, paths, params)
+    batches = list(itertools.islice(iter(train), cfg.scaling_steps + 1))
+    bare_loop(model, batches[:1], model.max_gradient_norm)
+    split = split_steps(model, batches[1:], cfg.scaling_steps, model.max_gradient_norm)
+    split.pop("data", None)
+    components = component_times(model, batches[1], max(2, cfg.scaling_steps))
+    return {"step_ms": split.pop("step"), **{f"{k}_ms": v for k, v in split.items()},
+            "components_ms": components, "num_parameters": model.num_parameters(),
+            "num_tables": getattr(model, "num_experts", None), "num_domains": model.num_domains,
+            "batch_size": batch_rows(batches[1])}
+
+
+SCALING_MODELS = ("Crocodile", "ME_MMoE")
+
+
+def measure_scaling(cfg: PerfConfig, work: Path) -> dict:
+    from mdl_bench.model_zoo import get_model
+
+    out: dict[str, Any] = {"models": list(SCALING_MODELS),
+                           "display": {n: get_model(n).display_name or n for n in SCALING_MODELS},
+                           "tables": {"values": list(cfg.scaling_tables)},
+                           "domains": {"values": list(cfg.scaling_domains),
+                                       "fixed_tables": cfg.scaling_fixed_tables}}
+    for name in SCALING_MODELS:
+        out["tables"][name] = [_scale_point(name, {"num_embeddings": M}, cfg, work) for M in cfg.scaling_tables]
+    for name in SCALING_MODELS:
+        out["domains"][name] = [
+            _scale_point(name, {**_k_domain_data(K, cfg, work), "num_embeddings": cfg.scaling_fixed_tables},
+                         cfg, work) for K in cfg.scaling_domains]
+    out["explanation"] = explain_scaling(out)
+    return out
+
+
+REASONS = {
+    "embedding": "one lookup per field returns all M tables side by side (width M*D): the gather, its "
+                 "scatter-add backward and the M x B x F*D re-layout grow with M; K does not enter",
+    "experts": "M expert MLPs, each over the whole batch (one bmm per layer): compute grows linearly in M",
+    "gate": "ME-MMoE's gate reads all M tables (M*F*D inputs); Crocodile's PEG maps the prior embedding to "
+            "M x d weights per domain: both grow with M; per row only its own domain's gate is computed "
+            "(DomainGroups), so K adds K small matmuls, not K times the work",
+    "towers": "every domain's tower runs on every row and each row keeps its own domain's logit (so that DDP "
+              "sees every parameter, and batch norm in a tower sees the whole batch): compute grows linearly in "
+              "K; routing rows to their own tower would make it flat in K",
+    "cov": "CovLoss's Gram over the sampled rows is (M*d)^2: quadratic in M but tiny on 32 rows",
+    "optimizer": "Adam, clipping and the embedding L2 term touch every parameter every step: they grow with the "
+                 "parameter count (embedding tables x M; gates and towers x K)",
+}
+
+
+def explain_scaling(scaling: dict) -> str:
+    """Which parts grow between the smallest and largest M and K, from the measured parts, and why."""
+    lines = []
+    for axis, label in (("tables", "M"), ("domains", "K")):
+        values = scaling[axis]["values"]
+        if len(values) < 2:
+            continue
+        for name in scaling["models"]:
+            points = scaling[axis].get(name) or []
+            if len(points) < 2:
+                continue
+            first, last = points[0], points[-1]
+            first_parts, last_parts = first["components_ms"] or {}, last["components_ms"] or {}
+            growth = {part: last_parts[part] - first_parts[part] for part in set(first_parts) & set(last_parts)}
+            growth["optimizer"] = last["optimizer_ms"] - first["optimizer_ms"]
+            top = sorted(growth.items(), key=lambda kv: -kv[1])
+            grown = ", ".join(f"{part} +{ms:.0f} ms" for part, ms in top if ms > 0.5) or "nothing measurable"
+            shown = (scaling.get("display") or {}).get(name, name)
+            unsplit = "" if first["components_ms"] is not None else " (step not split into parts)"
+            lines.append(f"- {shown}, {label} {values[0]} -> {values[-1]}: step {first['step_ms']:.0f} -> "
+                         f"{last['step_ms']:.0f} ms ({last['step_ms'] / first['step_ms']:.2f}x){unsplit}; "
+                         f"grew: {grown}.")
+    lines.append("")
+    lines.append("Why:")
+    lines.extend(f"- {part}: {text}." for part, text in REASONS.items())
+    return "\n".join(lines)
