@@ -200,6 +200,8 @@ def test_covloss_of_every_expert_pair_against_numpy():
 
 # ------------------------------------------------------------------ memory: 5 tables of 200k x 16
 class FiveTables(torch.nn.Module):
+    embedding_table_domains = None  # the model contract's hook: every table shared
+
     def __init__(self, rows=200_000, dim=16, tables=5):
         super().__init__()
         feature_map = SimpleNamespace(features={"item_id": {"type": "categorical", "vocab_size": rows}})
