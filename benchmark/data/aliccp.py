@@ -244,7 +244,7 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
     out = rd.check_out_dir(out_dir or rd.default_out(dataset_id), log)
     log(f"Converting AliCCP from {Path(raw_dir).expanduser()} -> {out}"
         + (f" (at most {max_rows:,} lines of each skeleton file)" if max_rows else ""))
-    lines_read = 0
+    lines = {"read": 0}  # raw lines read, common-feature files included
     counters = {c: rd.ValueCounter() for c in FEATURES}
     domain_rows: dict[int, int] = {}
     dropped: dict[int, int] = {}
@@ -253,23 +253,14 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
     with rd.ConversionFiles(out) as temporary:
         spool = temporary.spool
         # ---- train: parse, count values, spool
-        common, n_common = _load_common(files["train"], max_rows, max_malformed, block_bytes, log)
-        lines_read += n_common
-        bad = rawfiles.BadLines(files["train"][0], max_malformed)
-        t0 = timer.seconds
-        for chunk in _skeleton_chunks(files["train"][0], bad, max_rows, block_bytes, split_test=False):
-            frame = _join_common(chunk, common, bad)
+        for frame, bad in _joined_frames(files["train"], False, max_rows, max_malformed, block_bytes, timer, log,
+                                         lines):
             frame = _domain_filter(frame, wanted_domains, bad, dropped)
             for value, n in frame.group_by("domain").len().iter_rows():
                 domain_rows[value] = domain_rows.get(value, 0) + n
             for column, counter in counters.items():
                 counter.add(frame[column])
             spool.append(frame.drop("__line", "__split"))
-        bad.finish(log)
-        lines_read += bad.lines
-        log(f"  read {files['train'][0].name}: {bad.lines:,} lines, {bad.lines / max(timer.seconds - t0, 1e-9):,.0f} "
-            f"lines/s ({timer.seconds:.0f}s)")
-        del common
         mapping = _domain_mapping(domain_rows, wanted_domains, dropped)
         log("  field 301 (raw id -> domain, training rows): "
             + ", ".join(f"{raw} -> {d} ({domain_rows.get(raw, 0):,})" for raw, d in mapping.items()))
@@ -291,24 +282,14 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
             writer.write("train", frame)
         spool.remove()
         # ---- test: parse, split in half, write
-        common, n_common = _load_common(files["test"], max_rows, max_malformed, block_bytes, log)
-        lines_read += n_common
-        bad = rawfiles.BadLines(files["test"][0], max_malformed)
-        t0 = timer.seconds
-        for chunk in _skeleton_chunks(files["test"][0], bad, max_rows, block_bytes, split_test=True):
-            frame = _join_common(chunk, common, bad)
+        for frame, bad in _joined_frames(files["test"], True, max_rows, max_malformed, block_bytes, timer, log, lines):
             frame = finish(_domain_filter(frame, list(mapping), bad, dropped))
             for code, name in ((0, "valid"), (1, "test")):
                 part = frame.filter(pl.col("__split") == code)
                 _tally(part, name, rows, clicks, rare)
                 writer.write(name, part)
-        bad.finish(log)
-        lines_read += bad.lines
-        log(f"  read {files['test'][0].name}: {bad.lines:,} lines, {bad.lines / max(timer.seconds - t0, 1e-9):,.0f} "
-            f"lines/s ({timer.seconds:.0f}s)")
-        del common
         paths = temporary.close()
-    seconds = timer.seconds
+    seconds, lines_read = timer.seconds, lines["read"]
     domains_out = list(mapping.values())
     stats = {"dataset_id": dataset_id, "domains": domains_out,
              "domain_mapping": {str(k): v for k, v in mapping.items()},
@@ -366,6 +347,21 @@ def _load_common(pair, max_rows, max_malformed, block_bytes, log) -> tuple[pl.Da
     bad.finish(log)
     log(f"  read {common_path.name}: {bad.lines:,} lines, {common.height:,} kept")
     return common, bad.lines
+
+
+def _joined_frames(split_files: list, split_test: bool, max_rows, max_malformed: float, block_bytes: int, timer,
+                   log, lines: dict):
+    """``(frame, bad lines)`` per block of one split's skeleton, joined with its common features; at the end the
+    split's malformed lines are checked, its raw lines added to ``lines["read"]`` and its reading speed logged."""
+    common, n_common = _load_common(split_files, max_rows, max_malformed, block_bytes, log)
+    bad = rawfiles.BadLines(split_files[0], max_malformed)
+    t0 = timer.seconds
+    for chunk in _skeleton_chunks(split_files[0], bad, max_rows, block_bytes, split_test=split_test):
+        yield _join_common(chunk, common, bad), bad
+    bad.finish(log)
+    lines["read"] += n_common + bad.lines
+    log(f"  read {split_files[0].name}: {bad.lines:,} lines, {bad.lines / max(timer.seconds - t0, 1e-9):,.0f} "
+        f"lines/s ({timer.seconds:.0f}s)")
 
 
 def _domain_filter(frame: pl.DataFrame, wanted: list[int] | None, bad: rawfiles.BadLines, dropped: dict) -> pl.DataFrame:
