@@ -184,3 +184,28 @@ def test_imports_are_resolved_from_the_syntax(tmp_path):
     assert imports_of("mdl_bench.benchmark.runner", source, modules) == {
         "mdl_bench.benchmark.data.build", "mdl_bench.benchmark.data", "mdl_bench.model_zoo.core.errors",
         "mdl_bench.model_zoo"}
+
+
+def test_importing_the_package_leaves_the_process_warning_filters_alone():
+    import subprocess
+    import sys
+
+    # third-party imports (scipy, Ray under FuxiCTR) add narrow filters of their own; ours would be blanket ones
+    probe = ("[c.__name__ for a, m, c, mod, _ in warnings.filters if a == 'ignore' and m is None and mod is None "
+             "and c in (DeprecationWarning, FutureWarning)]")
+    code = (f"import warnings; before = {probe}; import mdl_bench.benchmark.cli as cli, mdl_bench.benchmark.suite, "
+            f"mdl_bench.model_zoo; EXTRA; print(len({probe}) - len(before))")
+    runs = {extra: subprocess.run([sys.executable, "-c", code.replace("EXTRA", extra)], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+            for extra in ("pass", "cli.warnings.filterwarnings('ignore', category=FutureWarning)")}
+    assert runs == {"pass": "0", "cli.warnings.filterwarnings('ignore', category=FutureWarning)": "1"}
+
+
+def test_a_model_built_without_model_root_checkpoints_under_mdl_bench_home(tiny, tmp_path, monkeypatch):
+    from mdl_bench.benchmark.runner import resolve
+
+    monkeypatch.setenv("MDL_BENCH_HOME", str(tmp_path / "home"))
+    params, model_class, _ = resolve("SharedBottom_test", None, {"verbose": 0})
+    params.pop("model_root")
+    model = model_class(tiny.feature_map, **params)
+    assert Path(model.checkpoint).is_relative_to(tmp_path / "home" / "checkpoints")
