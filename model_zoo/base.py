@@ -36,7 +36,7 @@ import logging
 import os
 import sys
 from collections import OrderedDict, defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -93,7 +93,8 @@ class MultiDomainModel(BaseModel):
                  learning_rate: float = 1e-3, embedding_dim: int = 16, domain_field: str | None = None,
                  domains: list | None = None, domain_names: list | None = None, num_domains: int | None = None,
                  loss: str = "binary_crossentropy", optimizer: str = "adam", max_gradient_norm: float = 10.0,
-                 **kwargs):
+                 loss_weighting: Literal["domain", "batch"] = "domain",
+                 embedding_regularizer_scope: Literal["table", "batch"] = "table", **kwargs):
         kwargs.setdefault("verbose", 1)
         kwargs.setdefault("metrics", ["logloss", "AUC", "gAUC"])
         kwargs.setdefault("model_root", str(bench_home() / "checkpoints"))
@@ -116,6 +117,8 @@ class MultiDomainModel(BaseModel):
         metric_lib.check_metric_names(self._monitor.get_metrics(), self.domain_names, where="monitor",
                                       has_group=has_group)
         self._max_gradient_norm = float(max_gradient_norm)  # the attribute FuxiCTR's fit sets, set from the start
+        self.loss_weighting, self.embedding_regularizer_scope = loss_weighting, embedding_regularizer_scope
+        self._batch_inputs: dict[str, torch.Tensor] | None = None  # the rows the batch-scope regulariser sees
         self.train_rows = 0
         self.train_seconds = 0.0
         self.epoch_log: list[dict[str, float]] = []
@@ -207,6 +210,8 @@ class MultiDomainModel(BaseModel):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         X = self.get_inputs(inputs)
+        if self.training:
+            self._batch_inputs = X
         domain = self.domain_of(X)
         logit, aux_losses = self.logits(X, domain)
         return {"y_pred": self.output_activation(logit).unsqueeze(-1), "logit": logit, "domain": domain,
@@ -220,11 +225,46 @@ class MultiDomainModel(BaseModel):
         return (sums / counts.clamp(min=1.0)).sum()
 
     def add_loss(self, return_dict: dict, y_true: torch.Tensor) -> torch.Tensor:
-        bce = self.domain_bce(return_dict["logit"], y_true, return_dict["domain"])
+        """The BCE term (``loss_weighting``: ``domain`` = eq. 8's per-domain means summed, ``batch`` = the plain
+        mean over the batch's rows) plus every auxiliary loss."""
+        if self.loss_weighting == "batch":
+            bce = F.binary_cross_entropy_with_logits(return_dict["logit"], y_true.view(-1))
+        else:
+            bce = self.domain_bce(return_dict["logit"], y_true, return_dict["domain"])
         terms = OrderedDict(bce=bce)
         terms.update(return_dict.get("aux_losses") or {})
         self._loss_terms = terms
         return sum(terms.values())
+
+    def regularization_loss(self):
+        """FuxiCTR's regularisers. ``embedding_regularizer_scope: table`` (FuxiCTR's) puts the embedding
+        regulariser on whole tables every step; ``batch`` puts it on the rows the batch looks up only (each row
+        once), so a row's penalty does not grow with the steps in which it is absent."""
+        if self.embedding_regularizer_scope == "table" or not self._embedding_regularizer:
+            return super().regularization_loss()
+        from fuxictr.pytorch.layers import FeatureEmbeddingDict
+        from fuxictr.pytorch.torch_utils import get_regularizer
+
+        X = self._batch_inputs
+        reg = 0
+        emb_params = set()
+        for m_name, module in self.named_modules():
+            if type(module) is not FeatureEmbeddingDict:
+                continue
+            for p_name, param in module.named_parameters():
+                emb_params.add(f"{m_name}.{p_name}")
+            for field, layer in module.embedding_layers.items():
+                if X is None or field not in X or not isinstance(layer, torch.nn.Embedding):
+                    continue
+                rows = layer.weight[X[field].long().reshape(-1).unique()]
+                for p, weight in get_regularizer(self._embedding_regularizer):
+                    reg = reg + (weight / p) * torch.norm(rows, p) ** p
+        net = get_regularizer(self._net_regularizer)
+        for name, param in self.named_parameters():
+            if param.requires_grad and name not in emb_params:
+                for p, weight in net:
+                    reg = reg + (weight / p) * torch.norm(param, p) ** p
+        return reg
 
     # ------------------------------------------------------------------ training loop
     @property
