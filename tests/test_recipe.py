@@ -63,7 +63,7 @@ def test_embedding_regularizer_scope_table_and_batch_against_numpy(tiny, tiny_ba
         else:
             expected = sum(LAMBDA / 2 * (w.detach().double().numpy()[np.unique(X[f].numpy())] ** 2).sum()
                            for f, w in weights.items())
-        values[scope] = float(model.regularization_loss())
+        values[scope] = float(model.regularization_loss().detach())
         assert values[scope] == pytest.approx(expected, rel=1e-5)
     assert values["batch"] < values["table"]  # the batch looks up a part of the rows
 
