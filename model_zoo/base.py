@@ -68,12 +68,7 @@ class MultiDomainModel(BaseModel):
             the model's, so that a step works outside ``fit`` too; ``fit(max_gradient_norm=...)`` replaces it, as
             in FuxiCTR.
 
-    Hooks (override in a model; each has a default):
-        expert_outputs_for_analysis(X): ``(O, bound)`` of the model's experts for the analysis tools, or ``None``.
-        step_components(X, domain): named closures, one per part of a step (embedding, experts, gate, ...), whose
-            forward+backward ``mdl-bench perf`` times on its own; ``None`` (the default) says the model does not
-            split its step. The model contract checks that each closure runs, returns a finite scalar and
-            backpropagates.
+    Hooks: see the module docstring (each has a default here; each method's docstring gives its shapes).
 
     Training figures (counted in ``fit``, evaluation excluded):
         train_rows, train_seconds: totals since construction.
@@ -118,7 +113,7 @@ class MultiDomainModel(BaseModel):
                                       has_group=has_group)
         self._max_gradient_norm = float(max_gradient_norm)  # the attribute FuxiCTR's fit sets, set from the start
         self.loss_weighting, self.embedding_regularizer_scope = loss_weighting, embedding_regularizer_scope
-        self._batch_inputs: dict[str, torch.Tensor] | None = None  # the rows the batch-scope regulariser sees
+        self._batch_inputs: dict[str, torch.Tensor] | None = None  # set by forward under the batch scope
         self.train_rows = 0
         self.train_seconds = 0.0
         self.epoch_log: list[dict[str, float]] = []
@@ -210,8 +205,8 @@ class MultiDomainModel(BaseModel):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         X = self.get_inputs(inputs)
-        if self.training:
-            self._batch_inputs = X
+        if self.training and self.embedding_regularizer_scope == "batch":
+            self._batch_inputs = X  # the rows the batch-scope regulariser penalises
         domain = self.domain_of(X)
         logit, aux_losses = self.logits(X, domain)
         return {"y_pred": self.output_activation(logit).unsqueeze(-1), "logit": logit, "domain": domain,
