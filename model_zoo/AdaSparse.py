@@ -6,7 +6,7 @@
                  Binarization  pi_l = 1[s_l >= 1/2]         (straight-through gradient of s_l)
                  Scaling       pi_l = beta * s_l            (beta = 2: a neuron can be damped or amplified)
                  Fusion        pi_l = beta * s_l, set to exactly 0 where beta * s_l < epsilon
-        h_l <- pi_l ⊙ h_l;   h_{l+1} = ReLU(W h_l + b)
+        h_l <- pi_l ⊙ h_l;   h_{l+1} = ReLU([BN](W h_l + b))       (BN with ``batch_norm: true``)
     logit = w^T h_L + b (no activation);  optional loss  lambda * sum_l |r_l - r*|  toward a sparsity ratio r*
 
 Each domain gets its own sparse sub-network because the factors depend on the domain embedding ``e_d``.
@@ -52,6 +52,8 @@ class AdaSparse(MultiDomainModel):
     Args:
         domain_fields: fields whose embeddings form ``e_d`` (default: the domain field).
         hidden_units: widths of the DNN's hidden layers.
+        net_dropout: dropout after every (pruned) hidden layer.
+        batch_norm: batch normalisation after every hidden linear map, before the activation and the pruner.
         weighting: ``"fusion"``, ``"scaling"`` or ``"binarization"``.
         beta: upper bound of the scaling/fusion factors.
         epsilon: fusion's pruning threshold on pi.
@@ -66,7 +68,7 @@ class AdaSparse(MultiDomainModel):
     def __init__(self, feature_map, model_id: str = "AdaSparse", gpu: int = -1, learning_rate: float = 1e-3,
                  embedding_dim: int = 16, domain_fields: Sequence[str] | None = None,
                  hidden_units: Sequence[int] = (256, 128, 64), hidden_activations: str = "ReLU",
-                 net_dropout: float = 0.0, weighting: str = "fusion", beta: float = 2.0, epsilon: float = 0.25,
+                 net_dropout: float = 0.0, batch_norm: bool = False, weighting: str = "fusion", beta: float = 2.0, epsilon: float = 0.25,
                  alpha_init: float = 1.0, alpha_max: float = 5.0, alpha_step: float = 1e-2,
                  prune_input: bool = True, sparsity_target: float = 0.5, sparsity_weight: float = 0.0, **kwargs):
         super().__init__(feature_map, model_id=model_id, gpu=gpu, learning_rate=learning_rate,
@@ -86,6 +88,7 @@ class AdaSparse(MultiDomainModel):
         domain_dim = len(domain_fields) * embedding_dim
         dims = [self.embedding.output_dim] + list(hidden_units)
         self.layers = nn.ModuleList([nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:])])
+        self.norms = nn.ModuleList([nn.BatchNorm1d(o) for o in hidden_units] if batch_norm else [])
         self.activations = nn.ModuleList([get_activation(hidden_activations) for _ in hidden_units])
         self.dropout = nn.Dropout(net_dropout) if net_dropout > 0 else None
         # Pruner l weights the input of layer l (l = 0 only with prune_input) and the output of hidden layer l-1.
@@ -138,8 +141,11 @@ class AdaSparse(MultiDomainModel):
 
         if self.prune_input:
             h = prune(h)
-        for linear, act in zip(self.layers, self.activations):
-            h = prune(act(linear(h)))
+        for layer, (linear, act) in enumerate(zip(self.layers, self.activations)):
+            h = linear(h)
+            if self.norms:
+                h = self.norms[layer](h)
+            h = prune(act(h))
             if self.dropout is not None:
                 h = self.dropout(h)
         return self.output(h).squeeze(-1), pis, soft

@@ -4,7 +4,7 @@
     Gate NU: delta = 2 * sigmoid(W2 ReLU(W1 x))                                  eq. (1)-(2)
     EPNet:  delta_domain = GateNU([E(F_d), stopgrad(E)]);  O_ep = delta_domain ⊙ E      eq. (3)-(4)
     PPNet:  O_prior = [E(F_u), E(F_i), E(F_a)]
-            per hidden layer l:  H_l = act(H_{l-1} W_l + b_l) ⊙ GateNU_l([O_prior, stopgrad(O_ep)])   eq. (5)-(7)
+            per hidden layer l:  H_l = act([BN](H_{l-1} W_l + b_l)) ⊙ GateNU_l([O_prior, stopgrad(O_ep)])   eq. (5)-(7)
             H_0 = O_ep;  shared layers [256, 128], then each domain's tower [64] (gated per tower) -> logit
 
 The stop-gradient keeps the gates from pulling the embeddings: the embeddings learn only through the main path
@@ -56,6 +56,9 @@ class PEPNet(MultiDomainModel):
         epnet_gate: ``"field"`` (one factor per field) or ``"element"`` (one per embedding dimension).
         dnn_hidden_units: widths of the shared hidden layers, each gated by PPNet.
         tower_hidden_units: widths of each domain tower's hidden layers, each gated per tower.
+        net_dropout: dropout after every gated hidden layer.
+        batch_norm: batch normalisation after every hidden linear map (shared layers and towers), before the
+            activation and the gate.
         gate_gamma: upper bound of the Gate NU factors (2 in the paper).
         gate_hidden_dim: hidden width of every Gate NU (default: the width of what it scales).
         stop_gradient: detach the embedding / EPNet output in the gate inputs (the paper's ∅; default True).
@@ -68,7 +71,7 @@ class PEPNet(MultiDomainModel):
                  ppnet_prior_fields: Sequence[str] = ("user_id", "item_id", "item_author"),
                  epnet_gate: str = "field", dnn_hidden_units: Sequence[int] = (256, 128),
                  tower_hidden_units: Sequence[int] = (64,), hidden_activations: str = "ReLU",
-                 net_dropout: float = 0.0, gate_gamma: float = 2.0, gate_hidden_dim: int | None = None,
+                 net_dropout: float = 0.0, batch_norm: bool = False, gate_gamma: float = 2.0, gate_hidden_dim: int | None = None,
                  stop_gradient: bool = True, **kwargs):
         super().__init__(feature_map, model_id=model_id, gpu=gpu, learning_rate=learning_rate,
                          embedding_dim=embedding_dim, **kwargs)
@@ -95,11 +98,12 @@ class PEPNet(MultiDomainModel):
                                         for o in dnn_hidden_units])
         tower_dims = [dims[-1]] + list(tower_hidden_units)
         # One single-hidden-layer BatchedMLP per tower layer, so that the gate can act between layers.
-        self.tower_layers = nn.ModuleList([BatchedMLP(K, i, [o], activation=hidden_activations)
+        self.tower_layers = nn.ModuleList([BatchedMLP(K, i, [o], activation=hidden_activations, batch_norm=batch_norm)
                                            for i, o in zip(tower_dims[:-1], tower_dims[1:])])
         self.tower_gates = nn.ModuleList([GateNU(pp_in, K * o, gate_hidden_dim or K * o, gate_gamma)
                                           for o in tower_hidden_units])
         self.tower_output = BatchedMLP(K, tower_dims[-1], [], output_dim=1)
+        self.norms = nn.ModuleList([nn.BatchNorm1d(o) for o in dnn_hidden_units] if batch_norm else [])
         self.activations = nn.ModuleList([get_activation(hidden_activations) for _ in dnn_hidden_units])
         self.dropout = nn.Dropout(net_dropout) if net_dropout > 0 else None
         self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
@@ -134,8 +138,11 @@ class PEPNet(MultiDomainModel):
         o_ep, _, prior = self.epnet(X)
         pp_in = torch.cat([self.ppnet_prior(prior).flatten(1), self._gate_input(o_ep)], dim=1)
         h = o_ep  # the tower consumes the un-detached personalised embedding
-        for linear, act, gate in zip(self.dnn_layers, self.activations, self.dnn_gates):
-            h = act(linear(h)) * gate(pp_in)
+        for layer, (linear, act, gate) in enumerate(zip(self.dnn_layers, self.activations, self.dnn_gates)):
+            h = linear(h)
+            if self.norms:
+                h = self.norms[layer](h)
+            h = act(h) * gate(pp_in)
             if self.dropout is not None:
                 h = self.dropout(h)
         for layer, gate in zip(self.tower_layers, self.tower_gates):

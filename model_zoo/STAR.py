@@ -17,7 +17,9 @@ Choices where the paper is open or public code differs (each with its reason):
 * Partitioned normalization uses the statistics of each domain's rows in the batch (and per-domain moving
   averages at inference), as the paper defines it; a public implementation normalises with whole-batch
   statistics, which is plain BN. Chosen placement: on the star FCN's input (the paper's figure 3 puts PN between
-  the embedding layer and the star FCN); ``pn_hidden: True`` also puts PN after every hidden layer.
+  the embedding layer and the star FCN). ``batch_norm: true`` (the recipe switch every model takes) also puts PN
+  after every hidden layer's linear map: STAR's normalisation is PN by design, so where the other models put a
+  batch norm, STAR puts its per-domain one.
 * Leaf weights start at 1 and leaf biases at 0, so every domain starts from the shared network and the product
   only departs from it where a domain's data push it (the paper does not give an initialisation; a random leaf
   init would scale the shared weights by noise).
@@ -87,7 +89,8 @@ class STAR(MultiDomainModel):
         hidden_activations: activation of the hidden layers (never applied to the logit).
         net_dropout: dropout after each hidden activation.
         partitioned_norm: apply PN to the star FCN's input (``False``: no normalization, an ablation).
-        pn_hidden: also apply PN after each hidden layer's linear map, before the activation.
+        batch_norm: also apply PN after each hidden layer's linear map, before the activation (STAR's form of
+            the batch-norm switch: per-domain statistics).
         pn_momentum: momentum of PN's per-domain moving averages.
         aux_fields: fields whose embeddings feed the auxiliary network (must include what identifies the
             domain; default the domain field).
@@ -100,7 +103,7 @@ class STAR(MultiDomainModel):
     def __init__(self, feature_map, model_id: str = "STAR", gpu: int = -1, learning_rate: float = 1e-3,
                  embedding_dim: int = 16, star_hidden_units: Sequence[int] = (256, 128, 64),
                  hidden_activations: str = "ReLU", net_dropout: float = 0.0, partitioned_norm: bool = True,
-                 pn_hidden: bool = False, pn_momentum: float = 0.1, aux_fields: Sequence[str] | None = None,
+                 batch_norm: bool = False, pn_momentum: float = 0.1, aux_fields: Sequence[str] | None = None,
                  aux_hidden_units: Sequence[int] = (64,), **kwargs):
         super().__init__(feature_map, model_id=model_id, gpu=gpu, learning_rate=learning_rate,
                          embedding_dim=embedding_dim, **kwargs)
@@ -114,7 +117,7 @@ class STAR(MultiDomainModel):
         dims = [input_dim] + list(star_hidden_units)
         self.star_layers = nn.ModuleList([StarLinear(i, o, K) for i, o in zip(dims[:-1], dims[1:])])
         self.hidden_norms = nn.ModuleList([PartitionedNorm(o, K, momentum=pn_momentum)
-                                           for o in star_hidden_units] if pn_hidden else [])
+                                           for o in star_hidden_units] if batch_norm else [])
         self.activations = nn.ModuleList([get_activation(hidden_activations) for _ in star_hidden_units])
         self.dropout = nn.Dropout(net_dropout) if net_dropout > 0 else None
         self.star_output = StarLinear(dims[-1], 1, K)

@@ -247,7 +247,7 @@ def test_single_domain_expert_output_is_the_input_of_each_logit_layer(tiny, tiny
     domain = model.domain_of(X)
     for s, dnn in enumerate(model.dnns):
         rows = domain == s
-        torch.testing.assert_close(dnn.mlp[-1](O[s][rows]).view(-1), logit[rows])
+        torch.testing.assert_close(dnn.output(O[s][rows]).view(-1), logit[rows])
 
 
 def test_star_experts_are_each_domains_network_on_every_row(tiny, tiny_batch):

@@ -92,3 +92,93 @@ def test_a_wrong_switch_value_is_one_line_naming_the_choices(key, value):
         resolve("SharedBottom_test", None, {key: value})
     text = str(err.value)
     assert key in text and "\n" not in text
+
+
+# ---------------------------------------------------------------------------------------------- batch norm
+from mdl_bench.model_zoo import model_location, registry  # noqa: E402
+
+MODELS = sorted(name for name in registry() if model_location(name) is None)
+RECIPE_KEYS = ("learning_rate", "batch_norm", "net_dropout", "loss_weighting", "embedding_regularizer",
+               "embedding_regularizer_scope", "net_regularizer")
+
+
+def _norm_modules(model) -> list:
+    from mdl_bench.model_zoo.layers.partitioned_norm import PartitionedNorm
+
+    return [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, PartitionedNorm))]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_takes_every_recipe_switch(name):
+    from mdl_bench.benchmark.config import RUN_KEYS, model_keys
+
+    taken = model_keys(registry()[name]) | RUN_KEYS
+    assert [k for k in RECIPE_KEYS if k not in taken] == []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batch_norm_normalises_every_hidden_layer_it_adds(tiny, tiny_batch, name):
+    """``batch_norm: true`` adds normalisation that runs in the forward pass: at initialisation (scale 1,
+    shift 0) each one's training output has, per channel over the rows it normalises (per domain for STAR's
+    partitioned norm), mean 0 and variance ``v / (v + eps)`` for an input variance ``v``; without it, only what
+    a model has by design (STAR's input PN) remains."""
+    from mdl_bench.model_zoo.layers.partitioned_norm import PartitionedNorm
+
+    plain = build_model(tiny, f"{name}_test", batch_norm=False)
+    model = build_model(tiny, f"{name}_test", batch_norm=True)
+    added = len(_norm_modules(model)) - len(_norm_modules(plain))
+    assert added >= 1
+    outputs = []
+    for module in _norm_modules(model):
+        module.register_forward_hook(lambda m, args, out: outputs.append((m, args, out)))
+    model.train()
+    model(tiny_batch)
+    assert len(outputs) >= len(_norm_modules(model))
+    domain = model.domain_of(model.get_inputs(tiny_batch))
+    for module, args, out in outputs:
+        x = args[0]
+        if isinstance(module, PartitionedNorm):
+            groups = [(x[args[1] == s], out[args[1] == s]) for s in range(model.num_domains)]
+        else:
+            groups = [(x, out)]
+        for rows_in, rows in groups:
+            if rows.shape[0] < 2:
+                continue
+            torch.testing.assert_close(rows.mean(0), torch.zeros(rows.shape[1]), atol=1e-4, rtol=0)
+            # var / (var + eps): at FuxiCTR's embedding init (std 1e-4) eps still dominates the first layer
+            var_in = rows_in.double().var(0, unbiased=False)
+            expected = (var_in / (var_in + module.eps)).float()
+            torch.testing.assert_close(rows.var(0, unbiased=False), expected, atol=2e-3, rtol=2e-2)
+    assert domain.numel() == tiny_batch[model.feature_map.labels[0]].shape[0]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batch_norm_models_keep_the_contract(tiny, tiny_batch, tmp_path, name):
+    from mdl_bench.benchmark import contract
+
+    with pytest.MonkeyPatch.context() as patch:  # every check builds its model with batch_norm on
+        build = contract.build_model
+        patch.setattr(contract, "build_model", lambda *a, **kw: build(*a, **{"batch_norm": True, **kw}))
+        contract.check_gradients(tiny, tiny_batch, f"{name}_test")
+        contract.check_one_step(tiny, tiny_batch, f"{name}_test")
+        contract.check_checkpoint(tiny, tiny_batch, f"{name}_test", tmp_path)
+
+
+def test_row_safe_batch_norm_is_batch_norm_and_takes_one_or_no_row():
+    from mdl_bench.model_zoo.layers.norms import RowSafeBatchNorm1d
+
+    torch.manual_seed(0)
+    x = torch.randn(7, 3) * 4 + 2
+    ref, safe = torch.nn.BatchNorm1d(3), RowSafeBatchNorm1d(3)
+    safe.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(safe(x), ref(x))
+    torch.testing.assert_close(safe.running_mean, ref.running_mean)
+    torch.testing.assert_close(safe.running_var, ref.running_var)
+    before = {k: v.clone() for k, v in safe.state_dict().items()}
+    one = safe(x[:1])  # training, one row: running statistics, left unchanged
+    expected = (x[:1] - before["running_mean"]) / torch.sqrt(before["running_var"] + safe.eps)
+    torch.testing.assert_close(one, expected)
+    for key in ("running_mean", "running_var"):
+        torch.testing.assert_close(safe.state_dict()[key], before[key])
+    assert safe(x[:0]).shape == (0, 3)
+    assert set(safe.state_dict()) == set(ref.state_dict())

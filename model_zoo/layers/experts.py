@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from fuxictr.pytorch.torch_utils import get_activation
 
+from .norms import RowSafeBatchNorm1d
+
 
 class BatchedMLP(nn.Module):
     """``E`` MLPs with identical shapes and separate weights, computed as one ``bmm`` per layer.
@@ -39,7 +41,8 @@ class BatchedMLP(nn.Module):
         self.weights = nn.ParameterList(
             [nn.Parameter(torch.empty(num_mlps, d_in, d_out)) for d_in, d_out in zip(dims[:-1], dims[1:])])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(num_mlps, 1, d_out)) for d_out in dims[1:]])
-        self.norms = nn.ModuleList([nn.BatchNorm1d(num_mlps * h) for h in hidden_units] if batch_norm else [])
+        # row-safe: an MLP fed one domain's rows may get a single row of a small domain
+        self.norms = nn.ModuleList([RowSafeBatchNorm1d(num_mlps * h) for h in hidden_units] if batch_norm else [])
         self.activations = nn.ModuleList([get_activation(activation) for _ in hidden_units])
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.output_dim = dims[-1]
