@@ -49,11 +49,18 @@ class RunResult:
     checkpoint: str
     params: dict = field(default_factory=dict)
     world_size: int = 1
+    valid_history: list = field(default_factory=list)  # every validation during training (the model's)
+    stopped_by: str | None = None  # a validation callback's reason for ending training early (a pruned trial)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def table(self) -> str:
+        if not self.test:  # `evaluate_test: false` (a tuning trial): the validation split only
+            values = " - ".join(f"{k}: {v:.4f}" for k, v in self.valid.items() if "@" not in k)
+            stopped = f"; stopped: {self.stopped_by}" if self.stopped_by else ""
+            return (f"Validation results (test not evaluated): {self.expid} ({self.model}) on {self.dataset_id}, "
+                    f"seed {self.seed}; best epoch {self.best_epoch} of {self.epochs_run}{stopped}\n{values}")
         title = (f"Test results: {self.expid} ({self.model}) on {self.dataset_id}, seed {self.seed}; "
                  f"best epoch {self.best_epoch}, {self.train_samples_per_second:,.0f} train samples/s")
         return domain_table(self.test, self.oracle, self.test_rows, self.test_positives, self.domain_names, title)
@@ -173,8 +180,14 @@ def oracle_metrics(model, loader, params: dict) -> dict:
 
 def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
               step_callback: Callable[[dict], None] | None = None, quiet: bool = False,
-              origin: str | dict | None = None) -> RunResult:
+              origin: str | dict | None = None,
+              validation_callback: Callable[[dict], str | None] | None = None) -> RunResult:
     """Train and evaluate one experiment; return its results (also written next to the checkpoint).
+
+    ``validation_callback`` gets every validation during training (``MultiDomainModel.valid_history``'s entries)
+    and may stop training by returning a reason (a tuner pruning a trial). With ``evaluate_test: false`` in the
+    config the test split is never read (tuning trials select on validation; the test is touched once, by the
+    final runs).
 
     The run holds a lock on its log file ``<model_root>/<dataset_id>/<model_id>.log`` while it runs: a second
     process with the same ``model_id`` (the same files) is refused instead of overwriting, or reading back, this
@@ -189,18 +202,21 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         raise UserError(f"the config says nproc: {nproc} but torchrun started {launched.world_size} processes; "
                         f"drop `nproc` or make the two agree")
     if nproc > 1 and not launched.active:  # start the ranks here; each runs this function under DDP
+        if validation_callback is not None:
+            raise UserError("a tuning trial cannot be pruned across data-parallel processes; drop nproc from its "
+                            "config")
         return distributed.launch(run_expid, (expid, config_dir, overrides), {"quiet": quiet}, nproc=nproc,
                                   step_callback=step_callback)
     rank = distributed.init(params)  # torchrun launch: join the group; otherwise rank 0 of 1
     if not rank.is_main:
-        return _run(expid, params, model_class, rank, started, step_callback, quiet)
+        return _run(expid, params, model_class, rank, started, step_callback, quiet, validation_callback)
     run_dir = Path(params["model_root"]) / params["dataset_id"]
     check_paths(params)
     # the run's own log file is the lock (FuxiCTR appends to it; an advisory lock leaves it as it is)
     with file_lock(run_dir / f"{params['model_id']}.log", busy=(
             f"run {params['model_id']} is already running in another process (it writes "
             f"{run_dir / params['model_id']}.model); wait for it to finish, or change the config or --seed")):
-        return _run(expid, params, model_class, rank, started, step_callback, quiet)
+        return _run(expid, params, model_class, rank, started, step_callback, quiet, validation_callback)
 
 
 def _remove_run_leftovers(run_dir: Path, model_id: str) -> None:
@@ -214,7 +230,8 @@ def _remove_run_leftovers(run_dir: Path, model_id: str) -> None:
         logging.info(f"Removed leftovers of a killed run of {model_id}: {', '.join(sorted(p.name for p in stale))}")
 
 
-def _run(expid: str, params: dict, model_class, rank, started: float, step_callback, quiet: bool) -> RunResult:
+def _run(expid: str, params: dict, model_class, rank, started: float, step_callback, quiet: bool,
+         validation_callback=None) -> RunResult:
     """The run itself (every rank): log, data, model, fit, evaluate, and the result file (rank 0)."""
     from fuxictr.pytorch.torch_utils import seed_everything
     from fuxictr.utils import set_logger, print_to_json
@@ -239,9 +256,12 @@ def _run(expid: str, params: dict, model_class, rank, started: float, step_callb
     distributed.wrap(model)
     if step_callback is not None and rank.is_main:
         model.step_callbacks.append(step_callback)
+    if validation_callback is not None:
+        model.validation_callbacks.append(validation_callback)
+    with_test = params.get("evaluate_test", True) is not False
     logging.info(f"Total number of parameters: {model.num_parameters():,}.")
     train_gen, valid_gen, test_gen = make_loaders(feature_map, paths, params, rank.rank, rank.world_size)
-    for split, gen in (("valid", valid_gen), ("test", test_gen)):
+    for split, gen in (("valid", valid_gen), ("test", test_gen))[:2 if with_test else 1]:
         if gen.num_samples == 0:  # metrics of no rows are NaN: refuse rather than report them
             raise UserError(f"the {split} split of dataset {params['dataset_id']!r} has no rows ({split}_data "
                             f"{params.get(f'{split}_data')}); give it rows, or point {split}_data at a file with rows")
@@ -254,18 +274,24 @@ def _run(expid: str, params: dict, model_class, rank, started: float, step_callb
                         f"from an older file at {model.checkpoint}; train at least one epoch")
     logging.info("****** Validation evaluation ******")
     valid_logs = model.evaluate(valid_gen)
-    logging.info("******** Test evaluation ********")
-    test_arrays = model.predict_arrays(test_gen)
-    test_logs = model.evaluate_arrays(test_arrays)
-    logging.info("[Metrics] " + " - ".join(f"{k}: {v:.6f}" for k, v in test_logs.items()))
     names = model.domain_names
-    counts = np.bincount(test_arrays["domain"], minlength=len(names))
-    positives = np.bincount(test_arrays["domain"], weights=test_arrays["y_true"], minlength=len(names))
+    test_logs, oracle, test_rows, test_positives = {}, {}, {}, {}
+    if with_test:
+        logging.info("******** Test evaluation ********")
+        test_arrays = model.predict_arrays(test_gen)
+        test_logs = model.evaluate_arrays(test_arrays)
+        logging.info("[Metrics] " + " - ".join(f"{k}: {v:.6f}" for k, v in test_logs.items()))
+        counts = np.bincount(test_arrays["domain"], minlength=len(names))
+        positives = np.bincount(test_arrays["domain"], weights=test_arrays["y_true"], minlength=len(names))
+        oracle = oracle_metrics(model, test_gen, params)
+        test_rows = {**{n: int(c) for n, c in zip(names, counts)}, "Overall": int(counts.sum())}
+        test_positives = {**{n: int(p) for n, p in zip(names, positives)}, "Overall": int(positives.sum())}
+    else:
+        logging.info("Test split not evaluated (evaluate_test: false)")
     result = RunResult(
         expid=expid, model=params["model"], dataset_id=params["dataset_id"], seed=seed, domain_names=names,
-        valid=dict(valid_logs), test=dict(test_logs), oracle=oracle_metrics(model, test_gen, params),
-        test_rows={**{n: int(c) for n, c in zip(names, counts)}, "Overall": int(counts.sum())},
-        test_positives={**{n: int(p) for n, p in zip(names, positives)}, "Overall": int(positives.sum())},
+        valid=dict(valid_logs), test=dict(test_logs), oracle=oracle, test_rows=test_rows,
+        test_positives=test_positives, valid_history=list(model.valid_history), stopped_by=model.stopped_by,
         best_epoch=model.best_epoch, epochs_run=model._epoch_index + 1,
         train_seconds=round(model.train_seconds, 3),
         train_samples_per_second=model.train_samples_per_second * rank.world_size,

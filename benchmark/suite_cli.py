@@ -47,12 +47,17 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
         except UserError as exc:  # reading a store must work on a read-only machine: the table, without plots
             print(f"note: {exc}; printing the table without its plots", file=sys.stderr)
             plots = False
-    board = build_board(suite, store=store, config_dir=config_dir, metrics=metrics, split=split, std=std,
-                        lift_base=lift_base, extra_overrides=extra_overrides)
-    images = make_plots(board, target.parent if target else _reports_dir(suite)) if plots else {}
-    if target is not None and fmt == "md":  # relative image links next to the Markdown file
-        images = {k: Path(v).name for k, v in images.items()}
-    text = render(board, fmt, images)
+    if suite.tuner is not None:  # a tuning suite: its trials and the chosen values, not a leaderboard
+        from .leaderboard.tuning import build_tuning, render_tuning
+
+        images, text = {}, render_tuning(build_tuning(suite, store, config_dir, extra_overrides), suite, fmt)
+    else:
+        board = build_board(suite, store=store, config_dir=config_dir, metrics=metrics, split=split, std=std,
+                            lift_base=lift_base, extra_overrides=extra_overrides)
+        images = make_plots(board, target.parent if target else _reports_dir(suite)) if plots else {}
+        if target is not None and fmt == "md":  # relative image links next to the Markdown file
+            images = {k: Path(v).name for k, v in images.items()}
+        text = render(board, fmt, images)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -70,6 +70,11 @@ class MultiDomainModel(BaseModel):
 
     Hooks: see the module docstring (each has a default here; each method's docstring gives its shapes).
 
+    Validation (during ``fit``):
+        valid_history: one ``{"epoch", "batch", "epoch_end", "monitor", <metric>: value}`` per validation.
+        validation_callbacks: callables given each new ``valid_history`` entry; one that returns a text stops
+            training there (``stopped_by`` keeps the text), the best checkpoint so far is the model's.
+
     Training figures (counted in ``fit``, evaluation excluded):
         train_rows, train_seconds: totals since construction.
         epoch_log: one ``{"epoch", "seconds", "rows"}`` per trained epoch since construction (``epoch`` counts
@@ -118,6 +123,10 @@ class MultiDomainModel(BaseModel):
         self.train_seconds = 0.0
         self.epoch_log: list[dict[str, float]] = []
         self.step_callbacks: list[Callable[[dict], None]] = []
+        # every validation during fit: {"epoch", "batch", "epoch_end", "monitor", metric: value}; a validation callback gets
+        # that entry and returns a reason to stop training (e.g. a tuner pruning a trial) or None
+        self.valid_history: list[dict[str, float]] = []
+        self.validation_callbacks: list[Callable[[dict], str | None]] = []
 
     # ------------------------------------------------------------------ domains
     def _check_domains(self, feature_map, domain_field, domains):
@@ -347,13 +356,24 @@ class MultiDomainModel(BaseModel):
         return self.train_rows / self.train_seconds if self.train_seconds > 0 else float("nan")
 
     best_epoch: int | None = None
+    stopped_by: str | None = None  # why training ended before early stopping or the epoch cap said so
 
     def checkpoint_and_earlystop(self, logs, min_delta: float = 1e-6) -> None:
-        """FuxiCTR's rule, also remembering the epoch of the best checkpoint."""
+        """FuxiCTR's rule, also remembering the epoch of the best checkpoint, each validation in
+        :attr:`valid_history`, and asking every validation callback whether to stop."""
         best_before = self._best_metric
         super().checkpoint_and_earlystop(logs, min_delta)
         if self._best_metric != best_before:
             self.best_epoch = self._epoch_index + 1
+        entry = {"epoch": self._epoch_index + 1, "batch": self._batch_index + 1,
+                 "epoch_end": self._batch_index + 1 >= getattr(self, "_steps_per_epoch", 0),
+                 "monitor": float(self._monitor.get_value(logs)), **{k: float(v) for k, v in logs.items()}}
+        self.valid_history.append(entry)
+        for callback in self.validation_callbacks:
+            reason = callback(entry)
+            if reason and not self._stop_training:
+                self._stop_training, self.stopped_by = True, str(reason)
+                logging.info(f"Training stopped: {reason}")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -20,9 +20,10 @@ import yaml
 from ..codeid import code_fingerprint
 from ..store import Store, config_hash, git_state, library_versions, portable_config
 from .plan import PlannedRun
+from .tuning import pruner_for
 
 
-def run_resolved(expid: str, params: dict, step_callback=None, quiet: bool = True):
+def run_resolved(expid: str, params: dict, step_callback=None, quiet: bool = True, validation_callback=None):
     """Run one experiment from its fully resolved params alone (no config files involved).
 
     The params are written as a one-expid config folder and handed to
@@ -44,7 +45,8 @@ def run_resolved(expid: str, params: dict, step_callback=None, quiet: bool = Tru
             raise RuntimeError(f"the resolved config of {expid} does not survive a YAML round trip")
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
             try:
-                return run_expid(expid, folder, over, step_callback=step_callback, quiet=quiet)
+                return run_expid(expid, folder, over, step_callback=step_callback, quiet=quiet,
+                                 validation_callback=validation_callback)
             except BaseException:
                 logging.getLogger().error("Run failed:\n" + traceback.format_exc())
                 raise
@@ -93,7 +95,9 @@ def execute_run(run: PlannedRun, store: Store, suite_name: str | None, step_call
 
     scope = "run" if _reset_peak_rss() else "process"
     started = time.time()
-    result = run_resolved(run.expid, run.params, step_callback=step_callback, quiet=True)
+    trial = run.variant.trial
+    pruner = pruner_for(trial, store, run.key) if trial is not None and trial.tuner.rungs else None
+    result = run_resolved(run.expid, run.params, step_callback=step_callback, quiet=True, validation_callback=pruner)
     finished = time.time()
     digest = config_hash(result.params)
     if digest != run.variant.config_hash:  # run_expid resolved something else than planned: a bug, not input

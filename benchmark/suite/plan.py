@@ -14,8 +14,9 @@ from mdl_bench.model_zoo.core.errors import UserError, close_matches
 from ..paths import expand_path, packaged_config_dir
 from ..codeid import code_fingerprint
 from ..store import config_hash
+from .tuning import Trial, Tuner, trial_points
 
-SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "store",
+SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "tuner", "store",
               "leaderboard", "models_from")
 ENTRY_KEYS = ("expid", "label", "group", "info", "overrides", "tuner_space", "seeds")
 LEADERBOARD_KEYS = ("metrics", "split", "domains", "std", "digits", "group_order", "lift", "plots", "title")
@@ -60,6 +61,7 @@ class Variant:
     series: str
     label: str = ""
     code: str = ""  # fingerprint of the model's code now (codeid); "" when the model cannot be imported
+    trial: Trial | None = None  # in a tuning suite: the variant's place in its row's search
 
     @property
     def short_hash(self) -> str:
@@ -151,7 +153,12 @@ def _check_keys(data: dict, allowed, where: str, what: str) -> None:
 
 
 def tuner_points(space: dict) -> list[dict]:
-    """FuxiCTR autotuner semantics: a list value is a grid axis, a scalar is fixed; the grid in key order."""
+    """FuxiCTR autotuner semantics: a list value is a grid axis, a scalar is fixed; the grid in key order.
+
+    A list of mappings is one *joint* axis: each of its points sets the keys of its mapping together (the axis's
+    own name is only a label), e.g. ``embedding_regularization: [{embedding_regularizer: 0}, {embedding_regularizer:
+    1.e-2, embedding_regularizer_scope: batch}]`` - combinations that a product of two axes would repeat or make
+    meaningless are left out."""
     if not space:
         return [{}]
     keys = list(space)
@@ -159,7 +166,16 @@ def tuner_points(space: dict) -> list[dict]:
     for key, axis in zip(keys, axes):
         if not axis:
             raise UserError(f"tuner_space key {key!r} has an empty list; give at least one value")
-    return [dict(zip(keys, values)) for values in itertools.product(*axes)]
+        if any(isinstance(v, dict) for v in axis) and not all(isinstance(v, dict) and v for v in axis):
+            raise UserError(f"tuner_space key {key!r} mixes mappings and values; a joint axis lists only mappings "
+                            f"of config keys (key: value), a plain axis only values")
+    points = []
+    for values in itertools.product(*axes):
+        point: dict = {}
+        for key, value in zip(keys, values):
+            point.update(value if isinstance(value, dict) else {key: value})
+        points.append(point)
+    return points
 
 
 class Suite:
@@ -178,6 +194,10 @@ class Suite:
         self.seeds = _seeds(data.get("seeds"), self.where)
         self.overrides = _mapping(data.get("overrides"), "overrides", self.where)
         self.tuner_space = _mapping(data.get("tuner_space"), "tuner_space", self.where)
+        self.tuner = Tuner.parse(data["tuner"], self.where) if data.get("tuner") is not None else None
+        if self.tuner is not None and self.seeds is not None and len(self.seeds) > 1:
+            raise UserError(f"{self.where}: a tuning suite (`tuner:`) trains each trial with one seed, but `seeds` lists "
+                            f"{len(self.seeds)}; keep one seed (the final runs of the chosen values take several)")
         self.store = data.get("store")
         if self.store is not None and path is not None:
             expanded = Path(expand_path(str(self.store)))
@@ -284,15 +304,27 @@ class Suite:
             space.update(entry.tuner_space)
             # FuxiCTR tuners list seeds under `seed`: here they are the row's replicates, not separate rows
             space_seeds = _seeds(space.pop("seed", None), f"{self.where}, expid {entry.expid}, tuner_space")
+            if self.tuner is not None and space_seeds is not None and len(space_seeds) > 1:
+                raise UserError(f"{self.where}, expid {entry.expid}: a tuning suite trains each trial with one seed; "
+                                f"drop `seed` from tuner_space")
             for dataset in self.datasets or [None]:
-                for point in tuner_points(space):
+                if self.tuner is None:
+                    points, tuner_layer = tuner_points(space), {}
+                else:  # the shared (suite) space and the row's own, drawn per trial; the test is never read
+                    row = f"{entry.expid}@{dataset or '-'}"
+                    own = {k: v for k, v in entry.tuner_space.items() if k != "seed"}
+                    points = trial_points(tuner_points({k: v for k, v in self.tuner_space.items() if k != "seed"}),
+                                          tuner_points(own), self.tuner, row)
+                    tuner_layer, row_trials = {"evaluate_test": False}, []
+                for point in points:
                     point = dict(point)
                     overrides = {"dataset_id": dataset} if dataset else {}
                     # (the message starts with the suite file and the expid already)
                     origin = {"dataset_id": "the suite's `datasets`"} if dataset else {}
                     for layer, text in ((self.overrides, "the suite's `overrides`"),
                                         (entry.overrides, "the row's `overrides`"),
-                                        (point, "`tuner_space`"), (extra_overrides or {}, "--set")):
+                                        (point, "`tuner_space`"), (tuner_layer, "the suite's `tuner`"),
+                                        (extra_overrides or {}, "--set")):
                         overrides.update(copy.deepcopy(layer))
                         origin.update(dict.fromkeys(layer, text))
                     for key in RAW_KEYS:
@@ -337,7 +369,8 @@ class Suite:
                     digest = config_hash(params)
                     seeds = space_seeds or entry.seeds or self.seeds or [int(params.get("seed") or 0)]
                     model = str(params.get("model"))
-                    tuned = {k: v for k, v in point.items() if isinstance(space.get(k), list) and len(space[k]) > 1}
+                    tuned = ({k: v for k, v in point.items() if isinstance(space.get(k), list) and len(space[k]) > 1}
+                             if self.tuner is None else point)
                     code = code_fingerprint(model, params.get("models_from")).digest if model_class else ""
                     variant = Variant(
                         index=len(variants), entry=entry, expid=entry.expid, dataset_id=params["dataset_id"],
@@ -346,6 +379,11 @@ class Suite:
                         display_name=(getattr(model_class, "display_name", None) or model_class.__name__)
                         if model_class else model,
                         series=entry.label or entry.expid, code=code)
+                    if self.tuner is not None:
+                        variant.trial = Trial(row=row, index=len(row_trials), tuner=self.tuner,
+                                              earlier=list(row_trials),
+                                              monitor_mode=str(params.get("monitor_mode", "max")))
+                        row_trials += [(digest, int(s), code) for s in variant.seeds]
                     variants.append(variant)
                     for seed in variant.seeds:
                         run_params = dict(params, seed=int(seed))
@@ -375,7 +413,7 @@ def run_model_id(expid: str, params: dict, digest: str | None = None, code: str 
 
 def _label_variants(variants: list) -> None:
     """Row names: the entry's label, else the model's display name, else (on a clash) the expid; tuned values
-    appended as ``[key=value]``."""
+    appended as ``[key=value]``, or a tuning trial's number as ``#i``."""
     base = {}
     for v in variants:
         base[v.index] = v.entry.label or v.display_name
@@ -386,7 +424,9 @@ def _label_variants(variants: list) -> None:
         name = base[v.index]
         if not v.entry.label and len(clashes[(v.dataset_id, name)]) > 1:
             name = v.expid
-        if v.tuned:
+        if v.trial is not None:
+            name += f" #{v.trial.index + 1}"
+        elif v.tuned:
             name += " [" + ", ".join(f"{k}={_fmt_value(x)}" for k, x in v.tuned.items()) + "]"
         v.label = name
 

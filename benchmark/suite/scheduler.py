@@ -20,6 +20,9 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
     if not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"--jobs must be a positive integer, got {jobs!r}")
     plan = suite.plan(config_dir, extra_overrides, strict=True)
+    if jobs > 1 and suite.tuner is not None and suite.tuner.rungs:
+        raise UserError(f"{suite.where}: a pruned tuning suite runs its trials one after another (each is compared "
+                        f"with the earlier ones of its row, so that the search reproduces); drop --jobs")
     if dry_run and not store_path(store or suite.store).exists():  # a dry run creates nothing
         for run in plan.unique_runs():
             out(f"  {run.variant.short_hash} seed {run.seed:<6} {run.variant.label:<34} {run.expid:<32} to run")
