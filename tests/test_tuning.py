@@ -170,11 +170,18 @@ def test_the_report_gives_the_chosen_values_as_a_config_block(tuned, capsys):
     assert len(lines) == 9 and sum(line.split(",")[5] == "1" for line in lines[1:]) == 2
 
 
-def test_a_pruned_tuning_suite_refuses_jobs_and_several_seeds(tuned, tmp_path):
+def test_jobs_run_rows_side_by_side_and_search_the_same(tuned, tmp_path):
+    """Under --jobs each row's trials still start only after the earlier ones are stored, so the pruning
+    decisions (and the stored trials) are those of the one-at-a-time run."""
     folder, suite, a, b = tuned
-    with pytest.raises(UserError, match="drop --jobs"):
-        run_suite(suite, store=str(tmp_path / "c.sqlite"), jobs=2, out=lambda line: None)
-    with pytest.raises(UserError, match="one seed"):
-        from mdl_bench.benchmark.suite import Suite
+    outcome = run_suite(suite, store=str(tmp_path / "c.sqlite"), jobs=2, out=lambda line: None,
+                        progress_stream=io.StringIO())
+    assert not outcome.failed and _trials(tmp_path / "c.sqlite") != []
+    assert sorted(_trials(tmp_path / "c.sqlite")) == sorted(_trials(a))
 
+
+def test_a_tuning_suite_takes_one_seed():
+    from mdl_bench.benchmark.suite import Suite
+
+    with pytest.raises(UserError, match="one seed"):
         Suite({**TUNE, "seeds": [1, 2]})

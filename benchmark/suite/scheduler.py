@@ -20,9 +20,6 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
     if not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"--jobs must be a positive integer, got {jobs!r}")
     plan = suite.plan(config_dir, extra_overrides, strict=True)
-    if jobs > 1 and suite.tuner is not None and suite.tuner.rungs:
-        raise UserError(f"{suite.where}: a pruned tuning suite runs its trials one after another (each is compared "
-                        f"with the earlier ones of its row, so that the search reproduces); drop --jobs")
     if dry_run and not store_path(store or suite.store).exists():  # a dry run creates nothing
         for run in plan.unique_runs():
             out(f"  {run.variant.short_hash} seed {run.seed:<6} {run.variant.label:<34} {run.expid:<32} to run")
@@ -127,12 +124,23 @@ class ClaimQueue:
         return bool(self.queued or self.waiting)
 
     def take(self) -> PlannedRun | None:
-        """The next queued run, now claimed by this process; None when only waited runs (or none) are left."""
-        while self.queued:
-            run = self.queued.pop(0)
+        """The next queued run that may start, now claimed by this process; None when no queued run may start
+        now (only waited runs, or trials whose earlier trials are still running, or none are left).
+
+        A tuning trial may start only once every earlier trial of its row is stored (or has failed here): the
+        pruner compares it with them, so rows run side by side under ``--jobs`` but each row's trials in order,
+        and the search is the same as one run at a time."""
+        index = 0
+        while index < len(self.queued):
+            run = self.queued[index]
             if self.db.run_id(*run.key) is not None:
+                self.queued.pop(index)
                 self._stored_elsewhere(run, None)
                 continue
+            if not self._may_start(run):
+                index += 1
+                continue
+            self.queued.pop(index)
             other = self.db.claim(*run.key)
             if other is None:
                 return run
@@ -140,6 +148,13 @@ class ClaimQueue:
             self.progress.write(f"{run.describe()} is running in process {other['pid']} on {other['hostname']}; "
                                 f"waiting for it")
         return None
+
+    def _may_start(self, run: PlannedRun) -> bool:
+        trial = run.variant.trial
+        if trial is None or not trial.tuner.rungs:
+            return True
+        failed = {r.key for r, _ in self.outcome.failed}
+        return all(key == run.key or key in failed or self.db.run_id(*key) is not None for key in trial.earlier)
 
     def poll(self) -> None:
         """Look at the waited runs: one stored meanwhile is skipped, one whose process is gone is queued again."""
@@ -188,7 +203,7 @@ def _run_here(claims: ClaimQueue, suite_name: str, poll_seconds: float) -> None:
     """Sequential runs in this process; runs claimed by another live process are waited for, then skipped."""
     while claims.pending:
         run = claims.take()
-        if run is None:  # only waited runs are left
+        if run is None:  # only waited runs (or trials after them) are left
             time.sleep(poll_seconds)
             claims.poll()
             continue

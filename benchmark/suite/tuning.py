@@ -23,8 +23,8 @@ pruner) ends it, evaluated on the validation split only, and stored with its eve
 suites that use the tuned defaults.
 
 Pruning (successive halving on epochs, asynchronous as in ASHA, but in a fixed order so that it reproduces):
-trial ``i`` is compared only with trials ``0..i-1`` of its row, which run before it (a tuning suite runs
-one run at a time). At the end of each rung epoch ``r`` its value is the best monitor of epochs ``1..r``;
+trial ``i`` is compared only with trials ``0..i-1`` of its row, which are stored before it starts (under
+``--jobs N`` rows run side by side, each row's trials one after another). At the end of each rung epoch ``r`` its value is the best monitor of epochs ``1..r``;
 the values of the earlier trials at ``r`` are the same quantity from their stored histories (a trial that
 ended by early stopping before ``r`` counts with its final best; one pruned before ``r`` does not count). With
 ``n`` values (its own included) the trial goes on when it ranks within the best ``max(1, floor(n * keep))``.
