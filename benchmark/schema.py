@@ -62,7 +62,7 @@ DROPOUT = Range(ge=0, lt=1)  # a rate of 1 zeroes every input: the model would s
 NAME_RULES: list[tuple[str, Range]] = [
     (r"(^|_)hidden_units$", POSITIVE_INT),  # every width of an MLP
     (r"(^|_)(embedding|hidden|input|output)_dim$", POSITIVE_INT),
-    (r"^num_|_experts$|_sub_experts$", POSITIVE_INT),
+    (r"^num_|_experts$|_sub_experts$|_per_epoch$", POSITIVE_INT),
     (r"dropout", DROPOUT),
     (r"^learning_rate$|^beta$|^gate_gamma$|^max_gradient_norm$", POSITIVE),
     (r"momentum$|_target$|_frac$", FRACTION),

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from collections import OrderedDict, defaultdict
@@ -64,6 +65,9 @@ class MultiDomainModel(BaseModel):
         embedding_dim: ``D``, the width of one embedding table.
         learning_rate, optimizer, loss: as in FuxiCTR (``loss`` must be binary cross-entropy; it is computed
             from logits, per domain, as eq. (8)).
+        evaluations_per_epoch: validate (and decide early stopping, checkpoint, learning-rate decay) this many
+            times per epoch, evenly spaced, the last at the epoch's end; default ``None``: FuxiCTR's ``eval_steps``
+            (by default once per epoch). Early-stopping patience then counts these validations.
         max_gradient_norm: every step clips the total gradient norm to this (FuxiCTR's ``fit`` default, 10). It is
             the model's, so that a step works outside ``fit`` too; ``fit(max_gradient_norm=...)`` replaces it, as
             in FuxiCTR.
@@ -94,7 +98,8 @@ class MultiDomainModel(BaseModel):
                  domains: list | None = None, domain_names: list | None = None, num_domains: int | None = None,
                  loss: str = "binary_crossentropy", optimizer: str = "adam", max_gradient_norm: float = 10.0,
                  loss_weighting: Literal["domain", "batch"] = "domain",
-                 embedding_regularizer_scope: Literal["table", "batch"] = "table", **kwargs):
+                 embedding_regularizer_scope: Literal["table", "batch"] = "table",
+                 evaluations_per_epoch: int | None = None, **kwargs):
         kwargs.setdefault("verbose", 1)
         kwargs.setdefault("metrics", ["logloss", "AUC", "gAUC"])
         kwargs.setdefault("model_root", str(bench_home() / "checkpoints"))
@@ -118,6 +123,10 @@ class MultiDomainModel(BaseModel):
                                       has_group=has_group)
         self._max_gradient_norm = float(max_gradient_norm)  # the attribute FuxiCTR's fit sets, set from the start
         self.loss_weighting, self.embedding_regularizer_scope = loss_weighting, embedding_regularizer_scope
+        if evaluations_per_epoch is not None and kwargs.get("eval_steps") is not None:
+            raise UserError(f"{type(self).__name__}: eval_steps and evaluations_per_epoch both set when to validate; "
+                            f"keep one of them")
+        self.evaluations_per_epoch = evaluations_per_epoch
         self._batch_inputs: dict[str, torch.Tensor] | None = None  # set by forward under the batch scope
         self.train_rows = 0
         self.train_seconds = 0.0
@@ -317,6 +326,7 @@ class MultiDomainModel(BaseModel):
         steps_since_log = 0
         batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stdout)
         rows_before, seconds = self.train_rows, 0.0
+        eval_points = self._evaluation_points(len(data_generator))
         tick = step_lib.now(self.device)
         for batch_index, batch_data in enumerate(batches):
             self._batch_index = batch_index
@@ -331,7 +341,8 @@ class MultiDomainModel(BaseModel):
             for callback in self.step_callbacks:
                 callback({"epoch": self._epoch_index, "batch": batch_index, "batches": len(data_generator),
                           "rows": rows})
-            if evaluate_inside and self._total_steps % self._eval_steps == 0:
+            if evaluate_inside and (batch_index + 1 in eval_points if eval_points is not None
+                                    else self._total_steps % self._eval_steps == 0):
                 seconds += step_lib.now(self.device) - tick
                 self._log_train_loss(sums, steps_since_log)
                 sums.clear()
@@ -346,6 +357,14 @@ class MultiDomainModel(BaseModel):
                                "rows": self.train_rows - rows_before})
         if not evaluate_inside and steps_since_log:
             self._log_train_loss(sums, steps_since_log)
+
+    def _evaluation_points(self, batches: int) -> set[int] | None:
+        """With ``evaluations_per_epoch: n``, the batches (1-based) of an epoch of ``batches`` after which to
+        validate: ``n`` evenly spaced, the last one the epoch's end; ``None`` = FuxiCTR's ``eval_steps`` rule."""
+        if not self.evaluations_per_epoch:
+            return None
+        n = min(int(self.evaluations_per_epoch), max(1, batches))
+        return {math.ceil(k * batches / n) for k in range(1, n + 1)}
 
     @staticmethod
     def _log_train_loss(sums: dict, steps: int) -> None:

@@ -182,3 +182,25 @@ def test_row_safe_batch_norm_is_batch_norm_and_takes_one_or_no_row():
         torch.testing.assert_close(safe.state_dict()[key], before[key])
     assert safe(x[:0]).shape == (0, 3)
     assert set(safe.state_dict()) == set(ref.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------- validation schedule
+def test_evaluations_per_epoch_validates_evenly_and_ends_each_epoch(tiny, tmp_path):
+    import math as _math
+
+    from mdl_bench.benchmark.runner import run_expid
+
+    result = run_expid("SharedBottom_test", None, {"epochs": 2, "evaluations_per_epoch": 3, "early_stop_patience": 9,
+                                                   "model_root": str(tmp_path), "verbose": 0}, quiet=True)
+    history = result.valid_history
+    assert [h["epoch"] for h in history] == [1, 1, 1, 2, 2, 2]
+    steps = history[2]["batch"]  # the epoch's last batch
+    assert [h["batch"] for h in history] == [_math.ceil(k * steps / 3) for k in (1, 2, 3)] * 2
+    assert [h["epoch_end"] for h in history] == [False, False, True] * 2
+    best = max(h["monitor"] for h in history)
+    assert result.best_epoch == next(h["epoch"] for h in history if h["monitor"] == best)
+
+
+def test_eval_steps_and_evaluations_per_epoch_are_one_choice(tiny):
+    with pytest.raises(UserError, match="keep one of them"):
+        build_model(tiny, "SharedBottom_test", eval_steps=5, evaluations_per_epoch=2)
