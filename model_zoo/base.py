@@ -125,15 +125,15 @@ class MultiDomainModel(BaseModel):
         self.loss_weighting, self.embedding_regularizer_scope = loss_weighting, embedding_regularizer_scope
         if evaluations_per_epoch is not None and kwargs.get("eval_steps") is not None:
             raise UserError(f"{type(self).__name__}: eval_steps and evaluations_per_epoch both set when to validate; "
-                            f"keep one of them")
+                            f"keep one of them (set the other to null, e.g. --set evaluations_per_epoch=null)")
         self.evaluations_per_epoch = evaluations_per_epoch
         self._batch_inputs: dict[str, torch.Tensor] | None = None  # set by forward under the batch scope
         self.train_rows = 0
         self.train_seconds = 0.0
         self.epoch_log: list[dict[str, float]] = []
         self.step_callbacks: list[Callable[[dict], None]] = []
-        # every validation during fit: {"epoch", "batch", "epoch_end", "monitor", metric: value}; a validation callback gets
-        # that entry and returns a reason to stop training (e.g. a tuner pruning a trial) or None
+        # every validation during fit ({"epoch", "batch", "epoch_end", "monitor", metric: value}); a validation
+        # callback gets each entry and returns a reason to stop training (e.g. a tuner pruning a trial) or None
         self.valid_history: list[dict[str, float]] = []
         self.validation_callbacks: list[Callable[[dict], str | None]] = []
 

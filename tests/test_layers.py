@@ -115,6 +115,24 @@ def test_covloss_equals_double_loop(pairs, normalization):
     torch.testing.assert_close(loss, reference_cov(O, pairs, normalization))
 
 
+@pytest.mark.parametrize("pairs", ["p>=q", "p>q"])
+def test_covloss_corr_is_the_l1_of_correlation_blocks_and_scale_free(pairs):
+    import numpy as np
+
+    torch.manual_seed(9)
+    O = torch.randn(3, 50, 4, dtype=torch.float64) @ torch.randn(4, 4, dtype=torch.float64)
+    O[1] = O[1] + 0.5 * O[0]  # correlated experts
+    E, N, d = O.shape
+    corr = np.corrcoef(O.permute(0, 2, 1).reshape(E * d, N).numpy())  # numpy's Pearson correlation
+    expected = sum(np.abs(corr[p * d:(p + 1) * d, q * d:(q + 1) * d]).sum() / d ** 2
+                   for p in range(E) for q in range(E) if (p >= q if pairs == "p>=q" else p > q))
+    loss = CovLoss(pairs, "corr")(O)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)  # EPS = 1e-6 on the std
+    scaled = O * torch.tensor([3.0, 0.01, 50.0], dtype=torch.float64).view(3, 1, 1)
+    assert CovLoss(pairs, "corr")(scaled).item() == pytest.approx(expected, rel=1e-4)  # rescaling changes nothing
+    assert CovLoss(pairs, "none")(scaled).item() != pytest.approx(CovLoss(pairs, "none")(O).item(), rel=1e-3)
+
+
 def test_covloss_row_sampling():
     torch.manual_seed(6)
     O = torch.randn(3, 64, 5, dtype=torch.float64)

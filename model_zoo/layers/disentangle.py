@@ -99,7 +99,10 @@ class CovLoss(DisentangleLoss):
         pairs: ``"p>=q"`` (default; eq. 7 includes ``p = q``, i.e. each expert's own covariance, diagonal
             variances included) or ``"p>q"`` (cross-expert blocks only).
         normalization: ``"none"`` (default; eq. 7 has no 1/N, and the paper's alpha sensitivity - fine above
-            2e-5 - fits an unnormalised sum over a 4096-row batch) or ``"mean"`` (divide by N, a covariance).
+            2e-5 - fits an unnormalised sum over a 4096-row batch), ``"mean"`` (divide by N, a covariance) or
+            ``"corr"`` (each output dimension standardised over the rows first: the blocks are correlations, in
+            [0, 1] per entry, so the loss does not change when the outputs are rescaled - eq. 7 is quadratic in
+            their scale, and can be lowered by shrinking the outputs instead of decorrelating them).
         sample_rows: compute on this many random rows of the batch (appendix A: 32 rows of 1024 gave the same
             norms). With ``normalization="none"`` the sampled sum is scaled by ``N / rows`` so that alpha keeps
             its meaning. ``0`` (default) uses every row.
@@ -109,7 +112,8 @@ class CovLoss(DisentangleLoss):
     """
 
     PAIRS = ("p>=q", "p>q")
-    NORMALIZATIONS = ("none", "mean")
+    NORMALIZATIONS = ("none", "mean", "corr")
+    EPS = 1e-6  # added to a dimension's standard deviation under "corr" (a dead dimension stays 0)
 
     def __init__(self, pairs: str = "p>=q", normalization: str = "none", sample_rows: int = 0):
         if pairs not in self.PAIRS:
@@ -125,6 +129,8 @@ class CovLoss(DisentangleLoss):
         """``E x E`` matrix of ``||cov block (p, q)||_1 / d^2`` (unnormalised in N), on all given rows."""
         E, N, d = outputs.shape
         centred = outputs - outputs.mean(dim=1, keepdim=True)
+        if self.normalization == "corr":
+            centred = centred / (centred.pow(2).mean(dim=1, keepdim=True).sqrt() + self.EPS)
         flat = centred.permute(1, 0, 2).reshape(N, E * d)
         return BlockAbsGram.apply(flat, E, d) / (d * d)
 
@@ -134,7 +140,7 @@ class CovLoss(DisentangleLoss):
         norms = self.block_norms(outputs)
         offset = 0 if self.pairs == "p>=q" else -1
         loss = torch.tril(norms, diagonal=offset).sum()
-        if self.normalization == "mean":
+        if self.normalization in ("mean", "corr"):
             return loss / N
         return loss * scale
 
