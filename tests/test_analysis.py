@@ -473,6 +473,14 @@ def test_analyze_a_suite_from_the_store(tiny, tmp_path, capsys):
     assert all(r["run_id"] is not None and r["ia_epochs"] for r in report["runs"])
     assert {"fig2_ia_epochs_Croc.png", "fig7_cov_Croc.png", "fig6_di_sorted.png"} <= set(report["figures"])
     assert "Croc" in printed and "fig1a_di_vs_ia.png" in printed
+    # figure 1a beside the paper: the paper's Crocodile gAUC (table 2) and this run's test gAUC from the store
+    row = next(r for r in report["figure_1a"] if r["label"] == "Croc")
+    assert row["paper_gauc"] == 0.66373 and row["gauc"] == pytest.approx(
+        next(r["test"]["gAUC"] for r in report["runs"] if r["label"] == "Croc"))
+    assert 0.0 < row["gauc"] < 1.0 and "Figure 1a beside the paper" in printed
+    # the share of the loss that the auxiliary term is: Croc has CovLoss, CrocB none
+    shares = {m["label"]: m["aux_share"] for m in report["methods"]}
+    assert 0.0 < shares["Croc"] < 1.0 and shares["CrocB"] is None and "% of the loss" in printed
     # the suite's HTML leaderboard shows the figures, inlined
     page = tmp_path / "board.html"
     assert main(["leaderboard", "--suite", str(suite_file), "--format", "html", "--out", str(page)]) == 0
@@ -489,3 +497,24 @@ def test_analyze_a_suite_from_the_store(tiny, tmp_path, capsys):
                "--out", str(tmp_path / "fig7")])
     printed = capsys.readouterr().out
     assert rc == 0 and f"A = Crocodile_test (run {ids['CrocB']}" in printed and "sum p>=q" in printed
+
+
+def test_loss_terms_are_the_trained_weights_bce_and_weighted_aux_loss(tiny, tiny_batch):
+    """The auxiliary term's share of the loss (is CovLoss inert or dominant?): bce and alpha * CovLoss of the
+    weights in evaluation mode, each computed again by hand; a model without an auxiliary loss has none."""
+    from mdl_bench.benchmark.measure.probe import loss_terms
+
+    model = build_model(tiny, "Crocodile_test", cov_alpha=0.05, cov_sample_rows=0)
+    terms = loss_terms(model, [tiny_batch])
+    assert not model.training and all(not m.training for m in model.modules())
+    X = model.get_inputs(tiny_batch)
+    domain = model.domain_of(X)
+    with torch.no_grad():
+        O, emb = model.expert_outputs(X)
+        weights = model._gate_weights(X, emb, domain)
+        logit, _ = model.logits(X, domain)
+        cov = 0.05 * model.cov_loss(O, weights)
+        bce = model.domain_bce(logit, model.get_labels(tiny_batch), domain)
+    assert terms["cov"] == pytest.approx(float(cov), rel=1e-5)
+    assert terms["bce"] == pytest.approx(float(bce), rel=1e-5)
+    assert loss_terms(build_model(tiny, "SharedBottom_test"), [tiny_batch]) is None

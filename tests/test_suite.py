@@ -277,6 +277,44 @@ def test_figure8_plot_is_a_png_embedded_in_the_html(tmp_path):
     assert "data:image/png;base64," in render(board, "html", images)
 
 
+def test_a_plot_over_datasets_reads_generator_options_and_gives_gaps_to_the_oracle(tmp_path):
+    """x and panels read dotted keys of the resolved config (the dataset's generator options); vs_oracle plots
+    oracle - value per dataset; the plotted numbers are also a table in md."""
+    from mdl_bench.benchmark.config import ConfigSet
+    from mdl_bench.benchmark.leaderboard import plot_values
+
+    tiny = ConfigSet(None).dataset_params("tiny_synth")
+    blocks = {f"r{i}": dict(tiny, synth=dict(tiny["synth"], small_rho=rho, size_skew=skew))
+              for i, (rho, skew) in enumerate([(0.5, 1), (-0.5, 1), (0.5, 10), (-0.5, 10)])}
+    config = tmp_path / "cfg"
+    config.mkdir()
+    (config / "dataset_config.yaml").write_text(yaml.safe_dump(blocks))
+    data = {"name": "regime", "seeds": [1], "datasets": list(blocks),
+            "expids": [{"expid": "SharedBottom_test", "label": "SB"}, {"expid": "MMoE_test", "label": "MMoE"}],
+            "leaderboard": {"domains": ["Overall"], "plots": [
+                {"name": "gap", "x": "synth.small_rho", "panels": "synth.size_skew", "metrics": ["AUC", "logloss"],
+                 "vs_oracle": True}]}}
+    suite = Suite(data, write_suite(tmp_path, data))
+    plan = suite.plan(str(config))
+    store = tmp_path / "fake.sqlite"
+    value = lambda v: 0.70 + 0.01 * (v.expid == "MMoE_test") - 0.02 * (v.params["synth"]["small_rho"] < 0)
+    with Store(store) as db:
+        for run in plan.runs:
+            record = fake_record(run, {"AUC": value(run.variant), "logloss": 0.5})
+            record["metrics"]["oracle"] = {"AUC": 0.8, "logloss": 0.45}
+            db.insert_run(record)
+    board = build_board(suite, store=str(store), config_dir=str(config))
+    spec = suite.leaderboard["plots"][0]
+    gaps = plot_values(board, spec, "AUC")
+    assert sorted(gaps) == [1, 10]
+    assert gaps[10]["SB"] == [(-0.5, pytest.approx(0.12)), (0.5, pytest.approx(0.10))]
+    assert gaps[1]["MMoE"] == [(-0.5, pytest.approx(0.11)), (0.5, pytest.approx(0.09))]
+    assert plot_values(board, spec, "logloss")[1]["SB"] == [(-0.5, pytest.approx(0.05)), (0.5, pytest.approx(0.05))]
+    md = render(board, "md", make_plots(board, tmp_path / "plots"))
+    assert "gap: gap to oracle in AUC, synth.size_skew = 10" in md and "| SB " in md
+    assert (tmp_path / "plots" / "regime_gap.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # ---------------------------------------------------------------------------------------------- the suite format
 def test_tuner_space_expands_as_a_grid_over_the_expid(tmp_path):
     data = {"name": "grid", "seeds": [5], "tuner_space": {"embedding_dim": 4},

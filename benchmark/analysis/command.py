@@ -105,7 +105,8 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
         raise UserError(f"no {result.name} beside {checkpoint}; pass --expid (and --config/--set) naming the config "
                         f"that trained it")
     return RunRef(label=str(label), params=params, checkpoint=str(checkpoint), seed=seed,
-                  group=model_group(params.get("model")))
+                  group=model_group(params.get("model")),
+                  test=(stored.get("test") or None) if expid is None and result.is_file() else None)
 
 
 # ------------------------------------------------------------------ runs from the results store
@@ -315,6 +316,26 @@ def summary_table(report: dict) -> str:
         lines.append(f"  {label[:28]:28s} sum p>=q {_g(cov['total'])}, p>q {_g(cov['total_cross'])}"
                      + (f", largest pair ({top}) {_g(pairs[top])}" if top else "")
                      + f", mean |corr| across experts {_g(corr)}")
+    terms = {}
+    for run in report["runs"]:
+        if run.get("loss_terms"):
+            terms.setdefault(run["label"], run["loss_terms"])
+    if terms:
+        lines.append("Loss terms of the trained weights on the analysis rows (the auxiliary term as weighted in "
+                     "training):")
+    for label, t in terms.items():
+        aux = ", ".join(f"{k} {_g(v)}" for k, v in t.items() if k not in ("bce", "aux_share"))
+        share = t.get("aux_share")
+        lines.append(f"  {label[:28]:28s} bce {_g(t['bce'])}, {aux}"
+                     + (f" ({100 * share:.3g}% of the loss)" if share is not None else ""))
+    if report.get("figure_1a"):
+        lines += ["", "Figure 1a beside the paper (KuaiRand-1K: DI from its text, gAUC from its table 2; no IA numbers "
+                      "there):", f"  {'method':24s} {'paper DI':>8s} {'DI(fix)':>7s} {'DI(q)':>7s} {'IA(ids)':>8s} "
+                                 f"{'paper gAUC':>10s} {'gAUC':>7s}"]
+        for row in report["figure_1a"]:
+            lines.append(f"  {row['label'][:24]:24s} {row['paper_di'] or '-':>8s} {fmt(row['di_fixed'], 7)} "
+                         f"{fmt(row['di'], 7)} {fmt(row['ia'], 8)} {fmt(row['paper_gauc'], 10, 5)} "
+                         f"{fmt(row['gauc'], 7, 4)}")
     notes = {m["label"]: m["di_note"] for m in report["methods"] if m["di"] is None and m.get("di_note")}
     for label, note in notes.items():
         lines.append(f"  {label}: no DI - {note}")

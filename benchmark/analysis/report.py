@@ -33,7 +33,7 @@ from ..measure.epochs import read_ia_epochs
 from ..measure.quantities import (covloss_total, cross_expert_mask, dim_covariance_summary, diversity_index,
                        information_abundance, singular_values)
 from ..measure.probe import (analysis_rows, batches, collect_experts, embedding_tables, frequency_groups, load_model,
-                    train_frequencies)
+                             loss_terms, train_frequencies)
 
 JSON_NAME = "analysis.json"
 
@@ -48,6 +48,7 @@ class RunRef:
     run_id: str | None = None
     seed: int | None = None
     group: str | None = None
+    test: dict | None = None  # the run's test metrics (gAUC labels figure 1a's points), when known
 
     @property
     def dataset_id(self) -> str:
@@ -197,6 +198,11 @@ def analyze_model(model, dataset: _Dataset, options: AnalysisOptions, sd_norms: 
                 di = diversity_index(sd_norms, stats.norms, stats.bound, options.tau_top, options.tau_bottom,
                                      scope, options.tau_absolute)
                 result[key] = di.to_dict(model.domain_names)
+    terms = loss_terms(model, dataset.batches(options.batch_size))
+    if terms is not None:  # how much of the loss the auxiliary term is (CovLoss inert or dominant)
+        aux = sum(v for k, v in terms.items() if k != "bce")
+        terms["aux_share"] = aux / (aux + terms["bce"]) if aux + terms["bce"] else None
+    result["loss_terms"] = terms
     frequencies = dataset.frequencies(model)
     tables = table_information(model, frequencies, options.groups, options.summary_fields)
     result["tables"] = tables
@@ -347,13 +353,40 @@ def analyze_runs(runs: Sequence[RunRef], single_domain: dict[str, RunRef], out_d
         record = read_ia_epochs(run.checkpoint)
         report["runs"].append({"label": run.label, "run_id": run.run_id, "seed": run.seed, "model": run.params["model"],
                                "group": run.group, "dataset_id": run.dataset_id, "checkpoint": run.checkpoint,
+                               "test": {k: run.test[k] for k in ("AUC", "gAUC") if k in (run.test or {})},
                                "domain_names": list(model.domain_names), **measured,
                                "ia_epochs": record})
         del model
     report["methods"] = _methods(report["runs"])
+    report["figure_1a"] = figure_1a_table(report["methods"])
     report["figures"] = _figures(report, moments_by_label, smallest, options, out)
     (out / JSON_NAME).write_text(json.dumps(report, indent=1))
     return report
+
+
+# Figure 1a of the paper (KuaiRand-1K): the Diversity Index its text gives (section 2; "less than 0.3" for HiNet,
+# STAR, PEPNet and PLE) and each method's overall gAUC of its table 2 (the figure labels its points with gAUC, in
+# a layout the text extraction garbles). The paper gives no Information Abundance values as numbers.
+PAPER_FIGURE_1A = {
+    "PLE": {"di": "0.284", "gauc": 0.66093}, "ME_PLE": {"di": "0.403", "gauc": 0.66075},
+    "MMoE": {"di": "0.615", "gauc": 0.66057}, "ME_MMoE": {"di": "0.716", "gauc": 0.66188},
+    "SDEM": {"di": "0.904", "gauc": 0.66096}, "HiNet": {"di": "< 0.3", "gauc": 0.66131},
+    "STAR": {"di": "< 0.3", "gauc": 0.65652}, "PEPNet": {"di": "< 0.3", "gauc": 0.66018},
+    "Crocodile": {"di": None, "gauc": 0.66373},
+}
+
+
+def figure_1a_table(methods: list[dict]) -> list[dict]:
+    """Figure 1a side by side: for every analysed method the paper plots, the paper's DI and gAUC beside this
+    run's DI (both threshold rules), IA of the id tables and test gAUC."""
+    rows = []
+    for m in methods:
+        paper = PAPER_FIGURE_1A.get(m["model"])
+        if paper is None:
+            continue
+        rows.append({"label": m["label"], "model": m["model"], "paper_di": paper["di"], "paper_gauc": paper["gauc"],
+                     "di_fixed": m.get("di_fixed"), "di": m.get("di"), "ia": m.get("ia"), "gauc": m.get("gauc")})
+    return rows
 
 
 def _methods(runs: list[dict]) -> list[dict]:
@@ -364,12 +397,16 @@ def _methods(runs: list[dict]) -> list[dict]:
         di, di_fixed = ([r[key]["mean"] for r in mine if r.get(key) and r[key]["mean"] is not None]
                         for key in ("diversity_index", "diversity_index_fixed"))
         ia = [r["ia_summary"] for r in mine if r.get("ia_summary") is not None]
+        shares = [r["loss_terms"]["aux_share"] for r in mine if (r.get("loss_terms") or {}).get("aux_share") is not None]
+        gauc = [r["test"]["gAUC"] for r in mine if (r.get("test") or {}).get("gAUC") is not None]
         expert_ia = [np.mean([v for v in r["experts"]["ia"] if v is not None]) for r in mine if r.get("experts")]
         methods.append({"label": label, "model": mine[0]["model"], "group": mine[0]["group"], "runs": len(mine),
                         "di": float(np.mean(di)) if di else None,
                         "di_fixed": float(np.mean(di_fixed)) if di_fixed else None,
                         "ia": float(np.mean(ia)) if ia else None,
                         "expert_ia": float(np.mean(expert_ia)) if expert_ia else None,
+                        "aux_share": float(np.mean(shares)) if shares else None,
+                        "gauc": float(np.mean(gauc)) if gauc else None,
                         "di_note": None if di else mine[0].get("di_note")})
     return methods
 
@@ -381,7 +418,8 @@ def _figures(report: dict, moments_by_label: dict, smallest: dict, options: Anal
                 ("di_fixed", "fig1a_di_fixed_vs_ia.png", "Diversity Index (fixed thresholds: pooled-norm quantiles)")]
     for key, name, xlabel in variants:
         if key == "di" or any(m.get(key) is not None for m in methods):
-            points = [{"label": m["label"], "di": m.get(key), "ia": m["ia"]} for m in methods]
+            points = [{"label": m["label"] + (f" ({m['gauc']:.4f})" if m.get("gauc") is not None else ""),
+                       "di": m.get(key), "ia": m["ia"]} for m in methods]
             written.append(figures.di_vs_ia(points, out / name, xlabel).name)
     firsts = {}
     for r in report["runs"]:

@@ -58,7 +58,8 @@ def runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, mo
             run = store.get_run(row["run_id"])
             label, group = labels.get(row["run_id"], (run["expid"], model_group(run["model"])))
             out.append(RunRef(label=str(label), params=local_config(run["config"]), checkpoint=run["checkpoint"],
-                              run_id=str(row["run_id"]), seed=run["seed"], group=group))
+                              run_id=str(row["run_id"]), seed=run["seed"], group=group,
+                              test=run["metrics"].get("test") or None))
     return out
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from .board import (CAP_MARK, ORACLE_LABEL, OUTDATED_MARK, PAPER_GROUPS, Board, Lift, Row, Table, build_board,
                     column, find_row)
-from .plots import make_plots, plot_series
+from .plots import make_plots, plot_series, plot_tables, plot_values
 from .render import render, render_csv, render_html, render_md
 from .stats import P_VALUE, column_marks, mean_std, paired_p
 
 __all__ = ["CAP_MARK", "ORACLE_LABEL", "OUTDATED_MARK", "PAPER_GROUPS", "P_VALUE", "Board", "Lift", "Row", "Table",
            "build_board", "column", "column_marks", "find_row", "make_plots", "mean_std", "paired_p", "plot_series",
+           "plot_tables", "plot_values",
            "render", "render_csv", "render_html", "render_md"]

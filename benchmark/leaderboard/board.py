@@ -124,10 +124,13 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
         variants.sort(key=lambda v: (rank[v.group], v.index))
         info_keys = list(dict.fromkeys(k for v in variants for k in v.entry.info))
         table = Table(dataset_id=dataset, domains=shown, metrics=metrics, rows=[], info_keys=info_keys)
+        # the shown columns, then what the plots read besides (a plot may show a metric or domain the table does not)
+        read = table.columns + sorted({column(m, spec["domain"]) for spec in lb["plots"] for m in spec["metrics"]}
+                                      - set(table.columns))
         for v in variants:
             code, run_ids, outdated = rows_runs[v.index]
             values = {c: {s: values_of[r].get(split, {}).get(c, float("nan")) for s, r in run_ids.items()}
-                      for c in table.columns}
+                      for c in read}
             table.rows.append(Row(variant=v, run_ids=run_ids, values=values, code=code, outdated=outdated,
                                   capped=sum(rid in capped_runs for rid in run_ids.values())))
         for c in table.columns:
@@ -136,7 +139,7 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
             for run_id in row.run_ids.values():
                 oracle = values_of[run_id].get("oracle") or {}
                 if oracle:
-                    table.oracle = {c: oracle.get(c, float("nan")) for c in table.columns}
+                    table.oracle = {c: oracle.get(c, float("nan")) for c in read}
                     break
             if table.oracle:
                 break

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mdl_bench.model_zoo.core.errors import UserError
 from .board import CAP_MARK, ORACLE_LABEL, OUTDATED_MARK, Board, Row, Table, column
+from .plots import plot_tables
 from .stats import P_VALUE, mean_std
 
 GROUP_TITLES = {"MTL (SE)": "MTL (SE) for MDR", "MTL (ME)": "MTL (ME) for MDR"}
@@ -116,6 +117,11 @@ def render_md(board: Board, images: dict | None = None) -> str:
         out.append("")
     for name, path in (images or {}).items():
         out += [f"![{name}]({path})", ""]
+    for title, header, rows in plot_tables(board):  # the plotted numbers, so a reader need not read them off
+        out += [f"### {title}", ""]
+        out += _md_table([header] + [[name] + [_num(v, board.digits) if v is not None else "-" for v in values]
+                                     for name, *values in rows], right_from=1)
+        out.append("")
     out += _notes(board)
     return "\n".join(out) + "\n"
 
@@ -266,6 +272,13 @@ def render_html(board: Board, images: dict | None = None) -> str:
     for name, path in (images or {}).items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         parts.append(f"<h2>{e(name)}</h2><img alt='{e(name)}' src='data:image/png;base64,{data}'>")
+    for title, header, rows in plot_tables(board):
+        parts.append(f"<h2>{e(title)}</h2><table><thead><tr>" + "".join(
+            f"<th{' class=l' if i == 0 else ''}>{e(h)}</th>" for i, h in enumerate(header)) + "</tr></thead><tbody>")
+        for name, *values in rows:
+            parts.append(f"<tr><td class='l'>{e(name)}</td>" + "".join(
+                f"<td>{e(_num(v, board.digits)) if v is not None else '-'}</td>" for v in values) + "</tr>")
+        parts.append("</tbody></table>")
     parts.append(_analysis_section(board))
     parts += [f"<p class='note'>{e(n)}</p>" for n in _notes(board)]
     parts.append(f"<p class='note'>Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by mdl-bench.</p></body></html>")

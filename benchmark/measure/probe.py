@@ -135,6 +135,36 @@ def collect_experts(model, batch_iter) -> ExpertStats | None:
     return ExpertStats(np.concatenate(norms, axis=1), list(bound), moments)
 
 
+@torch.no_grad()
+def loss_terms(model, batch_iter, seed: int = 0) -> dict | None:
+    """The terms of the training loss on the given rows, row-weighted means: ``{"bce": ..., <aux name>: ...}``
+    (each auxiliary term as the model weights it, e.g. ``alpha * CovLoss``); ``None`` for a model without
+    auxiliary losses.
+
+    Computed with every layer in evaluation mode (running statistics, no dropout) and only the model's own
+    ``training`` flag set, since the models compute their auxiliary losses in training only; so the terms are
+    those of the trained weights, without the noise of a training step. ``seed`` fixes a loss's row sample."""
+    model.eval()
+    sums: dict[str, float] = {}
+    rows = 0
+    torch.manual_seed(seed)
+    model.training = True  # the top module's flag alone: the auxiliary losses are computed, no layer trains
+    try:
+        for batch in batch_iter:
+            out = model(batch)
+            total = model.add_loss(out, model.get_labels(batch))
+            aux = {name: float(value) for name, value in (out.get("aux_losses") or {}).items()}
+            n = int(out["logit"].shape[0])
+            for name, value in {"bce": float(total) - sum(aux.values()), **aux}.items():
+                sums[name] = sums.get(name, 0.0) + value * n
+            rows += n
+    finally:
+        model.training = False
+    if rows == 0 or len(sums) < 2:
+        return None
+    return {name: value / rows for name, value in sums.items()}
+
+
 # ---------------------------------------------------------------------------------------------------- tables
 @dataclass
 class TableRef:

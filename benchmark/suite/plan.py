@@ -21,7 +21,8 @@ SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides",
 ENTRY_KEYS = ("expid", "label", "group", "info", "overrides", "tuner_space", "seeds")
 LEADERBOARD_KEYS = ("metrics", "split", "domains", "std", "digits", "group_order", "lift", "plots", "title")
 LIFT_KEYS = ("base", "metrics", "domain", "title")
-PLOT_KEYS = ("name", "x", "metrics", "series", "lift_over", "xscale", "title", "domain", "xlabel")
+PLOT_KEYS = ("name", "x", "metrics", "series", "lift_over", "xscale", "title", "domain", "xlabel", "panels",
+             "vs_oracle")
 SPLITS = ("test", "valid")
 # Dataset keys that change the built data: a suite overriding one builds that variant in its own folder.
 BUILD_KEYS = ("feature_cols", "label_col", "min_categr_count", "domain_field", "domains", "group_id", "oracle_field",
@@ -264,7 +265,9 @@ class Suite:
                                  "series": [str(s) for s in _as_list(spec.get("series"), "series", where)],
                                  "lift_over": spec.get("lift_over"), "xscale": str(spec.get("xscale", "linear")),
                                  "title": spec.get("title"), "domain": str(spec.get("domain", "Overall")),
-                                 "xlabel": spec.get("xlabel")})
+                                 "xlabel": spec.get("xlabel"),
+                                 "panels": None if spec.get("panels") is None else str(spec["panels"]),
+                                 "vs_oracle": bool(spec.get("vs_oracle", False))})
         return out
 
     # -------------------------------------------------------------------------------------- the plan

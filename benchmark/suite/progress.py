@@ -84,8 +84,11 @@ class SuiteOutcome:
 
 
 def result_line(index: int, count: int, run: PlannedRun, run_id, result, split: str = "test") -> str:
+    if not getattr(result, split) and result.valid:  # a tuning trial: the test split is not evaluated
+        split = "valid"
     logs = getattr(result, split)
     values = " ".join(f"{m} {logs[m]:.4f}" for m in ("AUC", "gAUC") if m in logs)
     where = f"stored as run {run_id}" if run_id is not None else "already stored by another process"
-    return (f"[{index}/{count}] {run.variant.label} ({run.expid}) seed {run.seed}: {split} {values}; "
+    stopped = f" ({result.stopped_by})" if getattr(result, "stopped_by", None) else ""
+    return (f"[{index}/{count}] {run.variant.label} ({run.expid}) seed {run.seed}: {split} {values}{stopped}; "
             f"{result.wall_seconds:.0f}s; {where}")
