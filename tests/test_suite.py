@@ -363,12 +363,15 @@ def test_unknown_suite_name_lists_the_shipped_ones(capsys):
 def test_shipped_suites_plan_against_the_registry():
     from mdl_bench.model_zoo import registry
 
-    for name in ("quick", "main", "ablation", "losses", "sensitivity"):
+    for name in ("quick", "main", "ablation", "losses", "sensitivity", "alpha", "regime", "tune"):
         plan = load_suite(name).plan(strict=False)
         assert plan.runs, name
     quick = load_suite("quick")
-    assert len(quick.entries) == 12 and quick.seeds == [2024] and quick.overrides["epochs"] == 1
-    assert len(load_suite("main").seeds) == 6
+    # the main job: every row trained to convergence (no epoch override: the expids' cap, never reached)
+    assert len(quick.entries) == 12 and quick.seeds == [2024] and "epochs" not in quick.overrides
+    assert len(load_suite("main").seeds) == 3 and load_suite("main").seeds[0] == 2024
+    tune = load_suite("tune")
+    assert tune.tuner.trials == 12 and {e.expid for e in tune.entries} == {e.expid for e in quick.entries}
     known = {e.expid.rsplit("_", 1)[0] for e in quick.entries}
     if known <= set(registry()):  # every model of table 2 registered: the quick suite resolves strictly
         assert {v.group for v in quick.plan().variants} == {"Single Domain", "MTL (SE)", "MTL (ME)", "MDL",

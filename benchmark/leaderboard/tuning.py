@@ -92,6 +92,8 @@ def build_tuning(suite, store=None, config_dir=None, extra_overrides: dict | Non
 
 
 def _fmt(value) -> str:
+    if value is None:  # a joint axis point that leaves the key at the expid's value
+        return "-"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list):
