@@ -49,6 +49,10 @@ WEIGHTINGS = ("binarization", "scaling", "fusion")
 class AdaSparse(MultiDomainModel):
     """One DNN whose input and hidden neurons are weighted (and pruned) per row by a domain-aware pruner.
 
+    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares, plus its own key hyperparameter
+    ``weighting`` (``fusion``, ``scaling`` or ``binarization``: the paper's three pruner forms). Widths follow the
+    benchmark's size rule and are not tuned.
+
     Args:
         domain_fields: fields whose embeddings form ``e_d`` (default: the domain field).
         hidden_units: widths of the DNN's hidden layers.

@@ -35,6 +35,10 @@ from .layers import (BatchedMLP, DomainGroups, DomainTowers, ElementwiseGate, Fi
 class Crocodile(MultiDomainModel):
     """Crocodile and its table-5 ablations.
 
+    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares, plus its own key hyperparameter
+    ``cov_alpha`` (alpha, CovLoss's weight in eq. 8; refined by the ``alpha`` suite). Widths follow the benchmark's
+    size rule and are not tuned.
+
     Args:
         num_embeddings: M, the number of embedding tables and experts (``None``: one per domain).
         embedding_mode: ``"ME"`` or ``"SE"``.

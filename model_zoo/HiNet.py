@@ -42,6 +42,9 @@ from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, Soft
 class HiNet(MultiDomainModel):
     """HiNet with one click task per scenario.
 
+    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares only; it has no own
+    hyperparameter that is not a width (widths follow the benchmark's size rule and are not tuned).
+
     Args:
         sub_expert_hidden_units: widths of every sub-expert MLP; the last is ``H``.
         shared_sub_experts: sub-experts of the shared SEI (``None``: one per domain).

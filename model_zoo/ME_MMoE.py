@@ -30,6 +30,9 @@ from .layers import (BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, Sof
 class ME_MMoE(MultiDomainModel):
     """MMoE whose M experts each read their own embedding table.
 
+    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares only; it has no own
+    hyperparameter that is not a width (widths follow the benchmark's size rule and are not tuned).
+
     Args:
         num_embeddings: M, tables and experts (``None``: one per domain).
         expert_hidden_units: widths of every expert MLP; the last is ``H``.

@@ -39,6 +39,10 @@ from .layers.extraction import ExtractionNetwork, split_levels
 class PLE(MultiDomainModel):
     """PLE with one embedding table, stacked extraction levels (CGC layers) and one tower per domain.
 
+    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares, plus its own key hyperparameter
+    ``num_levels`` (1 = one CGC layer, 2 = PLE's two extraction levels; same expert weights either way). Widths
+    follow the benchmark's size rule and are not tuned.
+
     Args:
         num_levels: extraction levels (every level but the last has a shared gate).
         num_specific_experts: experts per domain in every level.

@@ -84,6 +84,9 @@ class StarLinear(nn.Module):
 class STAR(MultiDomainModel):
     """STAR with partitioned normalization, star-topology FCN and auxiliary network.
 
+    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares only; it has no own
+    hyperparameter that is not a width (widths follow the benchmark's size rule and are not tuned).
+
     Args:
         star_hidden_units: widths of the star FCN's hidden layers (the output layer to one logit is added).
         hidden_activations: activation of the hidden layers (never applied to the logit).

@@ -18,6 +18,9 @@ from .layers import BatchedMLP, DomainTowers, MultiEmbedding, gather_domain
 class SharedBottom(MultiDomainModel):
     """One bottom MLP shared by all domains, one tower per domain.
 
+    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares only; it has no own
+    hyperparameter that is not a width (widths follow the benchmark's size rule and are not tuned).
+
     Args:
         bottom_hidden_units: widths of the shared bottom MLP; its last width feeds the towers.
         tower_hidden_units: widths of each domain tower before the logit.
