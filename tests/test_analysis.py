@@ -518,3 +518,26 @@ def test_loss_terms_are_the_trained_weights_bce_and_weighted_aux_loss(tiny, tiny
     assert terms["cov"] == pytest.approx(float(cov), rel=1e-5)
     assert terms["bce"] == pytest.approx(float(bce), rel=1e-5)
     assert loss_terms(build_model(tiny, "SharedBottom_test"), [tiny_batch]) is None
+
+
+def test_a_twin_without_the_aux_loss_loads_into_a_model_with_it(tiny, tmp_path):
+    """How big a loss is on trained experts: a checkpoint of the no-aux twin loads into the config with the loss
+    (only the loss's own weights, Trans5's maps, stay as built); anything else that does not fit is refused."""
+    from mdl_bench.benchmark.measure.probe import load_model
+    from mdl_bench.benchmark.runner import resolve
+    from mdl_bench.model_zoo.core.errors import UserError
+
+    base = build_model(tiny, "Crocodile_test", aux_loss="none")
+    path = str(tmp_path / "base.model")
+    base.save_weights(path)
+    params = resolve("Crocodile_test", None, {"aux_loss": "trans5", "aux_alpha": 1.0})[0]
+    model = load_model(params, path)
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert any(k.startswith("aux_loss_fn.") for k in model.state_dict())
+    wider = resolve("Crocodile_test", None, {"expert_hidden_units": [16, 6]})[0]
+    with pytest.raises(UserError, match="does not fit model Crocodile"):
+        load_model(wider, path)
+    other = resolve("SharedBottom_test", None, {})[0]
+    with pytest.raises(UserError, match="does not fit model SharedBottom"):
+        load_model(other, path)

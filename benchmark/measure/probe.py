@@ -50,6 +50,9 @@ def read_checkpoint(path) -> dict:
     return state
 
 
+AUX_LOSS_PREFIX = "aux_loss_fn."  # a model's auxiliary loss module (Crocodile's), whose weights a twin may lack
+
+
 def load_model(params: dict, checkpoint: str | None = None):
     """The model of a resolved config on CPU, with the weights of ``checkpoint`` when given (else as built)."""
     from mdl_bench.model_zoo import get_model
@@ -63,10 +66,17 @@ def load_model(params: dict, checkpoint: str | None = None):
     if checkpoint is not None:
         state = read_checkpoint(checkpoint)
         try:
-            model.load_state_dict(state)
+            missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
             raise UserError(f"checkpoint {checkpoint} does not fit model {params['model']} with this config "
                             f"({str(exc).splitlines()[0]}); pass the config it was trained with") from None
+        # A twin trained without the auxiliary loss fits every weight but the loss's own (Trans5's maps), which
+        # keep their initial values: how big a loss is on trained experts is measured that way.
+        others = [k for k in missing if not k.startswith(AUX_LOSS_PREFIX)]
+        if others or unexpected:
+            what = (f"missing {others[0]}" if others else f"unexpected {unexpected[0]}")
+            raise UserError(f"checkpoint {checkpoint} does not fit model {params['model']} with this config ({what}); "
+                            f"pass the config it was trained with") from None
     model.eval()
     return model
 
