@@ -24,6 +24,7 @@ class TrialRow:
     result: dict | None
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
+    span: tuple = ()  # (started_at, finished_at) of the stored run
 
     @property
     def status(self) -> str:
@@ -80,7 +81,8 @@ def build_tuning(suite, store=None, config_dir=None, extra_overrides: dict | Non
                 continue
             got = db.get_run(run_id)
             row.trials.append(TrialRow(v, run_id, got["result"], float(got.get("wall_seconds") or 0.0),
-                                       float(got.get("train_seconds") or 0.0)))
+                                       float(got.get("train_seconds") or 0.0),
+                                       (float(got["started_at"]), float(got["finished_at"]))))
     finally:
         db.close()
     for row in rows.values():
@@ -151,9 +153,12 @@ def render_tuning(rows: list, suite, fmt: str = "md") -> str:
     total_wall = sum(tr.wall_seconds for r in rows for tr in r.trials)
     done = sum(tr.result is not None for r in rows for tr in r.trials)
     planned = sum(len(r.trials) for r in rows)
+    spans = [tr.span for r in rows for tr in r.trials if tr.span]
+    elapsed = (f", {(max(b for _, b in spans) - min(a for a, _ in spans)) / 60:.1f} min from the first trial's "
+               f"start to the last one's end" if spans else "")
     lines += [f"Protocol: {trials_text} (draw seed {t.seed}), {prune_text}; selection on the validation split by "
               f"the configured monitor; the test split is not read. Stored: {done} of {planned} trials, "
-              f"{total_wall / 60:.1f} min of runs ({total_train / 60:.1f} min training).", ""]
+              f"{total_wall / 60:.1f} min of runs ({total_train / 60:.1f} min training){elapsed}.", ""]
     lines += ["| row | chosen trial | valid monitor | valid AUC | valid gAUC | best epoch | trials run (pruned) | "
               "minutes |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
