@@ -185,3 +185,15 @@ def test_a_tuning_suite_takes_one_seed():
 
     with pytest.raises(UserError, match="one seed"):
         Suite({**TUNE, "seeds": [1, 2]})
+
+
+def test_rerun_of_a_pruned_trial_stops_where_it_stopped(tuned):
+    from mdl_bench.benchmark.suite import rerun
+
+    folder, suite, a, b = tuned
+    with closing(sqlite3.connect(str(a))) as conn:
+        pruned = conn.execute("SELECT run_id FROM runs WHERE json_extract(result_json, '$.stopped_by') IS NOT NULL "
+                              "ORDER BY run_id LIMIT 1").fetchone()[0]
+    lines = []
+    assert rerun(pruned, store=str(a), out=lines.append, progress_stream=io.StringIO()), "\n".join(lines)
+    assert any("stops at the same validation" in line for line in lines)

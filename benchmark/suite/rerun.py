@@ -47,9 +47,14 @@ def rerun(run_id: int, store: str | None = None, out=print, progress_stream=None
                                       run["expid"], label=run["expid"], code=code.digest),
                       seed=int(run["seed"]), params=params)
     progress = SuiteProgress([fake], stream=progress_stream)
+    stored = run.get("result") or {}
+    replay = _replay_stop(stored) if stored.get("stopped_by") else None
+    if replay is not None:
+        out(f"  a pruned tuning trial ({stored['stopped_by']}): the rerun stops at the same validation")
     try:
         progress.started(fake.key)
-        result = run_resolved(run["expid"], params, step_callback=lambda info: progress.step(fake.key, info))
+        result = run_resolved(run["expid"], params, step_callback=lambda info: progress.step(fake.key, info),
+                              validation_callback=replay)
         progress.finished(fake.key)
     finally:
         progress.close()
@@ -70,3 +75,16 @@ def rerun(run_id: int, store: str | None = None, out=print, progress_stream=None
     total = len(rows) + 1
     out(f"All {total} values match exactly." if not mismatches else f"{mismatches} of {total} values differ.")
     return mismatches == 0
+
+
+def _replay_stop(stored: dict):
+    """A validation callback that ends training where a stored pruned trial ended (after as many validations):
+    the pruner's decision depended on the other trials of its suite, the stored result says where it fell."""
+    count = len(stored.get("valid_history") or [])
+    seen = []
+
+    def callback(entry: dict):
+        seen.append(entry)
+        return f"replayed: {stored['stopped_by']}" if len(seen) >= count else None
+
+    return callback
