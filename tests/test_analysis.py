@@ -499,12 +499,13 @@ def test_analyze_a_suite_from_the_store(tiny, tmp_path, capsys):
     assert rc == 0 and f"A = Crocodile_test (run {ids['CrocB']}" in printed and "sum p>=q" in printed
 
 
-def test_loss_terms_are_the_trained_weights_bce_and_weighted_aux_loss(tiny, tiny_batch):
+@pytest.mark.parametrize("weighting", ["domain", "batch"])
+def test_loss_terms_are_the_trained_weights_bce_and_weighted_aux_loss(tiny, tiny_batch, weighting):
     """The auxiliary term's share of the loss (is CovLoss inert or dominant?): bce and alpha * CovLoss of the
     weights in evaluation mode, each computed again by hand; a model without an auxiliary loss has none."""
     from mdl_bench.benchmark.measure.probe import loss_terms
 
-    model = build_model(tiny, "Crocodile_test", cov_alpha=0.05, cov_sample_rows=0)
+    model = build_model(tiny, "Crocodile_test", cov_alpha=0.05, cov_sample_rows=0, loss_weighting=weighting)
     terms = loss_terms(model, [tiny_batch])
     assert not model.training and all(not m.training for m in model.modules())
     X = model.get_inputs(tiny_batch)
@@ -514,7 +515,9 @@ def test_loss_terms_are_the_trained_weights_bce_and_weighted_aux_loss(tiny, tiny
         weights = model._gate_weights(X, emb, domain)
         logit, _ = model.logits(X, domain)
         cov = 0.05 * model.cov_loss(O, weights)
-        bce = model.domain_bce(logit, model.get_labels(tiny_batch), domain)
+        labels = model.get_labels(tiny_batch)
+        bce = (model.domain_bce(logit, labels, domain) if weighting == "domain" else
+               torch.nn.functional.binary_cross_entropy_with_logits(logit, labels.view(-1)))
     assert terms["cov"] == pytest.approx(float(cov), rel=1e-5)
     assert terms["bce"] == pytest.approx(float(bce), rel=1e-5)
     assert loss_terms(build_model(tiny, "SharedBottom_test"), [tiny_batch]) is None

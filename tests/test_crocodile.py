@@ -28,7 +28,8 @@ def test_number_of_embeddings_defaults_to_domains_and_can_be_set(tiny):
 
 
 def test_loss_is_eq8_plus_alpha_covloss(tiny, tiny_batch):
-    model = build_model(tiny, cov_alpha=0.3, cov_sample_rows=0)  # all rows, so that CovLoss() is the reference
+    # eq. (8)'s weighting (the tuned defaults take the plain mean), all rows (so that CovLoss() is the reference)
+    model = build_model(tiny, cov_alpha=0.3, cov_sample_rows=0, loss_weighting="domain")
     model.train()
     torch.manual_seed(0)
     out = model(tiny_batch)
