@@ -303,6 +303,7 @@ def summary_table(report: dict) -> str:
         lines.append(f"DI(q): tau_t / tau_b = the {options.get('tau_top')} / {options.get('tau_bottom')} quantiles of "
                      f"{whose}; DI(fix): the same quantiles of the pooled norms of all the model's experts, one "
                      f"threshold pair per model")
+    width = min(48, max([28] + [len(m["label"]) for m in report["methods"]]))  # the per-method lines below
     firsts: dict = {}
     for run in report["runs"]:
         if run.get("experts") and run["experts"].get("covloss"):
@@ -313,7 +314,7 @@ def summary_table(report: dict) -> str:
         pairs = {k: v for k, v in cov["pairs"].items() if k.split(",")[0] != k.split(",")[1]}
         top = max(pairs, key=pairs.get) if pairs else None
         corr = cov["dimensions"]["cross_mean_abs_corr"]
-        lines.append(f"  {label[:28]:28s} sum p>=q {_g(cov['total'])}, p>q {_g(cov['total_cross'])}"
+        lines.append(f"  {label[:width]:{width}s} sum p>=q {_g(cov['total'])}, p>q {_g(cov['total_cross'])}"
                      + (f", largest pair ({top}) {_g(pairs[top])}" if top else "")
                      + f", mean |corr| across experts {_g(corr)}")
     terms = {}
@@ -326,14 +327,14 @@ def summary_table(report: dict) -> str:
     for label, t in terms.items():
         aux = ", ".join(f"{k} {_g(v)}" for k, v in t.items() if k not in ("bce", "aux_share"))
         share = t.get("aux_share")
-        lines.append(f"  {label[:28]:28s} bce {_g(t['bce'])}, {aux}"
+        lines.append(f"  {label[:width]:{width}s} bce {_g(t['bce'])}, {aux}"
                      + (f" ({100 * share:.3g}% of the loss)" if share is not None else ""))
     if report.get("figure_1a"):
         lines += ["", "Figure 1a beside the paper (KuaiRand-1K: DI from its text, gAUC from its table 2; no IA numbers "
-                      "there):", f"  {'method':24s} {'paper DI':>8s} {'DI(fix)':>7s} {'DI(q)':>7s} {'IA(ids)':>8s} "
+                      "there):", f"  {'method':{width}s} {'paper DI':>8s} {'DI(fix)':>7s} {'DI(q)':>7s} {'IA(ids)':>8s} "
                                  f"{'paper gAUC':>10s} {'gAUC':>7s}"]
         for row in report["figure_1a"]:
-            lines.append(f"  {row['label'][:24]:24s} {row['paper_di'] or '-':>8s} {fmt(row['di_fixed'], 7)} "
+            lines.append(f"  {row['label'][:width]:{width}s} {row['paper_di'] or '-':>8s} {fmt(row['di_fixed'], 7)} "
                          f"{fmt(row['di'], 7)} {fmt(row['ia'], 8)} {fmt(row['paper_gauc'], 10, 5)} "
                          f"{fmt(row['gauc'], 7, 4)}")
     notes = {m["label"]: m["di_note"] for m in report["methods"] if m["di"] is None and m.get("di_note")}
