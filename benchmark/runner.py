@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from . import distributed, schema
-from mdl_bench.model_zoo.core import collectives, metrics as metric_lib
+from mdl_bench.model_zoo.core import bootstrap, collectives, metrics as metric_lib
 from .config import ConfigSet, check_keys
 from .data import synth
 from .data.build import domain_names as dataset_domain_names, ensure_dataset, file_lock, load_feature_map
@@ -51,6 +51,11 @@ class RunResult:
     world_size: int = 1
     valid_history: list = field(default_factory=list)  # every validation during training (the model's)
     stopped_by: str | None = None  # a validation callback's reason for ending training early (a pruned trial)
+    # per domain and Overall: rows, positives, negatives, users with both classes (what a cell's figure rests on)
+    test_counts: dict = field(default_factory=dict)
+    # the test split's sampling error: cluster-bootstrap replicates of every test metric, paired across the runs
+    # of a dataset ({"replicates": R, "seed": s, "cluster": "user" | "row", "cells": {"AUC@S0": base64 f32}})
+    test_bootstrap: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,6 +183,17 @@ def oracle_metrics(model, loader, params: dict) -> dict:
         model.domain_names, expand_domains=True))
 
 
+def _test_error(arrays: dict, names: list) -> tuple[dict, dict]:
+    """What each test cell rests on (rows, clicks, users) and its cluster-bootstrap replicates over users."""
+    group = arrays.get("group")
+    counts = bootstrap.cell_counts(arrays["y_true"], arrays["domain"], group, names)
+    replicates = bootstrap.bootstrap_metrics(arrays["y_true"], arrays["y_pred"], arrays["domain"], group, names)
+    first = next(iter(replicates.values()), np.zeros(0))
+    return counts, {"replicates": int(first.shape[0]), "seed": bootstrap.SEED,
+                    "cluster": "row" if group is None else "user",
+                    "cells": {name: bootstrap.encode(values) for name, values in replicates.items()}}
+
+
 def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
               step_callback: Callable[[dict], None] | None = None, quiet: bool = False,
               origin: str | dict | None = None,
@@ -275,7 +291,7 @@ def _run(expid: str, params: dict, model_class, rank, started: float, step_callb
     logging.info("****** Validation evaluation ******")
     valid_logs = model.evaluate(valid_gen)
     names = model.domain_names
-    test_logs, oracle, test_rows, test_positives = {}, {}, {}, {}
+    test_logs, oracle, test_rows, test_positives, test_counts, test_bootstrap = {}, {}, {}, {}, {}, {}
     if with_test:
         logging.info("******** Test evaluation ********")
         test_arrays = model.predict_arrays(test_gen)
@@ -286,12 +302,15 @@ def _run(expid: str, params: dict, model_class, rank, started: float, step_callb
         oracle = oracle_metrics(model, test_gen, params)
         test_rows = {**{n: int(c) for n, c in zip(names, counts)}, "Overall": int(counts.sum())}
         test_positives = {**{n: int(p) for n, p in zip(names, positives)}, "Overall": int(positives.sum())}
+        if rank.is_main:
+            test_counts, test_bootstrap = _test_error(test_arrays, names)
     else:
         logging.info("Test split not evaluated (evaluate_test: false)")
     result = RunResult(
         expid=expid, model=params["model"], dataset_id=params["dataset_id"], seed=seed, domain_names=names,
         valid=dict(valid_logs), test=dict(test_logs), oracle=oracle, test_rows=test_rows,
         test_positives=test_positives, valid_history=list(model.valid_history), stopped_by=model.stopped_by,
+        test_counts=test_counts, test_bootstrap=test_bootstrap,
         best_epoch=model.best_epoch, epochs_run=model._epoch_index + 1,
         train_seconds=round(model.train_seconds, 3),
         train_samples_per_second=model.train_samples_per_second * rank.world_size,
