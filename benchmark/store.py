@@ -404,6 +404,17 @@ class Store:
                 out[run_id].setdefault(split, {})[name] = float("nan") if value is None else value
         return out
 
+    def results_of(self, run_ids: Iterable[int]) -> dict[int, dict]:
+        """``{run_id: result}``: each run's stored result (test counts and bootstrap replicates included)."""
+        ids = [int(r) for r in run_ids]
+        out: dict[int, dict] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for run_id, text in self.conn.execute(
+                    f"SELECT run_id, result_json FROM runs WHERE run_id IN ({','.join('?' * len(chunk))})", chunk):
+                out[run_id] = json.loads(text)
+        return out
+
     def list_runs(self, run_ids: Iterable[int] | None = None) -> list[dict]:
         sql = ("SELECT run_id, expid, model, dataset_id, seed, config_hash, code_fingerprint, git_commit, suite, "
                "best_epoch, epochs_run, train_seconds, wall_seconds, finished_at, "

@@ -29,7 +29,7 @@ def _reports_dir(suite) -> Path:
 
 
 def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_file: str | None = None,
-                      metrics=None, split=None, std=None, lift_base=None, stdout=None,
+                      metrics=None, split=None, std=None, lift_base=None, stdout=None, reference=None,
                       extra_overrides: dict | None = None) -> None:
     from .leaderboard import build_board, make_plots, render
 
@@ -50,10 +50,18 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
     if suite.tuner is not None:  # a tuning suite: its trials and the chosen values, not a leaderboard
         from .leaderboard.tuning import build_tuning, render_tuning
 
-        images, text = {}, render_tuning(build_tuning(suite, store, config_dir, extra_overrides), suite, fmt)
+        from .leaderboard.budget import budget_curves, plot_budget
+
+        tuned = build_tuning(suite, store, config_dir, extra_overrides)
+        images = {}
+        if fmt == "md" and target is not None:  # the plot beside the report
+            png = plot_budget(budget_curves(tuned), target.parent / f"{target.stem}_budget.png")
+            if png is not None:
+                images = {"budget curves": png.name}
+        text = render_tuning(tuned, suite, fmt, images)
     else:
         board = build_board(suite, store=store, config_dir=config_dir, metrics=metrics, split=split, std=std,
-                            lift_base=lift_base, extra_overrides=extra_overrides)
+                            lift_base=lift_base, extra_overrides=extra_overrides, reference=reference)
         images = make_plots(board, target.parent if target else _reports_dir(suite)) if plots else {}
         if target is not None and fmt == "md":  # relative image links next to the Markdown file
             images = {k: Path(v).name for k, v in images.items()}
@@ -101,6 +109,7 @@ def cmd_leaderboard(args) -> int:
     suite = load_suite(args.suite, args.config)
     print_leaderboard(suite, store=args.store, config_dir=args.config, fmt=args.format, out_file=args.out,
                       metrics=args.metric, split=args.split, std=args.std or None, lift_base=args.lift_base,
+                      reference=args.reference,
                       extra_overrides=_overrides(args))
     return 0
 
@@ -189,7 +198,9 @@ def add_commands(sub) -> None:
     p.add_argument("--format", choices=("md", "csv", "html"), default="md", help="output format (default md)")
     p.add_argument("--metric", action="append", help="column metric (repeatable; default the suite's, AUC and gAUC)")
     p.add_argument("--split", choices=("test", "valid"), help="split (default the suite's, test)")
-    p.add_argument("--std", action="store_true", help="show the standard deviation over seeds in every cell")
+    p.add_argument("--std", action="store_true", help="also show the standard deviation over seeds in every cell")
+    p.add_argument("--reference", help="the row every other row is compared with (label or expid; 'none' for no "
+                                       "comparisons); default: the suite's `reference`, else Shared Bottom")
     p.add_argument("--lift-base", help="also a lift table over this row (label or expid)")
     p.add_argument("--out", help="write to this file (plots beside it) instead of printing")
     _add_variant_options(p)

@@ -9,6 +9,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -197,3 +198,49 @@ def test_rerun_of_a_pruned_trial_stops_where_it_stopped(tuned):
     lines = []
     assert rerun(pruned, store=str(a), out=lines.append, progress_stream=io.StringIO()), "\n".join(lines)
     assert any("stops at the same validation" in line for line in lines)
+
+
+def test_expected_best_of_n_trials_equals_brute_force_enumeration():
+    """Dodge et al.'s closed form against every ordered draw of n trials (with replacement) enumerated."""
+    import itertools
+
+    from mdl_bench.benchmark.leaderboard.budget import expected_best
+
+    scores = [0.71, 0.74, 0.70, 0.74, 0.73]
+    for n in (1, 2, 3):
+        draws = [max(c) for c in itertools.product(scores, repeat=n)]
+        mean, std = expected_best(scores, n)
+        assert mean == pytest.approx(np.mean(draws), abs=1e-12) and std == pytest.approx(np.std(draws), abs=1e-12)
+        low = [min(c) for c in itertools.product(scores, repeat=n)]
+        assert expected_best(scores, n, "min")[0] == pytest.approx(np.mean(low), abs=1e-12)
+    assert expected_best(scores, 1)[0] == pytest.approx(np.mean(scores))
+    assert expected_best(scores, 500)[0] == pytest.approx(max(scores), abs=1e-9)
+
+
+def test_budget_curves_and_where_the_ranking_settles():
+    from types import SimpleNamespace as NS
+
+    from mdl_bench.benchmark.leaderboard.budget import budget_curves, render_budget_md
+
+    def row(label, scores, pruned=()):
+        trials = [NS(result={"valid_history": [{"monitor": s}], **({"stopped_by": "pruned"} if i in pruned else {})})
+                  for i, s in enumerate(scores)]
+        return NS(label=label, mode="max", trials=trials + [NS(result=None)])  # a trial not run yet: ignored
+
+    # A is steady, B has one lucky trial: A leads for small budgets, B from n = 3 on
+    curves = budget_curves([row("A", [0.745, 0.745, 0.745, 0.745]), row("B", [0.70, 0.70, 0.70, 0.80], pruned=(0,))])
+    assert curves.budget == 4 and curves.ranking(1) == ["A", "B"] and curves.ranking(4) == ["B", "A"]
+    b2 = 0.70 + 0.10 * (1 - (3 / 4) ** 2)
+    assert curves.means[1][1] == pytest.approx(b2) and b2 < 0.745  # at n = 2, B is still behind
+    assert curves.stable_from == 3
+    text = "\n".join(render_budget_md(curves))
+    assert "n = 3 to n = 4" in text and "B > A" in text
+
+
+def test_the_tuning_report_shows_budget_curves_and_writes_their_plot(tuned, tmp_path, capsys):
+    folder, suite, a, b = tuned
+    out = tmp_path / "report.md"
+    assert main(["leaderboard", "--suite", str(folder / "tune.yaml"), "--store", str(a), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Budget curves" in text and "![budget curves](report_budget.png)" in text
+    assert (tmp_path / "report_budget.png").read_bytes()[:4] == b"\x89PNG"

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdl_bench.model_zoo.core.errors import UserError, close_matches
-from .stats import column_marks, mean_std, paired_p
+from .stats import Evidence, column_stats, estimate, holm, mean_std
 
 PAPER_GROUPS = ("Single Domain", "MTL (SE)", "MTL (ME)", "MDL", "Crocodile")
 ORACLE_LABEL = "Oracle (true CTR)"  # synthetic data: the metrics of the generator's true probability
@@ -20,6 +20,7 @@ class Row:
     variant: object
     run_ids: dict            # seed -> run_id
     values: dict             # column -> {seed: value}
+    evidence: dict = field(default_factory=dict)  # column -> Evidence (values, test-split replicates, counts)
     code: str = ""           # the code fingerprint every run of the row was made by (never a mix)
     outdated: bool = False   # no run of the current code yet: the row shows the newest older revision
     capped: int = 0          # runs whose best epoch is the epoch cap (not shown to have converged)
@@ -46,7 +47,8 @@ class Table:
     metrics: list
     rows: list
     info_keys: list
-    marks: dict = field(default_factory=dict)     # column -> ColumnMarks
+    marks: dict = field(default_factory=dict)     # column -> ColumnStats (intervals, ranks, tie groups)
+    reference: object = None                      # the Row every other row is compared with (None: no comparisons)
     oracle: dict = field(default_factory=dict)    # column -> metric of the data's true probability (synthetic)
 
     @property
@@ -85,7 +87,7 @@ class Board:
 
 
 def build_board(suite, store=None, config_dir=None, metrics=None, split=None, std=None, digits=None,
-                lift_base=None, extra_overrides: dict | None = None) -> Board:
+                lift_base=None, extra_overrides: dict | None = None, reference: str | None = None) -> Board:
     """Collect the suite's runs from the store into tables (one per dataset), marks and lift tables."""
     from ..data.build import domain_names
     from ..store import Store
@@ -107,6 +109,7 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
         rows_runs = {v.index: _row_runs(v, stored, by_config) for v in plan.variants}
         shown = {rid for _, ids, _ in rows_runs.values() for rid in ids.values()}
         values_of = db.metrics_of(shown)
+        results_of = db.results_of(shown) if split == "test" else {}
         capped_runs = {r["run_id"] for r in db.list_runs(shown) if _at_cap(r)}
     finally:
         db.close()
@@ -131,10 +134,13 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
             code, run_ids, outdated = rows_runs[v.index]
             values = {c: {s: values_of[r].get(split, {}).get(c, float("nan")) for s, r in run_ids.items()}
                       for c in read}
-            table.rows.append(Row(variant=v, run_ids=run_ids, values=values, code=code, outdated=outdated,
-                                  capped=sum(rid in capped_runs for rid in run_ids.values())))
+            evidence = {c: _evidence(c, values[c], run_ids, results_of) for c in read}
+            table.rows.append(Row(variant=v, run_ids=run_ids, values=values, evidence=evidence, code=code,
+                                  outdated=outdated, capped=sum(rid in capped_runs for rid in run_ids.values())))
+        table.reference = _reference_row(table, reference if reference is not None else lb.get("reference"))
+        ref = None if table.reference is None else table.rows.index(table.reference)
         for c in table.columns:
-            table.marks[c] = column_marks([row.values[c] for row in table.rows], c)
+            table.marks[c] = column_stats([row.evidence[c] for row in table.rows], c, ref)
         for row in table.rows:  # the data's oracle (same for every run of the dataset): a reference row
             for run_id in row.run_ids.values():
                 oracle = values_of[run_id].get("oracle") or {}
@@ -157,6 +163,32 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
                  store_path=_store_path(store or suite.store),
                  std=lb["std"] if std is None else std, digits=lb["digits"] if digits is None else digits,
                  missing=missing)
+
+
+def _evidence(col: str, values: dict, run_ids: dict, results_of: dict) -> Evidence:
+    """A cell's per-seed values with each run's test-split bootstrap replicates and the cell's counts."""
+    from mdl_bench.model_zoo.core.bootstrap import decode
+
+    domain = col.partition("@")[2] or "Overall"
+    replicates, counts = {}, None
+    for seed, run_id in run_ids.items():
+        result = results_of.get(run_id) or {}
+        cells = (result.get("test_bootstrap") or {}).get("cells") or {}
+        if col in cells:
+            replicates[seed] = decode(cells[col])
+        counts = counts or (result.get("test_counts") or {}).get(domain)
+    return Evidence(values=values, replicates=replicates, counts=counts)
+
+
+def _reference_row(table: Table, ref) -> Row | None:
+    """The row every other row is compared with: the suite's ``reference`` (a label or expid; ``none`` for no
+    comparisons), by default the Shared Bottom row when the table has one."""
+    if ref is None:
+        hits = [r for r in table.rows if r.variant.model == "SharedBottom"]
+        return hits[0] if hits else None
+    if str(ref).lower() == "none":
+        return None
+    return find_row(table, str(ref), what="reference row")
 
 
 def _at_cap(run: dict) -> bool:
@@ -185,36 +217,37 @@ def _store_path(path):
     return store_path(path)
 
 
-def find_row(table: Table, ref: str) -> Row:
+def find_row(table: Table, ref: str, what: str = "lift base") -> Row:
     """A row by its label, its entry's label (series), its expid or its model's display name."""
     for attr in ("label", "series", "expid", "display_name"):
         hits = [r for r in table.rows if getattr(r.variant, attr) == ref]
         if hits:
             return hits[0]
     known = [r.label for r in table.rows]
-    raise UserError(f"lift base {ref!r}{close_matches(ref, known)} is not a row of the leaderboard; rows: "
+    raise UserError(f"{what} {ref!r}{close_matches(ref, known)} is not a row of the leaderboard; rows: "
                     f"{', '.join(known)} (or their expids)")
 
 
 def _lift(spec: dict, table: Table, split, config_dir, suite, values_of, wanted) -> Lift:
+    """Each row's mean and lift over the base row, with the combined (seeds + test split) p of the difference,
+    Holm-adjusted over the rows of the table, per metric."""
     base = find_row(table, spec["base"])
     domain = spec["domain"]
-    rows = []
-    for row in table.rows:
-        cells = {}
-        for metric in spec["metrics"]:
-            col = column(metric, domain)
-            vals = row.values.get(col)
-            base_vals = base.values.get(col)
-            if vals is None:  # a column the main table does not show: read it from the runs
-                vals = {s: values_of[r].get(split, {}).get(col, float("nan")) for s, r in row.run_ids.items()}
-                base_vals = {s: values_of[r].get(split, {}).get(col, float("nan")) for s, r in base.run_ids.items()}
-            mean, _, _ = mean_std(vals)
-            base_mean, _, _ = mean_std(base_vals)
+    cells_of = {id(row): {} for row in table.rows}
+    for metric in spec["metrics"]:
+        col = column(metric, domain)
+        raw = []
+        for row in table.rows:
+            ev, base_ev = row.evidence.get(col), base.evidence.get(col)
+            if ev is None:  # a column the main table does not show: read it from the runs
+                ev = Evidence({s: values_of[r].get(split, {}).get(col, float("nan")) for s, r in row.run_ids.items()})
+                base_ev = Evidence({s: values_of[r].get(split, {}).get(col, float("nan"))
+                                    for s, r in base.run_ids.items()})
+            mean, _, _ = mean_std(ev.values)
+            base_mean, _, _ = mean_std(base_ev.values)
             lift = (mean - base_mean) / base_mean * 100 if base_mean else float("nan")
-            p = float("nan") if row is base else paired_p(vals, base_vals)[0]
-            cells[metric] = (mean, lift, p)
-        rows.append((row, cells))
-    return Lift(spec=spec, table=table, base=base, rows=rows)
-
-
+            raw.append(float("nan") if row is base else estimate(ev, base_ev).p_value())
+            cells_of[id(row)][metric] = (mean, lift)
+        for row, p in zip(table.rows, holm(raw)):
+            cells_of[id(row)][metric] += (p,)
+    return Lift(spec=spec, table=table, base=base, rows=[(row, cells_of[id(row)]) for row in table.rows])

@@ -12,7 +12,7 @@ from pathlib import Path
 from mdl_bench.model_zoo.core.errors import UserError
 from .board import CAP_MARK, ORACLE_LABEL, OUTDATED_MARK, Board, Row, Table, column
 from .plots import plot_tables
-from .stats import P_VALUE, mean_std
+from .stats import ALPHA, MIN_CLASS_ROWS, MIN_USERS, mean_std
 
 GROUP_TITLES = {"MTL (SE)": "MTL (SE) for MDR", "MTL (ME)": "MTL (ME) for MDR"}
 
@@ -21,15 +21,39 @@ def _num(value: float, digits: int) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _cell_text(table: Table, board: Board, i: int, col: str) -> tuple[str, str, bool]:
-    """(number text, mark: 'best' | 'second' | '', significant star)."""
+UP, DOWN, THIN_MARK = "▲", "▼", "°"
+
+
+def _cell(table: Table, board: Board, i: int, col: str) -> dict:
+    """One cell's figures and marks: ``mean``, ``std`` (over seeds), ``half`` (95 % half-width, seeds and test
+    split), ``bold`` (not separable from the best row), ``direction`` (+1/-1: significantly better/worse than the
+    reference row after Holm), ``thin`` (too few users or clicks to rank) and ``text`` (the number and its marks)."""
+    stats = table.marks[col]
     mean, std, n = mean_std(table.rows[i].values[col])
+    thin = stats.thin[i]
+    half = stats.estimates[i].half_width()
+    bold = i in stats.best_group and not thin and len(stats.best_group) < len(table.rows)
+    direction = stats.direction(i)
     text = _num(mean, board.digits)
+    if not math.isnan(half) and not math.isnan(mean):
+        text += f" ±{half:.{board.digits}f}"
     if board.std and n > 1:
-        text += f" ± {std:.{board.digits}f}"
-    marks = table.marks[col]
-    mark = "best" if i in marks.best else "second" if i in marks.second else ""
-    return text, mark, mark == "best" and marks.significant
+        text += f" (sd {std:.{board.digits}f})"
+    text += {1: f" {UP}", -1: f" {DOWN}", 0: ""}[direction] + (f" {THIN_MARK}" if thin else "")
+    return {"mean": mean, "std": std, "half": half, "bold": bold, "direction": direction, "thin": thin,
+            "text": text}
+
+
+def _rank_text(stats, i: int) -> str:
+    low, high = stats.rank_low[i], stats.rank_high[i]
+    if low is None:
+        return "-"
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def _rank_columns(table: Table) -> list[str]:
+    """The columns whose rank and tie group the main table shows: each metric's Overall column."""
+    return [column(m, "Overall") for m in table.metrics if "Overall" in table.domains]
 
 
 def _seeds_text(row: Row) -> str:
@@ -39,14 +63,31 @@ def _seeds_text(row: Row) -> str:
 
 def _header(table: Table) -> list[str]:
     return ["Group", "Method"] + table.info_keys + [f"{m} {d}" for m in table.metrics for d in table.domains] + \
-        ["seeds"]
+        [f"{c} {part}" for c in _rank_columns(table) for part in ("rank", "group")] + ["seeds"]
 
 
 def _notes(board: Board) -> list[str]:
     seeds = sorted({len(r.variant.seeds) for t in board.tables for r in t.rows})
-    notes = [f"Means over {'/'.join(map(str, seeds))} seed(s) on the {board.split} split. Bold: best; underline: "
-             f"second best; *: the best is significantly better than the second (paired t-test over seeds, "
-             f"p < {P_VALUE}; needs 2+ seeds)."]
+    references = sorted({t.reference.label for t in board.tables if t.reference is not None})
+    with_test = any(ev.replicates for t in board.tables for r in t.rows for ev in r.evidence.values())
+    source = ("the spread over seeds and the test split's own sampling error (a bootstrap over users, paired "
+              "across rows)" if with_test else "the spread over seeds only (no stored test-split bootstrap: "
+              "runs of the valid split, or stored by an older mdl-bench)")
+    notes = [f"Means over {'/'.join(map(str, seeds))} seed(s) on the {board.split} split; ± is the 95 % interval "
+             f"from {source}."]
+    notes.append(f"Bold: the rows the data cannot separate from the best one (no significant difference after Holm "
+                 f"over all pairs of the column, p < {ALPHA}); none is bold when no row can be told apart.")
+    if references:
+        notes.append(f"{UP} / {DOWN}: significantly better / worse than the reference row {', '.join(references)} "
+                     f"(both error sources, Holm over the rows of the column, p < {ALPHA}; needs 2+ seeds).")
+    notes.append("rank: the 95 % interval of the row's rank (1 = best) over joint draws of seeds and test users; "
+                 "group: rows sharing a letter cannot be separated (bars of a critical-difference diagram).")
+    thin = [(r.label, c) for t in board.tables for i, r in enumerate(t.rows) for c in t.columns
+            if t.marks[c].thin[i]]
+    if thin:
+        notes.append(f"{THIN_MARK}: computed on too few data to rank ({len(thin)} cell(s)): fewer than "
+                     f"{MIN_CLASS_ROWS} clicks or non-clicks (AUC, logloss) or {MIN_USERS} users with both (gAUC) "
+                     f"in the test split; never bold, no comparison or rank. '-': the domain has no rows there.")
     if any(t.oracle for t in board.tables):
         notes.append(f"{ORACLE_LABEL}: the metrics of the data's true click probability (synthetic data), a ceiling "
                      f"for reference; not ranked.")
@@ -66,6 +107,19 @@ def _notes(board: Board) -> list[str]:
     return notes
 
 
+def _domain_ranks(table: Table) -> tuple[list[str], list[list[str]]]:
+    """The per-domain rank intervals and tie groups: a header and one line per row."""
+    header = ["Method"] + table.columns
+    lines = []
+    for i, row in enumerate(table.rows):
+        cells = [row.shown_label]
+        for c in table.columns:
+            stats = table.marks[c]
+            cells.append("-" if stats.rank_low[i] is None else f"{_rank_text(stats, i)} {stats.groups[i]}")
+        lines.append(cells)
+    return header, lines
+
+
 def render_md(board: Board, images: dict | None = None) -> str:
     out = [f"## {board.title}", ""]
     if board.suite.description:
@@ -82,18 +136,22 @@ def render_md(board: Board, images: dict | None = None) -> str:
                 [str(row.variant.entry.info.get(k, "")) for k in table.info_keys]
             last_group = group
             for col in table.columns:
-                text, mark, star = _cell_text(table, board, i, col)
-                if mark == "best":
-                    text = f"**{text}**"
-                elif mark == "second":
-                    text = f"<u>{text}</u>"
-                cells.append(text + ("\\*" if star else ""))
+                cell = _cell(table, board, i, col)
+                number, _, rest = cell["text"].partition(" ")
+                cells.append((f"**{number}**" if cell["bold"] else number) + (f" {rest}" if rest else ""))
+            for col in _rank_columns(table):
+                cells += [_rank_text(table.marks[col], i), table.marks[col].groups[i] or "-"]
             cells.append(_seeds_text(row))
             lines.append(cells)
         if table.oracle:
             lines.append(["", ORACLE_LABEL] + [""] * len(table.info_keys) +
-                         [_num(table.oracle[c], board.digits) for c in table.columns] + [""])
+                         [_num(table.oracle[c], board.digits) for c in table.columns] +
+                         [""] * (2 * len(_rank_columns(table))) + [""])
         out += _md_table(lines, right_from=2 + len(table.info_keys))
+        out.append("")
+        header, lines = _domain_ranks(table)
+        out += [f"#### Rank intervals and tie groups per column ({table.dataset_id})", ""]
+        out += _md_table([header] + lines, right_from=1)
         out.append("")
     for lift in board.lifts:
         out.append(f"### {lift.spec.get('title') or 'Lift over ' + lift.base.label} ({lift.table.dataset_id}, "
@@ -107,13 +165,13 @@ def render_md(board: Board, images: dict | None = None) -> str:
             line = [row.shown_label] + [str(row.variant.entry.info.get(k, "")) for k in lift.table.info_keys]
             for metric in lift.spec["metrics"]:
                 mean, pct, p = cells[metric]
-                star = "\\*" if p < P_VALUE else ""
+                star = "\\*" if p < ALPHA else ""
                 line += [_num(mean, board.digits) + star, "-" if row is lift.base else _pct(pct)]
             lines.append(line)
         out += _md_table(lines, right_from=1 + len(lift.table.info_keys))
         out.append("")
-        out.append(f"Lift = (row - base) / base; \\*: significantly different from the base row (paired t-test over "
-                   f"seeds, p < {P_VALUE}).")
+        out.append(f"Lift = (row - base) / base; \\*: significantly different from the base row (seeds and the "
+                   f"test split's sampling error, Holm over the rows, p < {ALPHA}).")
         out.append("")
     for name, path in (images or {}).items():
         out += [f"![{name}]({path})", ""]
@@ -139,9 +197,28 @@ def _md_table(lines: list[list[str]], right_from: int) -> list[str]:
     return [fmt(lines[0]), rule] + [fmt(line) for line in lines[1:]]
 
 
+CSV_PARTS = ("std", "ci_low", "ci_high", "p_vs_reference", "vs_reference", "rank_low", "rank_high", "group",
+             "bold", "thin", "rows", "positives", "users")
+
+
+def _csv_cell(table: Table, board: Board, i: int, c: str) -> list:
+    cell = _cell(table, board, i, c)
+    stats = table.marks[c]
+    counts = table.rows[i].evidence[c].counts or {}
+    number = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(v)
+    half = cell["half"]
+    return [number(cell["mean"]), number(cell["std"]),
+            number(cell["mean"] - half) if not math.isnan(half) else "",
+            number(cell["mean"] + half) if not math.isnan(half) else "",
+            number(stats.p_reference[i]) if stats.p_reference else "", cell["direction"],
+            number(stats.rank_low[i]), number(stats.rank_high[i]), stats.groups[i], int(cell["bold"]),
+            int(cell["thin"]), number(counts.get("rows")), number(counts.get("positives")), number(counts.get("users"))]
+
+
 def render_csv(board: Board) -> str:
-    """One line per row and dataset: each column's mean, standard deviation and mark (best, best*, second), then
-    each lift table's mean, lift and significance."""
+    """One line per row and dataset: each column's mean and its marks (:data:`CSV_PARTS`: standard deviation over
+    seeds, the 95 % interval, the Holm-adjusted p against the reference row and its direction, the rank interval,
+    tie-group letters, bold, thin, and what the cell rests on), then each lift table's lift and significance."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     info_keys = list(dict.fromkeys(k for t in board.tables for k in t.info_keys))
@@ -155,7 +232,7 @@ def render_csv(board: Board) -> str:
     header = ["dataset", "group", "method", "expid", "config_hash", "code", "outdated", "at_epoch_cap",
               "seeds"] + info_keys
     for c in columns:
-        header += [c, f"{c} std", f"{c} mark"]
+        header += [c] + [f"{c} {part}" for part in CSV_PARTS]
     for name in lift_cols:
         header += [f"{name} %", f"{name} p"]
     writer.writerow(header)
@@ -165,13 +242,7 @@ def render_csv(board: Board) -> str:
                     int(row.outdated), row.capped, len(row.run_ids)] + [row.variant.entry.info.get(k, "")
                                                                        for k in info_keys]
             for c in columns:
-                if c not in table.columns:
-                    line += ["", "", ""]
-                    continue
-                mean, std, n = mean_std(row.values[c])
-                _, mark, star = _cell_text(table, board, i, c)
-                line += ["" if math.isnan(mean) else repr(mean), "" if math.isnan(std) else repr(std),
-                         mark + ("*" if star else "")]
+                line += _csv_cell(table, board, i, c) if c in table.columns else [""] * (1 + len(CSV_PARTS))
             extra = {}
             for lift in board.lifts:
                 if lift.table is not table:
@@ -189,7 +260,7 @@ def render_csv(board: Board) -> str:
             line = [table.dataset_id, "Oracle", ORACLE_LABEL, "", "", "", "", "", ""] + [""] * len(info_keys)
             for c in columns:
                 value = table.oracle.get(c, float("nan"))
-                line += ["" if math.isnan(value) else repr(value), "", ""]
+                line += ["" if math.isnan(value) else repr(value)] + [""] * len(CSV_PARTS)
             writer.writerow(line + ["", ""] * len(lift_cols))
     return buf.getvalue()
 
@@ -218,6 +289,8 @@ def render_html(board: Board, images: dict | None = None) -> str:
         parts.append("<thead><tr><th class='l' rowspan='2'>Group</th><th class='l' rowspan='2'>Method</th>" +
                      "".join(f"<th class='l' rowspan='2'>{e(k)}</th>" for k in table.info_keys) +
                      "".join(f"<th colspan='{len(table.domains)}'>{e(m)}</th>" for m in table.metrics) +
+                     "".join(f"<th rowspan='2'>{e(c)} rank</th><th rowspan='2'>{e(c)} group</th>"
+                             for c in _rank_columns(table)) +
                      "<th rowspan='2'>seeds</th></tr><tr>" +
                      "".join(f"<th>{e(d)}</th>" for _ in table.metrics for d in table.domains) + "</tr></thead><tbody>")
         groups = [GROUP_TITLES.get(r.group, r.group) for r in table.rows]
@@ -232,18 +305,15 @@ def render_html(board: Board, images: dict | None = None) -> str:
             cells.append(f"<td class='l'>{e(row.shown_label)}</td>")
             cells += [f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in table.info_keys]
             for col in table.columns:
-                mean, std, n = mean_std(row.values[col])
-                _, mark, star = _cell_text(table, board, i, col)
-                text = e(_num(mean, board.digits))
-                if mark == "best":
-                    text = f"<b class='best'>{text}</b>"
-                elif mark == "second":
-                    text = f"<u class='second'>{text}</u>"
-                if star:
-                    text += "*"
-                if board.std and n > 1:
-                    text += f" <span class='std'>± {std:.{board.digits}f}</span>"
+                cell = _cell(table, board, i, col)
+                number, _, rest = cell["text"].partition(" ")
+                text = f"<b class='best'>{e(number)}</b>" if cell["bold"] else e(number)
+                if rest:
+                    text += f" <span class='std'>{e(rest)}</span>"
                 cells.append(f"<td>{text}</td>")
+            for col in _rank_columns(table):
+                cells += [f"<td>{e(_rank_text(table.marks[col], i))}</td>",
+                          f"<td>{e(table.marks[col].groups[i] or '-')}</td>"]
             cells.append(f"<td>{e(_seeds_text(row))}</td>")
             row_class = " class='first'" if first and i else ""
             parts.append(f"<tr{row_class}>{''.join(cells)}</tr>")
@@ -251,8 +321,14 @@ def render_html(board: Board, images: dict | None = None) -> str:
             parts.append(f"<tr class='first oracle'><td class='l group'></td><td class='l'>{e(ORACLE_LABEL)}</td>" +
                          "<td></td>" * len(table.info_keys) +
                          "".join(f"<td>{e(_num(table.oracle[c], board.digits))}</td>" for c in table.columns) +
-                         "<td></td></tr>")
+                         "<td></td>" * (2 * len(_rank_columns(table))) + "<td></td></tr>")
         parts.append("</tbody></table>")
+        header, lines = _domain_ranks(table)
+        parts.append(f"<h3>Rank intervals and tie groups per column ({e(table.dataset_id)})</h3><table><thead><tr>" +
+                     "".join(f"<th{' class=l' if k == 0 else ''}>{e(h)}</th>" for k, h in enumerate(header)) +
+                     "</tr></thead><tbody>" + "".join(
+                         "<tr>" + "".join(f"<td{' class=l' if k == 0 else ''}>{e(v)}</td>" for k, v in enumerate(line))
+                         + "</tr>" for line in lines) + "</tbody></table>")
     for lift in board.lifts:
         parts.append(f"<h2>{e(lift.spec.get('title') or 'Lift over ' + lift.base.label)} "
                      f"({e(lift.table.dataset_id)}, {e(lift.spec['domain'])})</h2><table><thead><tr>"
@@ -264,11 +340,12 @@ def render_html(board: Board, images: dict | None = None) -> str:
                 f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in lift.table.info_keys)
             for metric in lift.spec["metrics"]:
                 mean, pct, p = cells[metric]
-                line += f"<td>{e(_num(mean, board.digits))}{'*' if p < P_VALUE else ''}</td>"
+                line += f"<td>{e(_num(mean, board.digits))}{'*' if p < ALPHA else ''}</td>"
                 line += f"<td>{'-' if row is lift.base else e(_pct(pct))}</td>"
             parts.append(f"<tr>{line}</tr>")
         parts.append("</tbody></table><p class='note'>Lift = (row - base) / base; *: significantly different from "
-                     f"the base row (paired t-test over seeds, p &lt; {P_VALUE}).</p>")
+                     f"the base row (seeds and the test split's sampling error, Holm over the rows, "
+                     f"p &lt; {ALPHA}).</p>")
     for name, path in (images or {}).items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         parts.append(f"<h2>{e(name)}</h2><img alt='{e(name)}' src='data:image/png;base64,{data}'>")

@@ -121,7 +121,11 @@ def config_block(row: TunedRow, suite_name: str) -> str:
     return head + "\n" + body
 
 
-def render_tuning(rows: list, suite, fmt: str = "md") -> str:
+def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None) -> str:
+    """The tuning report: every trial of every row, the chosen values, and the budget curves (md; ``images`` maps
+    a plot's name to its path or link)."""
+    from .budget import budget_curves, render_budget_md
+
     if fmt == "csv":
         out = io.StringIO()
         keys = list(dict.fromkeys(k for r in rows for k in r.keys))
@@ -186,6 +190,8 @@ def render_tuning(rows: list, suite, fmt: str = "md") -> str:
                 f"{_metric(res, 'gAUC'):.4f}" if res else "-",
                 f"{res.get('best_epoch')} / {res.get('epochs_run')}" if res else "-", tr.status]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + render_budget_md(budget_curves(rows))
+    lines += [f"![{name}]({path})" for name, path in (images or {}).items()]
     lines += ["", "Chosen values, as blocks for `config/model_config.yaml` (layered over each expid):", "", "```yaml"]
     lines += [config_block(r, suite.name).rstrip("\n") for r in rows]
     lines += ["```", ""]

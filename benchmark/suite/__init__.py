@@ -23,7 +23,9 @@ A suite file (``config/suites/<name>.yaml``; ``--suite`` takes a name or a path)
       metrics: [AUC, gAUC]           # column metrics (per domain and Overall)
       split: test                    # test | valid
       domains: all                   # all, or a list of domain names and/or Overall
-      std: false                     # show +- standard deviation over seeds
+      std: false                     # also show the standard deviation over seeds
+      reference: SharedBottom_default  # the row every other is compared with (default: Shared Bottom; none: no
+                                     # comparisons)
       digits: 4
       group_order: [...]             # default: the paper's (Single Domain, MTL (SE), MTL (ME), MDL, Crocodile)
       lift: [{base: <row label or expid>, metrics: [AUC, gAUC], domain: Overall, title: ...}]

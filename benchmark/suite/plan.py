@@ -19,7 +19,8 @@ from .tuning import Trial, Tuner, trial_points
 SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "tuner", "store",
               "leaderboard", "models_from")
 ENTRY_KEYS = ("expid", "label", "group", "info", "overrides", "tuner_space", "seeds")
-LEADERBOARD_KEYS = ("metrics", "split", "domains", "std", "digits", "group_order", "lift", "plots", "title")
+LEADERBOARD_KEYS = ("metrics", "split", "domains", "std", "digits", "group_order", "lift", "plots", "title",
+                    "reference")
 LIFT_KEYS = ("base", "metrics", "domain", "title")
 PLOT_KEYS = ("name", "x", "metrics", "series", "lift_over", "xscale", "title", "domain", "xlabel", "panels",
              "vs_oracle")
@@ -236,6 +237,7 @@ class Suite:
         out = {"metrics": [str(m) for m in _as_list(data.get("metrics", ["AUC", "gAUC"]), "metrics", where)],
                "split": str(data.get("split", "test")), "std": bool(data.get("std", False)),
                "digits": int(data.get("digits", 4)), "title": data.get("title"),
+               "reference": None if data.get("reference") is None else str(data["reference"]),
                "group_order": [str(g) for g in _as_list(data.get("group_order"), "group_order", where)],
                "domains": data.get("domains", "all")}
         if out["split"] not in SPLITS:
