@@ -74,7 +74,8 @@ def _notes(board: Board) -> list[str]:
               "across rows)" if with_test else "the spread over seeds only (no stored test-split bootstrap: "
               "runs of the valid split, or stored by an older mdl-bench)")
     notes = [f"Means over {'/'.join(map(str, seeds))} seed(s) on the {board.split} split; ± is the 95 % interval "
-             f"from {source}."]
+             f"of the row's own figure, from {source}. Rows are compared in pairs on the same users, which cancels "
+             f"the error they share: two overlapping intervals can still differ significantly (the marks below)."]
     notes.append(f"Bold: the rows the data cannot separate from the best one (no significant difference after Holm "
                  f"over all pairs of the column, p < {ALPHA}); none is bold when no row can be told apart.")
     if references:
