@@ -1,4 +1,4 @@
-"""Adding a baseline without touching the package (issue 9): README's "Add a baseline" followed to the letter,
+"""Adding a baseline without touching the package: README's "Add a baseline" followed to the letter,
 external model discovery (folders, modules, entry points, the environment), its errors, and `check-model`.
 
 The README example is read from README.md itself (its files and its `mdl-bench` command lines), so the guide

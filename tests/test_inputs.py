@@ -1,4 +1,4 @@
-"""Issue 17: inputs that cannot lie. Every bad input ends in one ``error:`` line (exit 2), is refused before anything
+"""Inputs that cannot lie. Every bad input ends in one ``error:`` line (exit 2), is refused before anything
 runs, and writes or loses nothing; a run's files are its own; leftovers of killed processes are cleaned up."""
 from __future__ import annotations
 
