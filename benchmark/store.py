@@ -434,7 +434,7 @@ class Store:
         cur = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (int(run_id),))
         row = cur.fetchone()
         if row is None:
-            raise UserError(f"no run {run_id} in {self.path}; `mdl-bench runs` lists the stored runs")
+            raise UserError(f"no run {run_id} in {self.path}; `mdl-bench runs --store {self.path}` lists the stored runs")
         run = dict(zip([c[0] for c in cur.description], row))
         for key in ("config_json", "versions_json", "result_json"):
             run[key[:-5]] = json.loads(run.pop(key))

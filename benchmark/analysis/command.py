@@ -160,7 +160,8 @@ def _compare_ref(ref: str, store):
                             f"unknown; compare checkpoints written by run-expid, or stored runs by their run ids")
         return run_from_checkpoint(str(path))
     if not ref.isdigit():
-        raise UserError(f"--compare: {ref} is neither a checkpoint file nor a run id (`mdl-bench runs` lists them)")
+        raise UserError(f"--compare: {ref} is neither a checkpoint file nor a run id (`mdl-bench runs"
+                        + (f" --store {store}" if store else "") + "` lists them)")
     return store_runs(store, run_ids=[ref])[0]
 
 
