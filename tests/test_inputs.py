@@ -497,7 +497,7 @@ def test_analyze_refuses_a_file_that_is_not_a_checkpoint_in_one_line(home, tmp_p
 
 
 def test_an_unannotated_model_is_typed_by_its_defaults():
-    """A user's model without annotations (README's "Add a baseline" style) still gets widths, rates and switches
+    """A user's model without annotations (the "Add a model" guide's style) still gets widths, rates and switches
     checked; a keyword whose default says nothing (None, text) is left alone."""
     class Plain:
         def __init__(self, feature_map, gate_hidden_units=(64, 32), temperature=1.0, use_bn=False, mode="a",
