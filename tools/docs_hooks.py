@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from mkdocs.plugins import event_priority
+try:
+    from mkdocs.plugins import event_priority
+except ImportError:  # imported without MkDocs (the tests render the CLI reference alone)
+    def event_priority(priority):
+        return lambda function: function
 
 MARKER = "<!-- cli-reference -->"
 WIDTH = "100"  # argparse wraps to $COLUMNS: a fixed width gives the same page on every machine
