@@ -259,7 +259,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mdl-bench", description="Multi-domain CTR benchmark on FuxiCTR.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("models", help="list registered models")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("expids", help="list the experiment ids of a config folder")
@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(p)
     p.set_defaults(func=cmd_run_expid)
     data = sub.add_parser("data", help="generate or convert datasets").add_subparsers(dest="data_command",
-                                                                                        required=True)
+                                                                                        required=True,
+                                                                                        metavar="SOURCE")
     p = data.add_parser("synth", help="write a seeded synthetic multi-domain dataset (raw CSV files)")
     p.add_argument("--preset", default="kuairand_like",
                    help="kuairand_like (default), aliccp_like or conflict_like (domain taste in the id factors too)")

@@ -276,13 +276,13 @@ class Store:
         try:
             self.conn = self._connect()
             _OPEN.add(self)
-            _USED[self.path] = None
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path} is not a usable SQLite results store ({exc}); pass another --store") from None
         try:
             self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._check_or_create()
             self.conn.execute("PRAGMA foreign_keys = ON")
+            _USED[self.path] = None  # ours (checked): tidied when the command ends; a refused file is never touched
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise UserError(f"{self.path} is not a usable SQLite results store ({exc}); pass another --store") from None

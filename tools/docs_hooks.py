@@ -4,6 +4,7 @@
   from the command: a page holding the marker ``<!-- cli-reference -->`` gets it replaced by one section per
   command (subcommands of ``data`` included), its one-line description and its ``--help`` text exactly as the
   command prints it.
+* Docstrings written with Sphinx roles (``:meth:`x```) show the name alone.
 * The API pages: the package is installed as ``mdl_bench`` from folders of other names (``setup.py``'s
   ``package_dir``), which mkdocstrings cannot find on disk by that name; :func:`on_config` shows it the folders
   under the installed name.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 try:
     from mkdocs.plugins import event_priority
@@ -20,7 +22,7 @@ except ImportError:  # imported without MkDocs (the tests render the CLI referen
         return lambda function: function
 
 MARKER = "<!-- cli-reference -->"
-WIDTH = "100"  # argparse wraps to $COLUMNS: a fixed width gives the same page on every machine
+WIDTH = "80"  # argparse wraps to $COLUMNS: a fixed width gives the same page on every machine, and fits it
 
 
 def commands(parser: argparse.ArgumentParser, prefix: str = "mdl-bench") -> list[tuple[str, str, argparse.ArgumentParser]]:
@@ -88,3 +90,11 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARKER in markdown:
         return markdown.replace(MARKER, render())
     return markdown
+
+
+SPHINX_ROLE = re.compile(r":(?:meth|attr|class|func|mod|data|obj):(?=<code>)")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """MkDocs event: the docstrings write Sphinx roles (``:meth:`select```); show just the code name."""
+    return SPHINX_ROLE.sub("", html)
