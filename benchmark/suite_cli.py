@@ -157,8 +157,13 @@ def cmd_runs(args) -> int:
               f"{test.get('AUC', float('nan')):8.4f}  {test.get('gAUC', float('nan')):8.4f}  "
               f"{r['best_epoch'] if r['best_epoch'] is not None else '-':>7}  {r['train_seconds'] or 0:8.1f}  "
               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['finished_at']))}")
+    rerun_hint = "running its suite again reruns it"
+    if args.suite:
+        from .suite.plan import suite_command
+
+        rerun_hint = f"`{suite_command(suite, 'run', args.config, args.store, _overrides(args))}` reruns it"
     print("(code: fingerprint of the code that made the run; outdated: the model's code, the layers it uses or the "
-          "run path changed since, so `mdl-bench run` reruns it)")
+          f"run path changed since, so {rerun_hint})")
     if missing:
         print(f"({missing} runs of the suite are not stored for the current code yet)")
     return 0

@@ -195,3 +195,14 @@ def test_check_model_says_once_that_logits_must_return_a_pair(tiny, tmp_path, mo
     assert re.match(r"FAIL  logits\s+logits returned a bare tensor of shape \(\d+,\); logits\(X, domain\) must "
                     r"return a pair \(logit, aux\)", fails[0]), fails[0]
     assert "too many values to unpack" not in out + err
+
+
+def test_the_suggested_expids_command_runs_as_printed_and_lists_the_users_expids(tmp_path):
+    block = {"Mine_test": {"model": "MMoE", "dataset_id": "tiny_synth"}}
+    (tmp_path / "model_config.yaml").write_text(yaml.safe_dump(block))
+    code, _, err = cli("run-expid", "--expid", "Nope", "--from", str(tmp_path))
+    assert code == 2
+    suggested = re.findall(r"`(mdl-bench expids[^`]*)`", err)
+    assert suggested == [f"mdl-bench expids --config {tmp_path}"], err
+    code, out, err = cli(*shlex.split(suggested[0])[1:])
+    assert code == 0 and "Mine_test" in out, err
