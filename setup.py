@@ -32,7 +32,7 @@ setup(
     package_data={"mdl_bench.config": ["*.yaml", "suites/*.yaml"]},
     include_package_data=True,
     install_requires=[
-        # Any torch that 2.13 satisfies; install torch==2.13.0 first on CPU-only machines (see README).
+        # Any torch 2.1+; install torch==2.13.0 first on CPU-only machines (see README).
         "torch>=2.1,<3",
         "fuxictr==2.3.10",
         "polars>=1.0,<2",  # polars 2 removed scan_csv(dtypes=), which FuxiCTR 2.3.10 uses
@@ -45,6 +45,10 @@ setup(
         "pydantic>=2.5,<3",  # the typed config schema (benchmark/schema.py)
         "matplotlib",  # analysis figures (mdl-bench analyze), leaderboard plots (figure 8)
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        # the documentation site: `mkdocs build --strict` (mkdocs.yml), API pages from the docstrings
+        "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=1.0,<2"],
+    },
     entry_points={"console_scripts": ["mdl-bench=mdl_bench.benchmark.cli:main"]},
 )

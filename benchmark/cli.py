@@ -1,4 +1,12 @@
-"""The ``mdl-bench`` command."""
+"""The ``mdl-bench`` command.
+
+Building the parser imports nothing heavy (no torch, FuxiCTR, polars or the models), so ``mdl-bench --help`` and
+``--version`` answer at once; each command imports what it uses when it runs.
+
+Output conventions: results go to stdout, everything else (progress bars, notes, errors) to stderr. ``--quiet``
+silences progress and informational logging; ``--verbose`` shows the run's INFO log on the console, which
+otherwise goes only to the run's log file.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,15 +16,14 @@ import sys
 import warnings
 from pathlib import Path
 
-
-from mdl_bench.model_zoo.core.errors import UserError
-from .config import parse_set
-from .paths import check_writable_dir
+QUIET_ENV = "MDL_BENCH_QUIET"  # set by --quiet, read by the suite's progress bar (and inherited by its workers)
 
 RUN_FLAGS = ("gpu", "seed", "epochs", "batch_size", "model_root", "data_root")
 
 
 def run_overrides(args) -> dict:
+    from .config import parse_set
+
     over = parse_set(getattr(args, "set", None))
     for name in RUN_FLAGS:
         value = getattr(args, name, None)
@@ -27,6 +34,8 @@ def run_overrides(args) -> dict:
 
 def run_origins(args) -> dict:
     """Where each override of :func:`run_overrides` came from (``--set`` or its flag), for error messages."""
+    from .config import parse_set
+
     origin = {key: "--set" for key in parse_set(getattr(args, "set", None))}
     for name in RUN_FLAGS:
         if getattr(args, name, None) is not None:
@@ -47,7 +56,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-# ---- adding a baseline (issue 9): check-model, --models-from
 def cmd_check_model(args) -> int:
     from mdl_bench.model_zoo import get_model, model_file
     from .contract import run_contract
@@ -66,14 +74,45 @@ def cmd_check_model(args) -> int:
 MODELS_FROM_COMMANDS = ("models", "check-model", "run-expid", "run", "leaderboard", "runs", "rerun", "analyze")
 
 
+FROM_COMMANDS = MODELS_FROM_COMMANDS + ("expids",)
+
+
 def add_models_from_option(sub) -> None:
-    """``--models-from`` on every subcommand that resolves models (repeatable; also ``$MDL_BENCH_MODELS_FROM``)."""
+    """``--models-from`` on every subcommand that resolves models (repeatable; also ``$MDL_BENCH_MODELS_FROM``),
+    and ``--from DIR``, one folder holding both model files and their configs."""
     for name in MODELS_FROM_COMMANDS:
         if name in sub.choices:
             sub.choices[name].add_argument(
                 "--models-from", dest="models_from", action="append", metavar="DIR_OR_MODULE",
                 help="also load models from this folder (<Name>.py files defining class <Name>) or module; "
                      "repeatable")
+    for name in FROM_COMMANDS:
+        if name in sub.choices:
+            sub.choices[name].add_argument(
+                "--from", dest="from_dir", metavar="DIR",
+                help="a folder holding your model files and their config (model_config.yaml, dataset_config.yaml, "
+                     "suites/): the same as --models-from DIR --config DIR")
+
+
+def apply_from_dir(args) -> None:
+    """``--from DIR``: ``DIR`` is the config folder and a models location (checked: it must be a folder)."""
+    from mdl_bench.model_zoo.core.errors import UserError
+
+    folder = getattr(args, "from_dir", None)
+    if not folder:
+        return
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UserError(f"--from {folder}: no such folder; pass the folder that holds your model files and "
+                        f"model_config.yaml")
+    config = getattr(args, "config", None)
+    if config and Path(config).expanduser().resolve() != path.resolve():
+        raise UserError(f"--from {folder} and --config {config} name two config folders; pass one of them (--from "
+                        f"is the config folder too; use --models-from {folder} --config {config} to combine them)")
+    if hasattr(args, "config"):
+        args.config = folder
+    if hasattr(args, "models_from"):
+        args.models_from = (args.models_from or []) + [folder]
 
 
 def cmd_expids(args) -> int:
@@ -88,7 +127,9 @@ def cmd_expids(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
+    from .config import parse_set
     from .data import synth
+    from .paths import check_writable_dir
 
     options = {k: v for k, v in (("seed", args.seed), ("n_train", args.n_train), ("n_valid", args.n_valid),
                                  ("n_test", args.n_test)) if v is not None}
@@ -147,15 +188,51 @@ def cmd_run_expid(args) -> int:
     try:
         if "model_id" not in overrides:
             overrides["model_id"] = own_model_id(args.expid, args.config, overrides, origin)
-        result = run_expid(args.expid, args.config, overrides, origin=origin)
+        if args.quiet and "verbose" not in overrides:
+            overrides["verbose"] = 0  # no progress bars (`verbose` is not part of a run's identity)
+        # the run's INFO log (parameters, epochs, metrics) always goes to its log file; the console gets it with -v
+        with console_log_quiet(not args.verbose):
+            result = run_expid(args.expid, args.config, overrides, origin=origin, quiet=not args.verbose)
         if distributed.current().is_main:
-            print()
             print(result.table())
             print(f"wall time {result.wall_seconds:.1f}s, train time {result.train_seconds:.1f}s, "
                   f"{result.num_parameters:,} parameters; checkpoint {result.checkpoint}")
     finally:
         distributed.shutdown()
     return 0
+
+
+@contextlib.contextmanager
+def console_log_quiet(active: bool):
+    """While a run starts its log, keep FuxiCTR's console handler from printing INFO lines: ``set_logger`` logs its
+    first line before the runner can lower the console to warnings. The log file gets every line as before."""
+    if not active:
+        yield
+        return
+    import io
+    import logging
+
+    import fuxictr.utils
+
+    original = fuxictr.utils.set_logger
+
+    def set_logger(params):
+        real = sys.stderr
+        sys.stderr = io.StringIO()  # the console handler set_logger creates binds to this stream...
+        try:
+            original(params)
+        finally:
+            sys.stderr = real
+        for handler in logging.getLogger().handlers:  # ...and is pointed back at the console, warnings only
+            if type(handler) is logging.StreamHandler:
+                handler.setStream(real)
+                handler.setLevel(logging.WARNING)
+
+    fuxictr.utils.set_logger = set_logger
+    try:
+        yield
+    finally:
+        fuxictr.utils.set_logger = original
 
 
 def own_model_id(expid: str, config_dir, overrides: dict, origin: dict) -> str:
@@ -182,7 +259,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mdl-bench", description="Multi-domain CTR benchmark on FuxiCTR.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("models", help="list registered models")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("expids", help="list the experiment ids of a config folder")
@@ -198,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(p)
     p.set_defaults(func=cmd_run_expid)
     data = sub.add_parser("data", help="generate or convert datasets").add_subparsers(dest="data_command",
-                                                                                        required=True)
+                                                                                        required=True,
+                                                                                        metavar="SOURCE")
     p = data.add_parser("synth", help="write a seeded synthetic multi-domain dataset (raw CSV files)")
     p.add_argument("--preset", default="kuairand_like",
                    help="kuairand_like (default), aliccp_like or conflict_like (domain taste in the id factors too)")
@@ -209,7 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", dest="n_test", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any generator option (YAML value)")
     p.set_defaults(func=cmd_data_synth)
-    # ---- real datasets (issue 5)
     p = data.add_parser("kuairand", help="convert KuaiRand (1K, Pure or 27K) raw files into a multi-domain dataset")
     add_convert_options(p, "KuaiRand")
     p.add_argument("--release", default="1k", choices=["1k", "pure", "27k"], help="which release (default 1k)")
@@ -234,15 +311,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_aliccp)
     from .analysis.command import add_parser as add_analyze_parser
 
-    add_analyze_parser(sub)  # `mdl-bench analyze` (issue 6)
+    add_analyze_parser(sub)  # `mdl-bench analyze`
     from .suite_cli import add_commands as add_suite_commands
 
-    add_suite_commands(sub)  # `mdl-bench run`, `leaderboard`, `runs`, `rerun` (issue 4)
-    from .perf.command import add_parser as add_perf_parser
+    add_suite_commands(sub)  # `mdl-bench run`, `leaderboard`, `runs`, `rerun`
+    from .perf.parser import add_parser as add_perf_parser
 
-    add_perf_parser(sub)  # `mdl-bench perf` (issue 7)
-    add_models_from_option(sub)  # issue 9
+    add_perf_parser(sub)  # `mdl-bench perf`
+    add_models_from_option(sub)
+    add_global_options(parser, sub)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (package metadata), or ``unknown`` when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mdl-bench")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="print results and errors only: no progress bars, no informational messages")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="also show the run's INFO log on the console (it always goes to the run's log file)")
+
+
+def add_global_options(parser: argparse.ArgumentParser, sub) -> None:
+    """``--version``, and ``--quiet``/``--verbose`` both before the command and after it (``mdl-bench -q run ...``
+    and ``mdl-bench run ... -q`` are the same)."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    _add_verbosity(parser, False)
+    subparsers = [sub]
+    while subparsers:
+        for p in subparsers.pop().choices.values():
+            _add_verbosity(p, argparse.SUPPRESS)  # SUPPRESS: unset after the command keeps the value given before
+            subparsers += [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
 
 
 def main(argv=None) -> int:
@@ -256,6 +364,38 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from mdl_bench.model_zoo.core.errors import UserError  # after parsing: --help and --version import nothing heavy
+
+    try:
+        set_verbosity(args)
+        apply_from_dir(args)
+        return _dispatch(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        from .store import release_all
+
+        release_all()  # every store closed, no -wal/-shm files left beside it
+
+
+def set_verbosity(args) -> None:
+    """Console logging: warnings only by default, INFO with ``--verbose``, errors only with ``--quiet``; progress
+    bars off with ``--quiet`` (in this process and the worker processes it starts)."""
+    import logging
+
+    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger().setLevel(level)
+    if args.quiet:
+        os.environ[QUIET_ENV] = "1"
+    else:
+        os.environ.pop(QUIET_ENV, None)
+
+
+def _dispatch(args) -> int:
+    from mdl_bench.model_zoo.core.errors import UserError
+
     try:
         from .paths import HOME_ENV, bench_home
 

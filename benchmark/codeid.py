@@ -16,7 +16,7 @@ resolution (the resolved config itself is hashed), paths, error messages and con
 
 Each file counts by the hash of its syntax tree with docstrings removed: comments, docstrings and layout do not
 outdate stored runs; any change to code does. Why per model: a fix in ``PEPNet.py`` must rerun PEPNet alone, a
-fix in a layer the models that use it, and a change to the README, the leaderboard or an unrelated model nothing.
+fix in a layer the models that use it, and a change to the documentation, the leaderboard or an unrelated model nothing.
 """
 from __future__ import annotations
 

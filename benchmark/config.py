@@ -110,11 +110,18 @@ class ConfigSet:
     def expids(self) -> list[str]:
         return sorted(self.models)
 
+    def expids_command(self) -> str:
+        """The command that lists these expids (with ``--config`` when a user's folder is layered in)."""
+        import shlex
+
+        packaged = self.dir.resolve() == packaged_config_dir().resolve()
+        return "mdl-bench expids" + ("" if packaged else f" --config {shlex.quote(str(self.dir))}")
+
     def model_params(self, expid: str) -> dict:
         if expid not in self.models:
             known = ", ".join(self.expids[:12]) + (" ..." if len(self.expids) > 12 else "")
             raise UserError(f"unknown expid {show_value(expid)}{close_matches(expid, self.models)} in {self.dir}; "
-                            f"`mdl-bench expids` lists them (e.g. {known})")
+                            f"`{self.expids_command()}` lists them (e.g. {known})")
         params = copy.deepcopy(self.base)
         params.update(copy.deepcopy(self.models[expid]))
         if "dataset_id" not in params:

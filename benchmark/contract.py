@@ -10,6 +10,9 @@ The checks (the expid is ``<Name>_test``, a small config on tiny data):
 
 * ``config``: ``<Name>_test`` exists, selects the model, and every key is a parameter of its ``__init__`` (or a
   run/dataset key); the class has a string ``group`` and ``display_name`` (or none: the class name);
+* ``logits``: ``logits(X, domain)`` returns the pair ``(logit, aux)``: a tensor of shape ``B`` and a dict of named
+  auxiliary losses (``{}`` when there is none); when it does not, the checks after it are not run, since each
+  would fail on the same cause;
 * ``shapes``: ``y_pred`` is ``B x 1`` in (0, 1), ``logit`` is ``B``, every domain index appears;
 * ``gradients``: in a batch covering every domain, every parameter gets a non-zero gradient from eq. (8)'s
   loss (a parameter without one is dead weight or a routing bug);
@@ -113,6 +116,29 @@ def check_config(name: str, config_dir=None, require_default: bool = False) -> s
     require(cls.display_name is None or isinstance(cls.display_name, str), f"{name}.display_name must be a string")
     return (f"{' and '.join(wanted)} resolve{'s' if len(wanted) == 1 else ''}; every key is a parameter of {name}; group {cls.group!r}, display name "
             f"{cls.display_name or name!r}")
+
+
+def check_logits(tiny, batch: dict, expid: str, config_dir=None) -> str:
+    import torch
+
+    model = build_model(tiny, expid, config_dir)
+    model.eval()
+    X = model.get_inputs(batch)
+    domain = model.domain_of(X)
+    with torch.no_grad():
+        out = model.logits(X, domain)
+    fix = ("logits(X, domain) must return a pair (logit, aux): the logits as a tensor of shape B and a dict of "
+           "named auxiliary losses - end it with `return logit, {}` when the model has none")
+    if isinstance(out, torch.Tensor):
+        raise ContractError(f"logits returned a bare tensor of shape {tuple(out.shape)}; {fix}")
+    require(isinstance(out, tuple) and len(out) == 2,
+            f"logits returned {type(out).__name__}"
+            + (f" of {len(out)} items" if isinstance(out, (tuple, list)) else "") + f"; {fix}")
+    logit, aux = out
+    require(isinstance(logit, torch.Tensor), f"the first item logits returned is a {type(logit).__name__}, not a "
+                                             f"tensor; {fix}")
+    require(isinstance(aux, dict), f"the second item logits returned is a {type(aux).__name__}, not a dict; {fix}")
+    return f"(logit of shape {tuple(logit.shape)}, aux {sorted(aux) or '{}'}) for a batch of {len(domain)} rows"
 
 
 def check_shapes(tiny, batch: dict, expid: str, config_dir=None) -> str:
@@ -381,6 +407,9 @@ def run_contract(name: str, config_dir=None, require_default: bool = False) -> l
     if not results[-1].passed:
         return results
     tiny, batch = state["tiny"], state["batch"]
+    results.append(_attempt("logits", lambda: check_logits(tiny, batch, expid, config_dir)))
+    if not results[-1].passed:  # every check below calls logits: one clear failure, not the same one five times
+        return results
     with tempfile.TemporaryDirectory(prefix="mdl-bench-check-") as folder:
         for label, check in (("shapes", lambda: check_shapes(tiny, batch, expid, config_dir)),
                              ("gradients", lambda: check_gradients(tiny, batch, expid, config_dir)),

@@ -1,6 +1,6 @@
 """The results store: one SQLite file, one row per finished run, written in one transaction.
 
-Design (issue 4):
+Design:
 
 * **Identity.** A run is ``(config_hash, seed, code_fingerprint)``: the hash of its fully resolved config (see
   :func:`config_hash` for the keys left out), the seed, and the fingerprint of the code that computes its numbers
@@ -30,6 +30,7 @@ import socket
 import sqlite3
 import time
 import urllib.parse
+import weakref
 from pathlib import Path
 from typing import Iterable
 
@@ -207,6 +208,52 @@ def check_store_writable(path) -> Path:
                                                                   "and `leaderboard` can still read a read-only store)")
 
 
+_OPEN: "weakref.WeakSet[Store]" = weakref.WeakSet()  # stores this process has open
+_USED: dict[Path, None] = {}  # every store path this process opened, in order
+
+
+def release_all() -> None:
+    """Close every store this process opened and leave no SQLite side files (``-wal``, ``-shm``) beside them.
+
+    WAL mode lets several writers share a store while a command runs; at the end of a command the log is folded
+    into the database and the store is switched back to SQLite's default rollback journal, which keeps no files
+    beside it. A store another process still has open is left in WAL mode: that process tidies it when it ends.
+    Called by the ``mdl-bench`` command when it ends, whatever the outcome."""
+    for store in list(_OPEN):
+        store.close()
+    for path in list(_USED):
+        tidy_side_files(path)
+    _USED.clear()
+
+
+def side_files(path: Path) -> list[Path]:
+    """The SQLite side files beside a store that exist now."""
+    return [p for p in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")) if p.exists()]
+
+
+def tidy_side_files(path: Path) -> bool:
+    """Checkpoint the WAL of the store at ``path`` and switch it to the rollback journal, which removes its
+    ``-wal``/``-shm`` files; ``False`` (and nothing changed) when that is not possible now: another process has the
+    store open, or the store or its folder is read-only."""
+    path = Path(path)
+    if not side_files(path):
+        return True
+    if not (path.is_file() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        return False
+    try:
+        conn = sqlite3.connect(str(path), timeout=0.5, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        mode = conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return str(mode).lower() == "delete" and not side_files(path)
+
+
 class Store:
     """An open results store. ``create=False`` refuses a missing file instead of creating it, and opens the store
     read-only (readers: ``runs``, ``leaderboard``, ``analyze``, ``rerun``), so a store on a read-only folder or
@@ -217,8 +264,8 @@ class Store:
         self.read_only = not create
         if not self.path.exists():
             if not create:
-                raise UserError(f"no results store at {self.path}; run a suite first (`mdl-bench run --suite NAME`) "
-                                f"or pass the right --store")
+                raise UserError(f"no results store at {self.path}; run a suite into it first (e.g. `mdl-bench run "
+                                f"--suite quick --store {self.path}`) or pass the right --store")
         elif self.path.is_dir():
             raise UserError(f"results store {self.path} is a folder; pass a file path to --store")
         else:
@@ -228,12 +275,14 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = self._connect()
+            _OPEN.add(self)
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path} is not a usable SQLite results store ({exc}); pass another --store") from None
         try:
             self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._check_or_create()
             self.conn.execute("PRAGMA foreign_keys = ON")
+            _USED[self.path] = None  # ours (checked): tidied when the command ends; a refused file is never touched
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise UserError(f"{self.path} is not a usable SQLite results store ({exc}); pass another --store") from None
@@ -352,6 +401,7 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        _OPEN.discard(self)
 
     def __enter__(self):
         return self
@@ -384,7 +434,7 @@ class Store:
         cur = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (int(run_id),))
         row = cur.fetchone()
         if row is None:
-            raise UserError(f"no run {run_id} in {self.path}; `mdl-bench runs` lists the stored runs")
+            raise UserError(f"no run {run_id} in {self.path}; `mdl-bench runs --store {self.path}` lists the stored runs")
         run = dict(zip([c[0] for c in cur.description], row))
         for key in ("config_json", "versions_json", "result_json"):
             run[key[:-5]] = json.loads(run.pop(key))

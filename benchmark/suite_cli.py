@@ -7,12 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from mdl_bench.model_zoo.core.errors import UserError
-from .config import parse_set
+# Nothing heavy at import time: `mdl-bench --help` builds this module's parsers without loading torch or the models.
 
 
 def _overrides(args) -> dict:
     """``--set`` and ``--nproc``: the same on ``run``, ``leaderboard`` and ``runs``, so they find the same runs."""
+    from mdl_bench.model_zoo.core.errors import UserError
+    from .config import parse_set
+
     overrides = parse_set(getattr(args, "set", None))
     nproc = getattr(args, "nproc", None)
     if nproc is not None:
@@ -31,8 +33,8 @@ def _reports_dir(suite) -> Path:
 def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_file: str | None = None,
                       metrics=None, split=None, std=None, lift_base=None, stdout=None, reference=None,
                       extra_overrides: dict | None = None) -> None:
+    from mdl_bench.model_zoo.core.errors import UserError
     from .leaderboard import build_board, make_plots, render
-
     from .paths import check_writable_dir, check_writable_file
 
     stdout = stdout or sys.stdout
@@ -78,6 +80,7 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
 
 
 def cmd_run(args) -> int:
+    from mdl_bench.model_zoo.core.errors import UserError
     from .suite import load_suite, run_suite
 
     suite = load_suite(args.suite, args.config)
@@ -106,6 +109,12 @@ def cmd_run(args) -> int:
 def cmd_leaderboard(args) -> int:
     from .suite import load_suite
 
+    if not args.suite:  # every stored run of the store, grouped by dataset and expid
+        from .leaderboard.store_view import print_store_view
+
+        print_store_view(args.store, config_dir=args.config, fmt=args.format, out_file=args.out,
+                         metrics=args.metric, split=args.split, std=args.std)
+        return 0
     suite = load_suite(args.suite, args.config)
     print_leaderboard(suite, store=args.store, config_dir=args.config, fmt=args.format, out_file=args.out,
                       metrics=args.metric, split=args.split, std=args.std or None, lift_base=args.lift_base,
@@ -115,6 +124,7 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    from mdl_bench.model_zoo.core.errors import UserError
     from .codeid import code_fingerprint
     from .store import Store
 
@@ -156,8 +166,13 @@ def cmd_runs(args) -> int:
               f"{test.get('AUC', float('nan')):8.4f}  {test.get('gAUC', float('nan')):8.4f}  "
               f"{r['best_epoch'] if r['best_epoch'] is not None else '-':>7}  {r['train_seconds'] or 0:8.1f}  "
               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['finished_at']))}")
+    rerun_hint = "running its suite again reruns it"
+    if args.suite:
+        from .suite.plan import suite_command
+
+        rerun_hint = f"`{suite_command(suite, 'run', args.config, args.store, _overrides(args))}` reruns it"
     print("(code: fingerprint of the code that made the run; outdated: the model's code, the layers it uses or the "
-          "run path changed since, so `mdl-bench run` reruns it)")
+          f"run path changed since, so {rerun_hint})")
     if missing:
         print(f"({missing} runs of the suite are not stored for the current code yet)")
     return 0
@@ -191,8 +206,10 @@ def add_commands(sub) -> None:
     p.add_argument("--no-leaderboard", action="store_true", help="do not print the leaderboard at the end")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("leaderboard", help="the paper-style table of a suite's stored runs")
-    p.add_argument("--suite", required=True, help="suite name or path")
+    p = sub.add_parser("leaderboard", help="the paper-style table of a suite's stored runs; without --suite, every "
+                                           "stored run of the store grouped by dataset and expid")
+    p.add_argument("--suite", help="suite name or path (default: every run in the store, grouped by dataset and "
+                                   "expid)")
     p.add_argument("--store", help=store_help)
     p.add_argument("--config", help="config folder (default: the packaged config/)")
     p.add_argument("--format", choices=("md", "csv", "html"), default="md", help="output format (default md)")

@@ -49,7 +49,7 @@ WEIGHTINGS = ("binarization", "scaling", "fusion")
 class AdaSparse(MultiDomainModel):
     """One DNN whose input and hidden neurons are weighted (and pruned) per row by a domain-aware pruner.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares, plus its own key hyperparameter
+    Tuned by the ``tune`` suite: the training recipe every method shares, plus its own key hyperparameter
     ``weighting`` (``fusion``, ``scaling`` or ``binarization``: the paper's three pruner forms). Widths follow the
     benchmark's size rule and are not tuned.
 

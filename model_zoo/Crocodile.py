@@ -35,7 +35,7 @@ from .layers import (BatchedMLP, DomainGroups, DomainTowers, ElementwiseGate, Fi
 class Crocodile(MultiDomainModel):
     """Crocodile and its table-5 ablations.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares, plus its own key hyperparameter
+    Tuned by the ``tune`` suite: the training recipe every method shares, plus its own key hyperparameter
     ``cov_alpha`` (alpha, CovLoss's weight in eq. 8; refined by the ``alpha`` suite). Widths follow the benchmark's
     size rule and are not tuned.
 
@@ -54,12 +54,11 @@ class Crocodile(MultiDomainModel):
         cov_alpha: the same weight under its older name (kept so that existing configs work).
         cov_pairs, cov_normalization: options of :class:`~model_zoo.layers.CovLoss`.
         cov_sample_rows: CovLoss on this many random rows of the batch (scaled by N/rows), ``0`` = all rows.
-            Chosen: 32, appendix A's setting, because on all 4096 rows the (M*d)^2 Gram and its backward cost about
-            a fifth of a Crocodile_default step, and on 32 rows about 1% (``mdl-bench perf``), while the result
-            did not change: kuairand_like test AUC 0.7616 (all rows) vs 0.7614 (32 rows), gAUC 0.7474 vs 0.7475
-            (seed 2024, se 0.0009); Crocodile_test AUC over three seeds 0.6558 vs 0.6572. On the trained
-            Crocodile_default the 32-row value is 1.15x the all-row value on average (sampling inflates the
-            l1 norm of near-zero covariances), inside the alpha range the paper found flat.
+            Default 32, appendix A's setting: on all rows of a 4096-row batch the (M*d)^2 Gram and its backward
+            are a large share of a step, on 32 rows a small one (``mdl-bench perf`` measures both). Sampling
+            inflates the l1 norm of near-zero covariances a little, so the 32-row value is somewhat above the
+            all-row value; the measured cost and accuracy of both settings are on the documentation's
+            performance page.
         aux_options: options of the other losses (e.g. ``{sample_rows: 1024}``), see their docstrings.
     """
 

@@ -42,7 +42,7 @@ from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, Soft
 class HiNet(MultiDomainModel):
     """HiNet with one click task per scenario.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares only; it has no own
+    Tuned by the ``tune`` suite: the training recipe every method shares only; it has no own
     hyperparameter that is not a width (widths follow the benchmark's size rule and are not tuned).
 
     Args:

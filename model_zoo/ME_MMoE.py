@@ -30,7 +30,7 @@ from .layers import (BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, Sof
 class ME_MMoE(MultiDomainModel):
     """MMoE whose M experts each read their own embedding table.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares only; it has no own
+    Tuned by the ``tune`` suite: the training recipe every method shares only; it has no own
     hyperparameter that is not a width (widths follow the benchmark's size rule and are not tuned).
 
     Args:

@@ -36,7 +36,7 @@ from .layers.extraction import ExtractionNetwork, split_levels
 class ME_PLE(MultiDomainModel):
     """PLE whose domain-specific experts read domain-specific tables and shared experts a shared table.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares, plus its own key hyperparameter
+    Tuned by the ``tune`` suite: the training recipe every method shares, plus its own key hyperparameter
     ``num_levels`` (1 or 2 extraction levels, as PLE). Widths follow the benchmark's size rule and are not tuned.
 
     Args:

@@ -50,7 +50,7 @@ from .layers.gate_nu import GateNU
 class PEPNet(MultiDomainModel):
     """EPNet + PPNet on a shared DNN with per-domain towers.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares, plus its own key hyperparameter
+    Tuned by the ``tune`` suite: the training recipe every method shares, plus its own key hyperparameter
     ``epnet_gate`` (``field`` or ``element``: EPNet's scaling granularity). Widths follow the benchmark's size rule
     and are not tuned.
 

@@ -39,7 +39,7 @@ from .layers.extraction import ExtractionNetwork, split_levels
 class PLE(MultiDomainModel):
     """PLE with one embedding table, stacked extraction levels (CGC layers) and one tower per domain.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares, plus its own key hyperparameter
+    Tuned by the ``tune`` suite: the training recipe every method shares, plus its own key hyperparameter
     ``num_levels`` (1 = one CGC layer, 2 = PLE's two extraction levels; same expert weights either way). Widths
     follow the benchmark's size rule and are not tuned.
 

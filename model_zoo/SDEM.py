@@ -38,7 +38,7 @@ from .layers.extraction import ExtractionNetwork, split_levels
 class SDEM(MultiDomainModel):
     """STEM-Net for domains: shared + domain-specific tables, stop-gradient on other domains' experts.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares, plus its own key hyperparameter
+    Tuned by the ``tune`` suite: the training recipe every method shares, plus its own key hyperparameter
     ``gate_input`` (``stream`` or ``stream+shared``: what each domain's gate reads). Widths follow the benchmark's
     size rule and are not tuned.
 

@@ -84,7 +84,7 @@ class StarLinear(nn.Module):
 class STAR(MultiDomainModel):
     """STAR with partitioned normalization, star-topology FCN and auxiliary network.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares only; it has no own
+    Tuned by the ``tune`` suite: the training recipe every method shares only; it has no own
     hyperparameter that is not a width (widths follow the benchmark's size rule and are not tuned).
 
     Args:

@@ -18,7 +18,7 @@ from .layers import BatchedMLP, DomainTowers, MultiEmbedding, gather_domain
 class SharedBottom(MultiDomainModel):
     """One bottom MLP shared by all domains, one tower per domain.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares only; it has no own
+    Tuned by the ``tune`` suite: the training recipe every method shares only; it has no own
     hyperparameter that is not a width (widths follow the benchmark's size rule and are not tuned).
 
     Args:

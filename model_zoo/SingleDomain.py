@@ -41,7 +41,7 @@ from .layers import BatchedMLP, DomainGroups, MultiEmbedding, gather_domain
 class SingleDomain(MultiDomainModel):
     """K plain DNNs, each with its own embedding table, each fed only its own domain's rows.
 
-    Tuned by the ``tune`` suite (issue 15): the training recipe every method shares only; it has no own
+    Tuned by the ``tune`` suite: the training recipe every method shares only; it has no own
     hyperparameter that is not a width (widths follow the benchmark's size rule and are not tuned).
 
     Args:

@@ -324,7 +324,7 @@ class MultiDomainModel(BaseModel):
         :attr:`epoch_log`."""
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         steps_since_log = 0
-        batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stdout)
+        batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stderr)
         rows_before, seconds = self.train_rows, 0.0
         eval_points = self._evaluation_points(len(data_generator))
         tick = step_lib.now(self.device)
@@ -404,7 +404,7 @@ class MultiDomainModel(BaseModel):
         collectives.sync_buffers(self)  # a mid-epoch evaluation must not use per-rank running statistics
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         group_id = self.feature_map.group_id
-        batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stdout)
+        batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stderr)
         for batch_data in batches:
             out = self.forward(batch_data)
             parts["y_pred"].append(out["y_pred"].view(-1).float().cpu())

@@ -1,7 +1,7 @@
-"""Adding a baseline without touching the package (issue 9): README's "Add a baseline" followed to the letter,
-external model discovery (folders, modules, entry points, the environment), its errors, and `check-model`.
+"""Adding a baseline without touching the package: the documentation's "Add a model" example followed to the
+letter, external model discovery (folders, modules, entry points, the environment), its errors, and `check-model`.
 
-The README example is read from README.md itself (its files and its `mdl-bench` command lines), so the guide
+The example is read from docs/add-a-model.md itself (its files and its `mdl-bench` command lines), so the guide
 cannot drift from what works."""
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ import mdl_bench.model_zoo as zoo
 from mdl_bench.benchmark.cli import main
 from mdl_bench.model_zoo.core.errors import UserError
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "add-a-model.md"
 
 
 def readme_example() -> tuple[dict, list]:
-    """The files (``{name: text}``) and the ``mdl-bench`` command lines of README's "Add a baseline"."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index("\n## Add a baseline\n")
+    """The files (``{name: text}``) and the ``mdl-bench`` command lines of the guide's worked example."""
+    text = GUIDE.read_text(encoding="utf-8")
+    start = text.index("\n## A worked example\n")
     end = text.find("\n## ", start + 1)
     section = text[start:end if end > 0 else None]
     files = dict(re.findall(r"\(save as `([^`]+)`\):\n\n```\w*\n(.*?)\n```", section, re.S))
@@ -52,10 +52,10 @@ def fresh_registry(monkeypatch):
     return zoo
 
 
-# ------------------------------------------------------------------------------------------- the README example
+# -------------------------------------------------------------------------------------------- the guide example
 @pytest.fixture(scope="module")
 def readme_run(tiny, tmp_path_factory):
-    """README's files written into an empty folder and its commands run there, in order (in-process CLI)."""
+    """The guide's files written into an empty folder and its commands run there, in order (in-process CLI)."""
     files, commands = readme_example()
     folder = tmp_path_factory.mktemp("add_baseline")
     for name, content in files.items():
@@ -83,9 +83,9 @@ def test_readme_example_passes_check_model_trains_and_shows_the_new_row(readme_r
     for line, code, out, err in readme_run.outputs:
         assert code == 0, f"{line} exited {code}: {err[-2000:]}"
     _, _, check, _ = readme_run.outputs[0]
-    for name in ("config", "data", "shapes", "gradients", "one step", "checkpoint", "step components"):
+    for name in ("config", "data", "logits", "shapes", "gradients", "one step", "checkpoint", "step components"):
         assert re.search(rf"^PASS  {name}\s", check, re.M), check
-    assert "DomainGatedMoE: all 9 checks passed" in check and "gate_fields: every slot is its field" in check
+    assert "DomainGatedMoE: all 10 checks passed" in check and "gate_fields: every slot is its field" in check
     for _, _, out, _ in readme_run.outputs[1:]:  # `run` prints the leaderboard, then `leaderboard` again
         rows = [r for r in out.splitlines() if r.startswith("|") and ("DG-MoE" in r or "| MMoE" in r)]
         assert len(rows) == 2, out

@@ -42,7 +42,7 @@ def test_run_expid_end_to_end_prints_domain_table_and_writes_nothing_here(tiny, 
     for token in ("S0", "S1", "S2", "S4", "S6", "Overall", "AUC", "gAUC", "logloss", "oracle AUC", "oracle gAUC"):
         assert token in table
     assert os.listdir(tmp_path) == []  # nothing written into the current directory
-    # named by the resolved config and seed (issue 17), as suite runs are
+    # named by the resolved config and seed, as suite runs are
     assert list((bench_home / "checkpoints" / "tiny_synth").glob("Crocodile_test__s2024__*.result.json"))
     # a short training run beats the constant predictor (the train click rate) on the test split
     import polars as pl

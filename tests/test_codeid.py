@@ -1,4 +1,4 @@
-"""Run identity that knows the code (issue 13): code fingerprints per model, outdated runs rerun by suites and
+"""Run identity that knows the code: code fingerprints per model, outdated runs rerun by suites and
 marked by the leaderboard and ``runs``, the schema-1 store migrated, ``rerun`` telling whether code changed, and
 the model contract's checks surviving ``python -O``."""
 from __future__ import annotations

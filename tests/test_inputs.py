@@ -1,4 +1,4 @@
-"""Issue 17: inputs that cannot lie. Every bad input ends in one ``error:`` line (exit 2), is refused before anything
+"""Inputs that cannot lie. Every bad input ends in one ``error:`` line (exit 2), is refused before anything
 runs, and writes or loses nothing; a run's files are its own; leftovers of killed processes are cleaned up."""
 from __future__ import annotations
 
@@ -497,7 +497,7 @@ def test_analyze_refuses_a_file_that_is_not_a_checkpoint_in_one_line(home, tmp_p
 
 
 def test_an_unannotated_model_is_typed_by_its_defaults():
-    """A user's model without annotations (README's "Add a baseline" style) still gets widths, rates and switches
+    """A user's model without annotations (the "Add a model" guide's style) still gets widths, rates and switches
     checked; a keyword whose default says nothing (None, text) is left alone."""
     class Plain:
         def __init__(self, feature_map, gate_hidden_units=(64, 32), temperature=1.0, use_bn=False, mode="a",

@@ -1,4 +1,4 @@
-"""Real-dataset converters (issue 5) on small hand-written files in each raw format.
+"""Real-dataset converters on small hand-written files in each raw format.
 
 Every fixture line below is written out by hand (helpers only fill the columns a test does not look at, with
 fixed values), so the expected rows, joins, rare-value replacements and splits can be read off the fixture.
@@ -227,7 +227,7 @@ def test_kuairand_pure_and_27k_file_names(tmp_path):
     (None, {"max_malformed": 0.1}, r"log_standard_4_08_to_4_21_1k.csv: 2 of 13 lines are malformed \(15\.38%, more "
                                    r"than --max-malformed 0.1\); first: line 13 \(3 fields, expected 19\)"),
     (None, {"valid_days": 20, "test_days": 10}, r"the logs span 2022-04-10 to 2022-05-08 \(29 days\), too few"),
-    # issue 17: header-only side files (a polars ColumnNotFoundError before)
+    # header-only side files are refused in one line
     (lambda raw: (raw / "video_features_basic_1k.csv").write_text(",".join(["video_id"] + kuairand.BASIC_FEATURES)
                                                                   + "\n"), {},
      r"video_features_basic_1k.csv has no data rows \(a header only\?\), so it is not a KuaiRand "

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"mdl_bench.model_zoo": ROOT / "model_zoo", "mdl_bench.benchmark": ROOT / "benchmark"}
 B = "mdl_bench.benchmark"
 
-#: bottom first; each layer lists module prefixes (see the README's "Architecture")
+#: bottom first; each layer lists module prefixes (see docs/architecture.md)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("mdl_bench.model_zoo.core",)),
     ("data", (f"{B}.paths", f"{B}.schema", f"{B}.config", f"{B}.data")),
@@ -136,7 +136,7 @@ def violations(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
                 problems.append(f"{module} is a namespace package; it must import nothing")
             continue
         if mine is None:
-            problems.append(f"{module} is in no layer; add it to LAYERS in tests/test_structure.py and the README")
+            problems.append(f"{module} is in no layer; add it to LAYERS in tests/test_structure.py and docs/architecture.md")
             continue
         for target in sorted(graph[module]):
             theirs = layer_of(target, layers)
@@ -166,7 +166,7 @@ def test_every_layer_holds_a_module():
       "mdl_bench.model_zoo.core.errors (a model or layer) imports the benchmark (mdl_bench.benchmark.runner)"]),
     ({f"{B}.suite.plan": {f"{B}.store"}, f"{B}.store": {f"{B}.suite.plan"}},
      [f"import circle: {B}.store -> {B}.suite.plan"]),
-    ({f"{B}.newthing": set()}, [f"{B}.newthing is in no layer; add it to LAYERS in tests/test_structure.py and the README"]),
+    ({f"{B}.newthing": set()}, [f"{B}.newthing is in no layer; add it to LAYERS in tests/test_structure.py and docs/architecture.md"]),
     ({f"{B}.cli": {f"{B}.runner"}, f"{B}.runner": set()}, []),
 ])
 def test_the_checker_finds_each_kind_of_problem(graph, expected):

@@ -1,4 +1,4 @@
-"""Suites, the results store and the leaderboard (issue 4), on tiny data with 1-epoch runs.
+"""Suites, the results store and the leaderboard, on tiny data with 1-epoch runs.
 
 The end-to-end suite uses two rows built from Crocodile_test (with and without CovLoss) and two seeds, so it does
 not depend on the other baselines; the leaderboard's marks are checked on a store filled with chosen numbers.

@@ -70,7 +70,7 @@ def test_bad_spec_is_a_one_line_error():
         synth.make_spec("kuairand_like", domain_rho=[0.5, 0.5])
 
 
-# ------------------------------------------------------------------ kuairand_like is frozen (issue 16)
+# ------------------------------------------------------------------ kuairand_like is frozen
 def rows_digest(cols) -> str:
     """SHA-256 over every generated column (name, dtype, bytes), in :data:`synth.COLUMNS` order; the float column
     ``true_prob`` enters rounded to 1e-9 (see :data:`FROZEN`)."""
@@ -107,7 +107,7 @@ def test_kuairand_like_rows_and_fingerprint_are_unchanged(name):
     assert spec.fingerprint() == fingerprint
 
 
-# ------------------------------------------------------------------ conflict_like (issue 16)
+# ------------------------------------------------------------------ conflict_like
 def test_domain_id_factors_by_hand():
     rng = np.random.default_rng(0)
     spec = synth.make_spec("conflict_like", **SMALL)

@@ -1,4 +1,4 @@
-"""Tuning suites (issue 15): the draw, the pruner and the selection against hand-computed cases, and a tiny
+"""Tuning suites: the draw, the pruner and the selection against hand-computed cases, and a tiny
 tuning suite run twice from its config alone into two stores: the same trials pruned, the same values chosen,
 and no test metric anywhere."""
 from __future__ import annotations

@@ -15,9 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mdl_bench.model_zoo.core.errors import UserError
-from ..paths import bench_home, check_writable_dir
-
+# Only what building the parser needs is imported here: `mdl-bench --help` must not load torch or the models.
 SINGLE_DOMAIN_MODEL = "SingleDomain"
 
 
@@ -74,6 +72,7 @@ def options_from(args):
 def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, overrides: dict | None = None):
     """A :class:`RunRef` for a checkpoint: config from its ``.result.json``, else resolved from ``expid``."""
     from mdl_bench.model_zoo import model_group, registry
+    from mdl_bench.model_zoo.core.errors import UserError
     from ..runner import RESULT_SUFFIX, resolve
     from ..measure.probe import read_checkpoint
     from .report import RunRef
@@ -121,6 +120,7 @@ def store_runs(store_path, suite: str | None = None, run_ids=None, config_dir=No
 
 def _single_domain(args, runs: list) -> dict:
     """Per dataset id, the Single Domain run that defines D(i,j)."""
+    from mdl_bench.model_zoo.core.errors import UserError
     found: dict = {}
     if args.single_domain:
         ref = args.single_domain
@@ -150,6 +150,7 @@ def _single_domain(args, runs: list) -> dict:
 
 def _compare_ref(ref: str, store):
     """A run of ``--compare``: a checkpoint (config from its ``.result.json``) or a run id of the store."""
+    from mdl_bench.model_zoo.core.errors import UserError
     from ..runner import RESULT_SUFFIX
 
     path = Path(ref).expanduser()
@@ -159,13 +160,15 @@ def _compare_ref(ref: str, store):
                             f"unknown; compare checkpoints written by run-expid, or stored runs by their run ids")
         return run_from_checkpoint(str(path))
     if not ref.isdigit():
-        raise UserError(f"--compare: {ref} is neither a checkpoint file nor a run id (`mdl-bench runs` lists them)")
+        raise UserError(f"--compare: {ref} is neither a checkpoint file nor a run id (`mdl-bench runs"
+                        + (f" --store {store}" if store else "") + "` lists them)")
     return store_runs(store, run_ids=[ref])[0]
 
 
 def run_compare(args, options) -> int:
     """``analyze --compare A B``: figure 7 as numbers, printed, with the files beside."""
-    from ..paths import slug
+    from mdl_bench.model_zoo.core.errors import UserError
+    from ..paths import bench_home, slug
     from .report import compare_covariance
 
     if args.expid or args.set or args.single_domain:
@@ -227,7 +230,8 @@ def compare_table(report: dict) -> str:
 
 
 def run_command(args) -> int:
-    from ..paths import slug
+    from mdl_bench.model_zoo.core.errors import UserError
+    from ..paths import check_writable_dir, slug
     from .report import analyze_runs
 
     options = options_from(args)
@@ -250,9 +254,15 @@ def run_command(args) -> int:
         runs = store_runs(args.store, suite=args.suite, run_ids=args.run, config_dir=args.config,
                           overrides=parse_set(args.set))
         if not runs:
-            what = f"suite {args.suite!r}" if args.suite else "those run ids"
-            raise UserError(f"the results store has no finished run of {what}; run `mdl-bench run --suite "
-                            f"{args.suite or 'NAME'}` first (or check --store, and pass the --set it ran with)")
+            if args.suite:
+                from ..suite.plan import load_suite, suite_command
+
+                command = suite_command(load_suite(args.suite, args.config), "run", args.config, args.store,
+                                        parse_set(args.set))
+                raise UserError(f"the results store has no finished run of suite {args.suite!r}; run `{command}` "
+                                f"first (or check --store, and pass the --set it ran with)")
+            raise UserError("the results store has no finished run of those run ids; `mdl-bench runs"
+                            + (f" --store {args.store}" if args.store else "") + "` lists the stored runs")
         name = slug(args.suite or "runs")
     single = _single_domain(args, runs)
     analysed = [r for r in runs if r.params.get("model") != SINGLE_DOMAIN_MODEL] or runs
@@ -269,6 +279,8 @@ def run_command(args) -> int:
 
 def default_out_dir(args, name: str) -> Path:
     """The suite's analysis folder (where the HTML leaderboard looks for figures), else a named folder."""
+    from ..paths import bench_home
+
     if args.suite:
         from . import store_bridge
 

@@ -43,12 +43,14 @@ def runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, mo
             try:
                 ids = [int(r) for r in run_ids]
             except ValueError:
-                raise UserError(f"run ids are integers (`mdl-bench runs` lists them), got {', '.join(run_ids)}") \
+                raise UserError(f"run ids are integers (`mdl-bench runs --store {store.path}` lists them), got "
+                                f"{', '.join(run_ids)}") \
                     from None
             rows = store.list_runs(ids)
             missing = sorted(set(ids) - {r["run_id"] for r in rows})
             if missing:
-                raise UserError(f"no run {missing[0]} in {store.path}; `mdl-bench runs` lists the stored runs")
+                raise UserError(f"no run {missing[0]} in {store.path}; `mdl-bench runs --store {store.path}` lists the "
+                                f"stored runs")
         else:
             rows = store.list_runs()
         if model is not None:

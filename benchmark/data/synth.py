@@ -60,7 +60,7 @@ from ..paths import pid_alive
 
 SCHEMA_VERSION = 1  # bump when the generative model changes, so cached raw files are regenerated
 ID_STREAM = 1  # second random stream (seed, ID_STREAM): the domain-specific id factors of ``id_rho``
-# Options added after schema 1 (issue 16): left out of the fingerprint while at their defaults, so that the
+# Options added after schema 1: left out of the fingerprint while at their defaults, so that the
 # cached raw files of every earlier spec keep their fingerprint (their rows are unchanged).
 LATER_OPTIONS = ("id_rho", "size_skew", "small_rho", "n_small_domains")
 
@@ -181,7 +181,7 @@ PRESETS: dict[str, dict] = {
         n_train=500_000, n_valid=100_000, n_test=300_000,
         n_users=20_000, n_items=40_000,
     ),
-    # Domain-specific interest at the id level too (issue 16): each domain's user and item factors are mixed
+    # Domain-specific interest at the id level too: each domain's user and item factors are mixed
     # with the shared ones by id_rho; the id interaction carries most of the signal (std ~1.0 logit vs ~0.6 for
     # the cluster affinity). Sizes 40x, from 54 % down to 1.4 % of the rows; the smallest domain conflicts.
     "conflict_like": dict(

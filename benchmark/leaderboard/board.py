@@ -80,6 +80,7 @@ class Board:
     std: bool
     digits: int
     missing: list = field(default_factory=list)
+    command: str = ""        # the `mdl-bench run` line that fills the missing or outdated rows, as given
 
     @property
     def title(self) -> str:
@@ -91,6 +92,7 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
     """Collect the suite's runs from the store into tables (one per dataset), marks and lift tables."""
     from ..data.build import domain_names
     from ..store import Store
+    from ..suite.plan import suite_command
 
     lb = suite.leaderboard
     metrics = list(metrics or lb["metrics"])
@@ -162,7 +164,7 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
     return Board(suite=suite, split=split, tables=tables, lifts=lifts, planned=planned, found=len(wanted),
                  store_path=_store_path(store or suite.store),
                  std=lb["std"] if std is None else std, digits=lb["digits"] if digits is None else digits,
-                 missing=missing)
+                 missing=missing, command=suite_command(suite, "run", config_dir, store, extra_overrides))
 
 
 def _evidence(col: str, values: dict, run_ids: dict, results_of: dict) -> Evidence:

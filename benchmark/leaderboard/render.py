@@ -96,14 +96,14 @@ def _notes(board: Board) -> list[str]:
     if outdated:
         notes.append(f"{OUTDATED_MARK}: {len(outdated)} row(s) ({', '.join(r.label for r in outdated)}) come from runs "
                      f"of older code (their model, the layers it uses or the run path changed since); every cell of "
-                     f"a row comes from one code revision. `mdl-bench run --suite {board.suite.name}` reruns them.")
+                     f"a row comes from one code revision. `{board.command}` reruns them.")
     capped = [r for t in board.tables for r in t.rows if r.capped]
     if capped:
         notes.append(f"{CAP_MARK}: in {len(capped)} row(s) a run's best epoch is its last allowed one (`epochs`): "
                      f"early stopping never saw validation stop improving, so those runs may not have converged.")
     if board.missing:
         notes.append(f"{len(board.missing)} of {board.planned} runs are not in the store for the current code yet "
-                     f"(`mdl-bench run --suite {board.suite.name}`); their rows show the runs found.")
+                     f"(`{board.command}`); their rows show the runs found.")
     notes.append(f"Store: {board.store_path}; {board.found} runs.")
     return notes
 
@@ -364,7 +364,7 @@ def render_html(board: Board, images: dict | None = None) -> str:
 
 
 def _analysis_section(board: Board) -> str:
-    """The figures of ``mdl-bench analyze --suite`` (issue 6) for this suite, if it was analysed; else ``""``."""
+    """The figures of ``mdl-bench analyze --suite`` for this suite, if it was analysed; else ``""``."""
     from ..analysis.html import leaderboard_section
 
     return leaderboard_section(board)

@@ -61,7 +61,10 @@ def build_tuning(suite, store=None, config_dir=None, extra_overrides: dict | Non
     from ..store import Store
 
     if suite.tuner is None:
-        raise UserError(f"{suite.where} has no `tuner:` block, so it is not a tuning suite; use `mdl-bench leaderboard`")
+        from ..suite.plan import suite_command
+
+        raise UserError(f"{suite.where} has no `tuner:` block, so it is not a tuning suite; use "
+                        f"`{suite_command(suite, 'leaderboard', config_dir, store, extra_overrides)}`")
     plan = suite.plan(config_dir, extra_overrides, strict=False)
     db = Store(store or suite.store, create=False)
     try:

@@ -9,7 +9,6 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from .plot import plot_scaling
 from .proc import TreeSampler
 from .report import render_markdown
 from .scaling import measure_scaling
-from .settings import QUICK_MODELS, PerfConfig, quick_config
+from .settings import PerfConfig
 from .targets import evaluate_targets
 
 
@@ -130,35 +129,3 @@ def run_perf(cfg: PerfConfig, out_path: str | os.PathLike | None = None, command
     out_path.write_text(json.dumps(clean, indent=2))
     md_path.write_text(render_markdown(clean))
     return clean
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def cmd_perf(args) -> int:
-    over = {}
-    if args.models:
-        over["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
-    cfg = quick_config(**over) if args.quick else PerfConfig(**over)
-    command = "mdl-bench perf" + (f" --out {args.out}" if args.out else "") + (" --quick" if args.quick else "") + (
-        f" --models {args.models}" if args.models else "")
-    if args.out and not str(args.out).endswith(".json"):
-        raise UserError(f"--out {args.out}: give a .json path (the Markdown report and the PNG go next to it)")
-    result = run_perf(cfg, args.out, command=command,
-                      progress=lambda message: print(f"[perf {time.strftime('%H:%M:%S')}] {message}",
-                                                     file=sys.stderr, flush=True))
-    print(Path(result["files"]["markdown"]).read_text())
-    print(f"wrote {result['files']['json']}, {result['files']['markdown']}"
-          + (f", {result['files']['png']}" if result["files"].get("png") else ""))
-    return 0
-
-
-def add_parser(sub) -> None:
-    """``mdl-bench perf`` (issue 7)."""
-    p = sub.add_parser("perf", help="measure training/evaluation speed against the bare loop and stock FuxiCTR")
-    p.add_argument("--out", help="JSON result path; the Markdown report and the scaling PNG are written next to it "
-                                 "(default $MDL_BENCH_HOME/perf/perf-<time>.json)")
-    p.add_argument("--quick", action="store_true",
-                   help="about 90 s: four models, fewer batches and rows, no FuxiCTR stock training or build; for "
-                        "comparing this package before and after a change")
-    p.add_argument("--models", help="comma-separated registered models (default: all; --quick: "
-                                    + ",".join(QUICK_MODELS) + ")")
-    p.set_defaults(func=cmd_perf)

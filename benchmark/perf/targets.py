@@ -1,4 +1,4 @@
-"""The goals of ``mdl-bench perf`` (issue 7) as rows: measured, goal, met, and a note where the machine was busy."""
+"""The goals of ``mdl-bench perf`` as rows: measured, goal, met, and a note where the machine was busy."""
 from __future__ import annotations
 
 import functools

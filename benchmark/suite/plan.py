@@ -478,4 +478,25 @@ def load_suite(name_or_path: str, config_dir=None) -> Suite:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"suite file {path}{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix it") from None
-    return Suite(data, path)
+    suite = Suite(data, path)
+    suite.given = str(name_or_path)  # as the user wrote it: the commands the tool suggests repeat it
+    return suite
+
+
+def suite_command(suite, verb: str = "run", config_dir=None, store=None, overrides: dict | None = None) -> str:
+    """The ``mdl-bench`` command line that repeats ``verb`` on this suite as it was given: its name or path, and
+    the ``--config``, ``--store`` and ``--set`` it was read with, so a suggested command runs as printed."""
+    import shlex
+
+    parts = ["mdl-bench", verb, "--suite", str(getattr(suite, "given", None) or suite.path or suite.name)]
+    if config_dir:
+        parts += ["--config", str(config_dir)]
+    if store:
+        parts += ["--store", str(store)]
+    for key, value in (overrides or {}).items():
+        if key == "nproc":
+            parts += ["--nproc", str(value)]
+        else:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            parts += ["--set", f"{key}={text.removesuffix('...').strip()}"]
+    return " ".join(shlex.quote(p) for p in parts)

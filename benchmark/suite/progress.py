@@ -2,6 +2,7 @@
 (stored now, stored by another process, failed) and the line printed for a finished run."""
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ class SuiteProgress:
         self.current: dict[tuple, float] = {}
         self.epoch_of: dict[tuple, int] = {}
         self.stream = stream or sys.stderr
+        self.quiet = disable or os.environ.get("MDL_BENCH_QUIET") == "1"  # `mdl-bench --quiet`: no bar, no lines
+        disable = self.quiet
         self.bar = tqdm(total=float(sum(r.epochs for r in runs)) or 1.0, file=self.stream, disable=disable,
                         dynamic_ncols=True, mininterval=0.5, smoothing=0.05,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} epochs "
@@ -60,12 +63,13 @@ class SuiteProgress:
         _, run = self.runs[key]
         self.current.pop(key, None)
         self.done_units += run.epochs
-        if line:
+        if line and not self.quiet:  # a failed run is also reported by the command's summary
             self.bar.write(line, file=self.stream)
         self._refresh()
 
     def write(self, line: str) -> None:
-        self.bar.write(line, file=self.stream)
+        if not self.quiet:
+            self.bar.write(line, file=self.stream)
 
     def close(self) -> None:
         self.bar.close()

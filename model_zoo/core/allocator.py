@@ -3,8 +3,8 @@
 A CPU training step allocates and frees the same large tensors (activations, gradients: tens of MB at batch
 4096) every step. glibc's ``malloc`` serves blocks above its mmap threshold with fresh ``mmap`` calls and
 returns the top of the heap to the OS above its trim threshold, so every step touches new pages and pays one
-page fault per 4 KiB page: measured here (2-core VM) 13,000-28,000 minor faults per Crocodile / ME-MMoE step,
-and 1.4 s vs 0.2 s for ten 100 MB allocations with and without the faults. Raising both thresholds keeps the
+page fault per 4 KiB page: thousands of minor faults per Crocodile or ME-MMoE step (the documentation's
+performance page gives the measured figures). Raising both thresholds keeps the
 pages mapped and reused, so a steady-state step has no page faults at all (``mdl-bench perf`` reports the
 effect). The price: the process keeps its peak heap mapped (RSS stays at the peak instead of shrinking
 between steps); the peak itself does not change.

@@ -1,0 +1,46 @@
+"""``mdl-bench perf`` on the command line: the parser and :func:`cmd_perf`. Kept apart from :mod:`.command` so that
+building the ``mdl-bench`` parser (``--help``) loads nothing heavy; the measurements are imported when the
+command runs."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .settings import QUICK_MODELS
+
+
+def cmd_perf(args) -> int:
+    from mdl_bench.model_zoo.core.errors import UserError
+    from .command import run_perf
+    from .settings import PerfConfig, quick_config
+
+    over = {}
+    if args.models:
+        over["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    cfg = quick_config(**over) if args.quick else PerfConfig(**over)
+    command = "mdl-bench perf" + (f" --out {args.out}" if args.out else "") + (" --quick" if args.quick else "") + (
+        f" --models {args.models}" if args.models else "")
+    if args.out and not str(args.out).endswith(".json"):
+        raise UserError(f"--out {args.out}: give a .json path (the Markdown report and the PNG go next to it)")
+    quiet = getattr(args, "quiet", False)
+    result = run_perf(cfg, args.out, command=command,
+                      progress=None if quiet else (lambda message: print(
+                          f"[perf {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)))
+    print(Path(result["files"]["markdown"]).read_text())
+    print(f"wrote {result['files']['json']}, {result['files']['markdown']}"
+          + (f", {result['files']['png']}" if result["files"].get("png") else ""))
+    return 0
+
+
+def add_parser(sub) -> None:
+    """``mdl-bench perf``."""
+    p = sub.add_parser("perf", help="measure training/evaluation speed against the bare loop and stock FuxiCTR")
+    p.add_argument("--out", help="JSON result path; the Markdown report and the scaling PNG are written next to it "
+                                 "(default $MDL_BENCH_HOME/perf/perf-<time>.json)")
+    p.add_argument("--quick", action="store_true",
+                   help="about 90 s: four models, fewer batches and rows, no FuxiCTR stock training or build; for "
+                        "comparing this package before and after a change")
+    p.add_argument("--models", help="comma-separated registered models (default: all; --quick: "
+                                    + ",".join(QUICK_MODELS) + ")")
+    p.set_defaults(func=cmd_perf)
