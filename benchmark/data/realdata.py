@@ -268,8 +268,11 @@ def feature_block(names: list[str], dtype: str, source: str, **extra) -> dict:
 
 
 def dataset_block(*, dataset_id: str, out_dir: Path, domain_field: str, domains: list, feature_cols: list,
-                  label: str, config_paths: dict | None = None) -> dict:
+                  label: str, roles: dict, domain_names=None, config_paths: dict | None = None) -> dict:
+    """A converted dataset's block: ``roles`` maps the roles model configs name (user, item, author...) to its
+    columns; ``domain_names`` labels the domains (a list, or a text with ``{}`` for the value)."""
     paths = config_paths or {s: str(Path(out_dir) / f"{s}.csv") for s in SPLITS}
+    names = {} if domain_names is None else {"domain_names": domain_names}
     return {
         "data_root": "${MDL_BENCH_HOME}/data",
         "data_format": "csv",
@@ -278,6 +281,8 @@ def dataset_block(*, dataset_id: str, out_dir: Path, domain_field: str, domains:
         "test_data": paths["test"],
         "domain_field": domain_field,
         "domains": list(domains),
+        **names,
+        "roles": dict(roles),
         "group_id": "group_id",
         "min_categr_count": 1,
         "feature_cols": feature_cols + [{"name": "group_id", "active": True, "dtype": "int", "type": "meta"}],

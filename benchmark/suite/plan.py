@@ -397,7 +397,7 @@ class Suite:
 
     def _separate_data_variant(self, params: dict, config) -> None:
         """A config that changes how the data is built gets its own build folder (``data_root`` is not hashed)."""
-        block = config.dataset_params(params["dataset_id"])
+        block = config.dataset_resolved(params["dataset_id"])
         changed = {k: params.get(k) for k in BUILD_KEYS if params.get(k) != block.get(k)}
         if changed:
             import hashlib
