@@ -164,3 +164,14 @@ def resolve_domain_names(params: dict) -> None:
         params.pop("domain_names", None)
     else:
         params["domain_names"] = names
+
+
+def dataset_block_of(params: dict) -> dict:
+    """The dataset block that resolves back to the dataset keys of resolved ``params`` (a run written out as a
+    config folder): without ``domain_names`` a resolved config means ``S<value>``, a block the value itself."""
+    from ..schema import DATASET_TYPES
+
+    block = {k: v for k, v in params.items() if k in DATASET_TYPES and k != "dataset_id"}
+    if block.get("domain_names") is None:
+        block["domain_names"] = "S{}"
+    return block
