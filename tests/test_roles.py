@@ -111,8 +111,9 @@ def test_a_model_default_naming_absent_fields_is_caught_at_resolution(tmp_path):
     config = own_config(tmp_path, roles={"user": "uid", "item": "iid"})
     models = {"Croc_nodefault": {"model": "Crocodile", "dataset_id": "own", "learning_rate": 1.0e-2}}
     (config / "model_config.yaml").write_text(yaml.safe_dump(models))
-    with pytest.raises(UserError, match=r"prior_fields \(the model's default, \['user_id', 'item_id', 'domain'\]\) "
-                                        r"names 'user_id'"):
+    with pytest.raises(UserError, match=r"prior_fields \(not set, so the model's default \['user_id', 'item_id', "
+                                        r"'domain'\]\) names 'user_id', .*; set prior_fields in the expid's block to "
+                                        r"roles or fields the dataset has"):
         resolve("Croc_nodefault", config, {})
 
 

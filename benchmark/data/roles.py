@@ -106,12 +106,17 @@ def check_field_list(params: dict, key: str, names, expid: str, roles: dict | No
     for name in names:
         if name in fields:
             continue
-        what = f"{key} (the model's default, {list(names)})" if default else key
         role_list = ", ".join(f"{r}={f}" for r, f in sorted(roles.items()))
+        if default:
+            what = f"{key} (not set, so the model's default {list(names)})"
+            fix = f"set {key} in the expid's block to roles or fields the dataset has (e.g. [user, item, domain])"
+        else:
+            what = key
+            fix = (f"declare it in the dataset block (`roles: {{{name}: <column>}}`), write `({name})` to leave it "
+                   f"out where a dataset lacks it, or set {key} to roles or fields the dataset has")
         raise UserError(f"expid {expid!r} on dataset {dataset!r}: {what} names {name!r}, which is neither a role "
                         f"nor a field of that dataset (its roles: {role_list or 'none'}){close_matches(name, fields)}; "
-                        f"declare it in the dataset block (`roles: {{{name}: <column>}}`), write `({name})` to leave it "
-                        f"out where a dataset lacks it, or set {key} to roles or fields the dataset has")
+                        f"{fix}")
 
 
 def dataset_defaults(params: dict) -> dict:
