@@ -88,6 +88,8 @@ def test_domain_names_a_list_or_a_template(tmp_path):
     assert template["domain_names"] == ["d-home", "d-search", "d-feed"]
     with pytest.raises(UserError, match=r"`domain_names` of dataset 'own' is the text 'D'; give a list"):
         resolve("MMoE_test", own_config(tmp_path, {"user": "uid"}, domain_names="D"), {"dataset_id": "own"})
+    with pytest.raises(UserError, match=r"`domain_names` of dataset 'own' gives two domains the same name"):
+        resolve("MMoE_test", own_config(tmp_path, {"user": "uid"}, domain_names=["a", "b", "a"]), {"dataset_id": "own"})
 
 
 @pytest.mark.parametrize("roles,expid,pattern", [
@@ -100,6 +102,8 @@ def test_domain_names_a_list_or_a_template(tmp_path):
                                    r"\{user: <column>\}`"),
     ({"user": "uid", "domain": "iid"}, "MMoE_test", r"gives role 'domain' the column 'iid', but the domain is "
                                                     r"`domain_field` \('surface'\)"),
+    ("uid", "MMoE_test", r"`roles` of dataset 'own' \(from .*dataset_config.yaml\) must map role names to column "
+                         r"names \(e.g. \{user: user_id, item: item_id\}\), got 'uid'"),
 ])
 def test_missing_roles_are_one_line_errors_with_the_fix(tmp_path, roles, expid, pattern):
     with pytest.raises(UserError, match=pattern) as info:
