@@ -33,7 +33,7 @@ def write_my_clicks(folder: Path, rows: int = 3000, seed: int = 0) -> None:
     for name, part in zip(("train", "valid", "test"), np.split(np.arange(rows), cut)):
         with open(folder / f"{name}.csv", "w", newline="") as fh:
             out = csv.writer(fh)
-            out.writerow(["user", "item", "surface", "device", "category", "hour", "clicked"])
+            out.writerow(["visitor_id", "product_id", "surface", "device", "category", "hour", "clicked"])
             for r in part:
                 out.writerow([f"u{u[r]:04d}", f"i{i[r]:04d}", s[r], device[r], f"c{category[i[r]]}", hour[r],
                               clicked[r]])
