@@ -170,8 +170,17 @@ def cmd_data_aliccp(args) -> int:
     return 0
 
 
+def cmd_data_movielens(args) -> int:
+    from .data import movielens
+
+    movielens.convert(args.raw_dir, args.out, split=args.split, seed=args.seed, min_count=args.min_count,
+                      max_malformed=args.max_malformed, dataset_id=args.dataset_id)
+    return 0
+
+
 def add_convert_options(p: argparse.ArgumentParser, dataset: str) -> None:
-    p.add_argument("--raw-dir", dest="raw_dir", required=True, help=f"folder holding the downloaded {dataset} files")
+    p.add_argument("--raw-dir", "--raw", dest="raw_dir", required=True,
+                   help=f"folder holding the downloaded {dataset} files")
     p.add_argument("--out", help="output folder for train/valid/test.csv, dataset_config.yaml, stats.json (default "
                                  "$MDL_BENCH_HOME/raw/<dataset id>, the path the packaged config reads)")
     p.add_argument("--min-count", dest="min_count", type=int, default=10,
@@ -309,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: all, ascending)")
     p.add_argument("--dataset-id", dest="dataset_id", default="aliccp", help="id of the written config block")
     p.set_defaults(func=cmd_data_aliccp)
+    p = data.add_parser("movielens", help="convert MovieLens-1M raw files (ratings/users/movies.dat) into three "
+                                          "domains by age")
+    add_convert_options(p, "MovieLens-1M")
+    p.add_argument("--split", default="random", choices=["random", "time"],
+                   help="random: 80/10/10 by a seeded hash (default); time: global timestamp cut at 80%%/90%%")
+    p.add_argument("--seed", type=int, help="random split only (default 2024)")
+    p.add_argument("--dataset-id", dest="dataset_id", default="movielens1m", help="id of the written config block")
+    p.set_defaults(func=cmd_data_movielens)
     from .analysis.command import add_parser as add_analyze_parser
 
     add_analyze_parser(sub)  # `mdl-bench analyze`

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from mdl_bench.model_zoo.core.errors import UserError, close_matches, show_value
+from .data.roles import dataset_defaults, resolve_fields
 from .paths import expand_path, packaged_config_dir
 from .schema import DATASET_TYPES, TRAINER_TYPES
 
@@ -138,10 +139,17 @@ class ConfigSet:
         params.update(copy.deepcopy(self.datasets[dataset_id]))
         return params
 
+    def dataset_resolved(self, dataset_id: str) -> dict:
+        """A dataset block with what its roles and values imply (:func:`.data.roles.dataset_defaults`): the keys a
+        resolved config takes from it."""
+        return dataset_defaults(self.dataset_params(dataset_id))
+
     def load(self, expid: str, overrides: dict | None = None) -> dict:
         """Resolved parameters of ``expid``: Base <- expid block <- dataset block (FuxiCTR's order) <- overrides.
 
         ``overrides`` (from the command line or a suite) win over everything and may change ``dataset_id``.
+        Then the dataset's roles are resolved (:mod:`.data.roles`): role names in ``*_fields`` keys become its
+        field names, gAUC's group defaults to the user role, and ``domain_names`` takes its resolved form.
         """
         overrides = dict(overrides or {})
         params = self.model_params(expid)
@@ -149,6 +157,8 @@ class ConfigSet:
             params["dataset_id"] = overrides["dataset_id"]
         params.update(self.dataset_params(params["dataset_id"]))
         params.update(overrides)
+        dataset_defaults(params)
+        resolve_fields(params, expid, str(self.dataset_files.get(params["dataset_id"], "")) or None)
         for key in PATH_KEYS:
             if key in params:
                 params[key] = expand_path(params[key])

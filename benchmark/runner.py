@@ -92,6 +92,7 @@ def resolve(expid: str, config_dir=None, overrides: dict | None = None,
     check_keys(params, model_class, expid, config, sources)
     params = schema.validate(params, model_class, sources)
     dataset_domain_names(params)  # checks domain_field / domains / domain_names early
+    check_dataset_fields(expid, params, model_class, config)
     if isinstance(params.get("synth"), dict):  # the generator's options, checked before anything is generated
         options = dict(params["synth"])
         try:
@@ -101,6 +102,31 @@ def resolve(expid: str, config_dir=None, overrides: dict | None = None,
                             f"{sources.get('synth', 'its dataset block')})") from None
     check_device(params)
     return params, model_class, config
+
+
+def check_dataset_fields(expid: str, params: dict, model_class, config: ConfigSet) -> None:
+    """Before anything is built: the fields a model's ``*_fields`` default names are fields of the dataset (the
+    configured ones were resolved and checked with the config), and gAUC has its user grouping."""
+    import inspect
+
+    from .data.roles import check_field_list, declared_roles
+
+    roles = None
+    for klass in inspect.getmro(model_class):
+        init = klass.__dict__.get("__init__")
+        for name, p in (inspect.signature(init).parameters.items() if init else ()):
+            if (name.endswith("_fields") and name not in params and isinstance(p.default, (list, tuple))
+                    and p.default):
+                if roles is None:
+                    roles = declared_roles({**config.dataset_params(params["dataset_id"]), **params})
+                check_field_list(params, name, list(p.default), expid, roles, default=True)
+    monitor = params.get("monitor")
+    wanted = list(params.get("metrics") or []) + (list(monitor) if isinstance(monitor, dict) else [str(monitor)])
+    if any(str(m).startswith("gAUC") for m in wanted) and not params.get("group_id"):
+        raise UserError(f"expid {expid!r} on dataset {params['dataset_id']!r}: gAUC groups rows by user, but the "
+                        f"dataset names no user; declare `roles: {{user: <column>}}` in its dataset block (gAUC then "
+                        f"groups by that column), or name a `group_id` meta column, or drop gAUC from `metrics` and "
+                        f"`monitor`")
 
 
 def check_paths(params: dict) -> None:

@@ -155,7 +155,8 @@ DATASET_TYPES: dict[str, tuple[Any, Range | None]] = {
     "min_categr_count": (int, NON_NEGATIVE), "feature_cols": (Union[list[dict], dict], None),
     "label_col": (Union[dict, list[dict]], None), "group_id": (str | None, None), "rebuild_dataset": (bool, None),
     "data_block_size": (int | None, NON_NEGATIVE), "use_features": (Any, None), "feature_specs": (Any, None),
-    "domain_field": (str, None), "domains": (list, None), "domain_names": (list | None, None),
+    "domain_field": (str, None), "domains": (list, None), "domain_names": (list | str | None, None),
+    "roles": (dict[str, str] | None, None),
     "oracle_field": (str | None, None), "synth": (dict | None, None), "num_workers": (int | None, NON_NEGATIVE),
 }
 

@@ -107,6 +107,7 @@ def write_raw_dataset(tmp_path, label_of_row_3="1"):
         d["toy"] = dict(data_root=str(tmp_path / "data"), data_format="csv", train_data=str(raw / "train.csv"),
                         valid_data=str(raw / "valid.csv"), test_data=str(raw / "test.csv"), domain_field="domain",
                         domains=[0, 1], label_col={"name": "click", "dtype": "float"}, group_id="group_id",
+                        roles={"user": "user_id", "item": "item_id"},
                         feature_cols=[{"name": ["user_id", "item_id", "domain"], "dtype": "int",
                                        "type": "categorical"},
                                       {"name": "group_id", "dtype": "int", "type": "meta",
@@ -133,12 +134,17 @@ def test_nan_or_non_binary_label(capsys, tmp_path, label):
 
 
 def test_config_loader_agrees_with_fuxictr(bench_home):
+    """The same merge as FuxiCTR's loader; then the roles are resolved (FuxiCTR has none)."""
     from fuxictr.utils import load_config
+    from mdl_bench.benchmark.data.roles import dataset_defaults, resolve_fields
 
     config = ConfigSet()
     for expid in ("Crocodile_default", "Crocodile_test", "Crocodile_ablation_ME_pg_B"):
         ours = config.load(expid)
         theirs = load_config(str(packaged_config_dir()), expid)
+        assert theirs["prior_fields"] == ["user", "item", "domain"] and ours["prior_fields"] != theirs["prior_fields"]
+        theirs = resolve_fields(dataset_defaults(theirs), expid)
+        assert set(theirs) == set(ours)
         for key, value in theirs.items():
             if isinstance(value, str) and "${MDL_BENCH_HOME}" in value:
                 value = value.replace("${MDL_BENCH_HOME}", str(bench_home))

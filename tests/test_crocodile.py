@@ -66,8 +66,16 @@ def test_each_expert_reads_only_its_own_table(tiny, tiny_batch):
 
 
 def test_missing_prior_field_names_field_and_dataset(tiny):
-    with pytest.raises(UserError, match=r"`prior_fields` names field 'video_id', which dataset 'tiny_synth' lacks"):
+    # caught when the config is resolved, before any data is built
+    with pytest.raises(UserError, match=r"prior_fields names 'video_id', which is neither a role nor a field of "
+                                        r"that dataset"):
         build_model(tiny, prior_fields=["user_id", "video_id"])
+    # and by the model itself when it is built from a feature map directly
+    from mdl_bench.model_zoo import get_model
+
+    params = dict(tiny.params, prior_fields=["user_id", "video_id"])
+    with pytest.raises(UserError, match=r"`prior_fields` names field 'video_id', which dataset 'tiny_synth' lacks"):
+        get_model("Crocodile")(tiny.feature_map, **params)
 
 
 def test_bad_switch_values(tiny):

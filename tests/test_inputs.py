@@ -368,7 +368,7 @@ def toy_dataset(tmp_path, empty: str | None) -> Path:
     ("gpu_set", ["--set", "gpu=5"], r"gpu 5 was asked for"),
     ("no_input", ["--set", "embedding_dim=0"], r"'embedding_dim' = 0 .*expected an integer >= 1"),
     ("no_input_dropout", ["--set", "net_dropout=1.0"], r"'net_dropout' = 1.0 .*expected a number in \[0, 1\)"),
-    ("only_domain", ["--set", "feature_cols=[{name: domain, dtype: int, type: categorical}]"],
+    ("only_domain", ["--set", "feature_cols=[{name: domain, dtype: int, type: categorical}]", "--set", "roles={}"],
      r"dataset 'toy' gives the model no input feature besides the domain field 'domain'"),
 ])
 def test_a_run_that_would_report_nothing_real_is_refused(home, tmp_path, capsys, case, argv, pattern):

@@ -386,7 +386,8 @@ def zip_dataset(folder: Path, zip_dtype: str) -> Path:
                                {"name": "zip_code", "dtype": zip_dtype, "type": "categorical"},
                                {"name": "group_id", "dtype": "str", "type": "meta",
                                 "preprocess": "copy_from(user_id)"}],
-                 group_id="group_id", **{f"{s}_data": str(raw / f"{s}.csv") for s in ("train", "valid", "test")})
+                 group_id="group_id", **{f"{s}_data": str(raw / f"{s}.csv") for s in ("train", "valid", "test")},
+                 roles={"user": "user_id", "item": "zip_code"})  # no item column: zip_code stands in for Crocodile
     (folder / "dataset_config.yaml").write_text(yaml.safe_dump({"zips": block}))
     return folder
 

@@ -304,6 +304,7 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
              "files": {s: str(p) for s, p in paths.items()}}
     block = rd.dataset_block(dataset_id=dataset_id, out_dir=out, domain_field="domain", domains=domains_out,
                              feature_cols=feature_cols(), label=LABEL,
+                             roles={"user": "user_id", "item": "item_id", "author": "f207"}, domain_names="S{}",
                              config_paths=rd.config_paths_for(out, dataset_id))
     comment = ("AliCCP converted by `mdl-bench data aliccp` (official train; official test halved by CRC-32 of "
                f"sample_id; field 301 raw ids {list(mapping)} -> domains {domains_out};\nvalues seen < {min_count} "

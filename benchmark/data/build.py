@@ -440,16 +440,20 @@ def ensure_dataset(params: dict, log=logging.info) -> dict[str, str]:
                 if Path(params[f"{split}_data"]) != raw_dir / f"{split}.csv":
                     raise UserError(f"a synthetic dataset writes train.csv, valid.csv and test.csv into one folder; "
                                     f"point {split}_data at {raw_dir / (split + '.csv')}")
-            if synth.ensure_raw(spec, raw_dir):
+            if synth.ensure_raw(spec, raw_dir, log):
                 log(f"Generated synthetic data ({spec.n_train + spec.n_valid + spec.n_test:,} rows, seed "
                     f"{spec.seed}) -> {raw_dir}")
         files = _split_files(params)
         fingerprint = _fingerprint(params, files)
         info = read_build_info(params)
         paths = built_paths(params)
-        if not (info and info.get("fingerprint") == fingerprint and all(os.path.exists(p) for p in paths.values())):
-            if info:
+        missing = [p for p in list(paths.values()) + [str(dataset_dir(params) / "feature_map.json")]
+                   if not os.path.exists(p)]
+        if not (info and info.get("fingerprint") == fingerprint and not missing):
+            if info and info.get("fingerprint") != fingerprint:
                 log(f"Dataset {params['dataset_id']} config or raw files changed since the last build; rebuilding")
+            elif info:
+                log(f"Dataset {params['dataset_id']}: built file {missing[0]} is missing; rebuilding the dataset")
             build(params, files, fingerprint, log=log)
     return paths
 

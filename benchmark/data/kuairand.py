@@ -452,6 +452,7 @@ def _replace_rare_in_table(table: pl.DataFrame, key: str, train_counts: pl.DataF
 def _write_config(out: Path, dataset_id: str, rel: Release, chosen: list[int], stats: dict) -> None:
     block = rd.dataset_block(dataset_id=dataset_id, out_dir=out, domain_field=DOMAIN, domains=chosen,
                              feature_cols=feature_cols(), label=LABEL,
+                             roles={"user": "user_id", "item": "video_id", "author": "author_id"}, domain_names="S{}",
                              config_paths=rd.config_paths_for(out, dataset_id))
     comment = (f"{rel.name} converted by `mdl-bench data kuairand` ({stats['split']['text']}; values seen < "
                f"{stats['min_count']} times in train -> -1 / __rare__; missing -> {rd.MISSING_INT} / "

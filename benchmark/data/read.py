@@ -22,6 +22,12 @@ def check_header(path: str, wanted: dict, split: str) -> None:
     """The file is CSV text with a header naming every wanted column; reads the header line only, so no data
     row is looked at (or typed) here."""
     header = read_header(path, fix=f"point {split}_data at a CSV file with a header line", strip=False)
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        where = [i + 1 for i, c in enumerate(header) if c == twice[0]]
+        raise UserError(f"{split}_data file {path}: the header names column {twice[0]!r} twice (fields "
+                        f"{' and '.join(map(str, where[:2]))}), so which one is meant is ambiguous; rename or drop one "
+                        f"of them")
     missing = [c for c in wanted if c not in header]
     if missing:
         seps = [sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]]

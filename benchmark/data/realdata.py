@@ -212,7 +212,8 @@ def check_range(option: str, value, low: float, high: float | None = None, high_
     """A converter option inside ``[low, high]`` (``[low, high)`` with ``high_open``), else a one-line error."""
     above = high is not None and (value >= high if high_open else value > high)
     if value != value or value < low or above:
-        where = f"in [{low:g}, {high:g}{')' if high_open else ']'}" if high is not None else f">= {low:g}"
+        n = lambda v: str(int(v)) if float(v).is_integer() else f"{v:g}"  # 4294967295, not 4.29497e+09
+        where = f"in [{n(low)}, {n(high)}{')' if high_open else ']'}" if high is not None else f">= {n(low)}"
         raise UserError(f"{option} must be {where}, got {value!r}; fix the option")
 
 
@@ -268,8 +269,11 @@ def feature_block(names: list[str], dtype: str, source: str, **extra) -> dict:
 
 
 def dataset_block(*, dataset_id: str, out_dir: Path, domain_field: str, domains: list, feature_cols: list,
-                  label: str, config_paths: dict | None = None) -> dict:
+                  label: str, roles: dict, domain_names=None, config_paths: dict | None = None) -> dict:
+    """A converted dataset's block: ``roles`` maps the roles model configs name (user, item, author...) to its
+    columns; ``domain_names`` labels the domains (a list, or a text with ``{}`` for the value)."""
     paths = config_paths or {s: str(Path(out_dir) / f"{s}.csv") for s in SPLITS}
+    names = {} if domain_names is None else {"domain_names": domain_names}
     return {
         "data_root": "${MDL_BENCH_HOME}/data",
         "data_format": "csv",
@@ -278,6 +282,8 @@ def dataset_block(*, dataset_id: str, out_dir: Path, domain_field: str, domains:
         "test_data": paths["test"],
         "domain_field": domain_field,
         "domains": list(domains),
+        **names,
+        "roles": dict(roles),
         "group_id": "group_id",
         "min_categr_count": 1,
         "feature_cols": feature_cols + [{"name": "group_id", "active": True, "dtype": "int", "type": "meta"}],
@@ -317,11 +323,12 @@ def print_table1(stats: dict, log: Callable[[str], None] = print) -> None:
     rows = stats["rows"]  # split -> domain -> count
     domains = stats["domains"]
     total = {d: sum(rows[s].get(str(d), 0) for s in SPLITS) for d in domains}
+    label = dict(zip(domains, stats.get("domain_names") or [f"S{d}" for d in domains]))
     log(f"Table 1 statistics of {stats['dataset_id']} (after low-frequency filtering):")
     log(f"  #Sample {stats['samples']:,}   #User {stats['users']:,}   #Item {stats['items']:,}   Domain (#Impr) "
-        + " / ".join(f"S{d}({_short(total[d])})" for d in domains))
+        + " / ".join(f"{label[d]}({_short(total[d])})" for d in domains))
     width = max(9, *(len(f"{v:,}") + 1 for v in total.values()))
-    log("  " + "split".ljust(6) + "rows".rjust(12) + "".join(f"S{d}".rjust(width) for d in domains) + "   CTR")
+    log("  " + "split".ljust(6) + "rows".rjust(12) + "".join(label[d].rjust(width) for d in domains) + "   CTR")
     for split in SPLITS:
         n = sum(rows[split].values())
         ctr = stats["clicks"][split] / n if n else float("nan")

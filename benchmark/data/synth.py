@@ -120,6 +120,9 @@ class SynthSpec:
         if not (self.size_skew == 0 or self.size_skew >= 1):
             raise UserError(f"synthetic spec: `size_skew` is the largest/smallest domain size ratio, >= 1 (or 0 to "
                             f"keep `domain_sizes`), got {self.size_skew}")
+        if self.small_rho is None and self.n_small_domains != SynthSpec.n_small_domains:
+            raise UserError(f"synthetic spec: `n_small_domains` ({self.n_small_domains}) has no effect without "
+                            f"`small_rho`; set small_rho (the rho of those domains) or drop n_small_domains")
         if self.small_rho is not None:
             if abs(self.small_rho) > 1:
                 raise UserError(f"synthetic spec: `small_rho` must lie in [-1, 1], got {self.small_rho}")
@@ -398,7 +401,8 @@ def write_raw(spec: SynthSpec, out_dir: str | os.PathLike) -> dict:
             counts[split] = {str(r["domain"]): {"rows": r["rows"], "ctr": round(r["ctr"], 6)}
                              for r in per_domain.sort("domain").iter_rows(named=True)}
         meta = {"generator": "mdl_bench.synth", "schema_version": SCHEMA_VERSION,
-                "fingerprint": spec.fingerprint(), "spec": dataclasses.asdict(spec), "rows": counts}
+                "fingerprint": spec.fingerprint(), "spec": dataclasses.asdict(spec), "rows": counts,
+                "bytes": {split: (tmp / f"{split}.csv").stat().st_size for split in bounds}}
         (tmp / "synth_meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -419,11 +423,36 @@ def read_meta(out_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def ensure_raw(spec: SynthSpec, out_dir: str | os.PathLike) -> bool:
-    """Generate the raw files unless ``out_dir`` already holds this exact spec. Returns True if generated."""
+def ensure_raw(spec: SynthSpec, out_dir: str | os.PathLike, log=None) -> bool:
+    """Generate the raw files unless ``out_dir`` already holds this exact spec, each file with the rows its
+    generator recorded. Returns True if generated. A file that is missing or does not hold its recorded rows (cut
+    short, edited) is generated again (the generator is seeded: the same rows), saying so through ``log``."""
     meta = read_meta(out_dir)
-    if meta is not None and meta.get("fingerprint") == spec.fingerprint() and all(
-            (Path(out_dir) / f"{s}.csv").exists() for s in ("train", "valid", "test")):
-        return False
+    if meta is not None and meta.get("fingerprint") == spec.fingerprint():
+        problem = raw_problem(meta, Path(out_dir))
+        if problem is None:
+            return False
+        if log is not None:
+            log(f"{problem}; generating the synthetic data again (seeded: the same rows)")
     write_raw(spec, out_dir)
     return True
+
+
+def raw_problem(meta: dict, out_dir: Path) -> str | None:
+    """Why the raw files in ``out_dir`` are not what ``meta`` recorded (a file missing, or with another number of
+    rows or bytes), or ``None``."""
+    for split, per_domain in (meta.get("rows") or {}).items():
+        path = out_dir / f"{split}.csv"
+        if not path.is_file():
+            return f"raw file {path} is missing"
+        recorded = (meta.get("bytes") or {}).get(split)
+        if recorded is not None:
+            if path.stat().st_size != recorded:
+                return f"raw file {path} has {path.stat().st_size:,} bytes, its generator wrote {recorded:,}"
+            continue
+        rows = sum(v["rows"] for v in per_domain.values())  # files written before byte counts were recorded
+        with open(path, "rb") as fh:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b"")) - 1
+        if lines != rows:
+            return f"raw file {path} has {lines:,} rows, its generator wrote {rows:,}"
+    return None

@@ -31,13 +31,14 @@ def run_resolved(expid: str, params: dict, step_callback=None, quiet: bool = Tru
     come here, so a rerun takes exactly the path of the original run. Console output of the run (FuxiCTR's
     stream handler, warnings) is captured and appended to the run's log file.
     """
-    from ..config import DATASET_KEYS, ConfigSet
+    from ..config import ConfigSet
+    from ..data.roles import dataset_block_of
     from ..runner import run_expid
 
     folder = Path(tempfile.mkdtemp(prefix="mdl-bench-run-"))
     console = io.StringIO()
     try:
-        dataset_block = {k: v for k, v in params.items() if k in DATASET_KEYS and k != "dataset_id"}
+        dataset_block = dataset_block_of(params)
         (folder / "model_config.yaml").write_text(yaml.safe_dump({"Base": {}, expid: dict(params)}))
         (folder / "dataset_config.yaml").write_text(yaml.safe_dump({params["dataset_id"]: dataset_block}))
         over = {"model_id": params["model_id"]}

@@ -385,6 +385,7 @@ class Suite:
                         if model_class else model,
                         series=entry.label or entry.expid, code=code)
                     if self.tuner is not None:
+                        self._check_new_trial(where, digest, row_trials, len(points), space)
                         variant.trial = Trial(row=row, index=len(row_trials), tuner=self.tuner,
                                               earlier=list(row_trials),
                                               monitor_mode=str(params.get("monitor_mode", "max")))
@@ -395,17 +396,44 @@ class Suite:
                         run_params["model_id"] = run_model_id(entry.expid, run_params, digest, code)
                         runs.append(PlannedRun(variant=variant, seed=int(seed), params=run_params))
         _label_variants(variants)
+        if self.tuner is None:
+            _check_distinct_rows(self.where, variants)
         return Plan(suite=self, variants=variants, runs=runs)
+
+    def _check_new_trial(self, where: str, digest: str, row_trials: list, trials: int, space: dict) -> None:
+        """A tuning row's trial must be a config no earlier trial of the row has: two trials of one config would be
+        one stored run reported twice."""
+        earlier = [i for i, (d, _, _) in enumerate(row_trials) if d == digest]
+        if not earlier:
+            return
+        distinct = len({d for d, _, _ in row_trials})
+        if not space:
+            fix = "a tuning suite needs a `tuner_space` with the values to try; add one (suite or row), or drop `tuner`"
+        else:
+            fix = f"lower tuner `trials` to {distinct} or add values to `tuner_space`"
+        raise UserError(f"{where}: tuner trial #{distinct + 1} of {trials} resolves to the config of trial "
+                        f"#{earlier[0] + 1} (one stored run, reported twice); {fix}")
 
     def _separate_data_variant(self, params: dict, config) -> None:
         """A config that changes how the data is built gets its own build folder (``data_root`` is not hashed)."""
-        block = config.dataset_params(params["dataset_id"])
+        block = config.dataset_resolved(params["dataset_id"])
         changed = {k: params.get(k) for k in BUILD_KEYS if params.get(k) != block.get(k)}
         if changed:
             import hashlib
             import json
             tag = hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
             params["data_root"] = os.path.join(params["data_root"], "variants", tag)
+
+
+def _check_distinct_rows(where: str, variants: list) -> None:
+    """Two rows of one config on one dataset would show the same runs twice (both marked best): an error."""
+    seen: dict[tuple, Variant] = {}
+    for v in variants:
+        first = seen.setdefault((v.dataset_id, v.config_hash), v)
+        if first is not v:
+            raise UserError(f"{where}: rows {first.label!r} ({first.expid}) and {v.label!r} ({v.expid}) resolve to one "
+                            f"config on dataset {v.dataset_id!r} (the same runs, shown twice); drop one, or make them "
+                            f"differ (`overrides`, `tuner_space`)")
 
 
 def run_model_id(expid: str, params: dict, digest: str | None = None, code: str = "") -> str:

@@ -1,0 +1,143 @@
+"""Roles, not field names: model configs name roles that each dataset block maps to its own fields, resolved with
+the config (before any build); the shipped configs resolve exactly as they did when they named fields."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mdl_bench.benchmark.config import ConfigSet
+from mdl_bench.benchmark.runner import resolve
+from mdl_bench.benchmark.store import config_hash
+from mdl_bench.benchmark.suite import Suite
+from mdl_bench.model_zoo.core.errors import UserError
+
+# Config hashes of shipped expids computed on the tree before roles existed (model configs naming fields, no
+# `roles` or `domain_names` in the dataset blocks): the stored results of these runs must keep being found.
+PINNED = {
+    ("Crocodile_default", None): "361e3a46fa9612279f88e7bebdc58e329a8679d69b32663e6d74cbea184210e5",
+    ("PEPNet_default", None): "5a2b44047bef070e0891e21f575147f17f39d4b0f0cafd38e9bf2cb797337a59",
+    ("Crocodile_kuairand", None): "b6f22ecf37372420f1fa13e7e6b51e243806ce4b3cc1a9e4e46b7f7d73ab133a",
+    ("PEPNet_kuairand", None): "d5846cc12d7a2485482d60cba5cc9a4ebfe852260b0aa2cb51782f0e9bbb3302",
+    ("Crocodile_aliccp", None): "4f74109a7fcc2ba778687fb93345bd6a7ab060dd68f2615d5cdbd4d22d3fb77d",
+    ("PEPNet_aliccp", None): "292f40c9a372c34fabe72c1e73f8e0f6420ae8cc13e195cf08297160647d6bc9",
+    ("PEPNet_test", None): "1723947d876ea9259220b3fdcbf40cc1b519812c463d17a431515229990a23be",
+    ("Crocodile_test", None): "2627da3f6ed19556c5de40c56fce8d0d7e47499db97c208b4b1acf9adf1b58ec",
+    ("MMoE_default", "aliccp_like"): "4e64360fb62b0c56d40f0205f53714a9ac5f173f0411f478a5d69d194f832368",
+    ("STAR_default", "regime_rho0_skew40"): "435903f434f7b7474b809d9fd4d0552817f014da22f0b2eb1f04b56fe09fab1d",
+}
+
+
+@pytest.mark.parametrize("expid,dataset", list(PINNED))
+def test_shipped_expids_keep_their_config_hash(expid, dataset):
+    params, _, _ = resolve(expid, None, {"dataset_id": dataset} if dataset else {})
+    assert config_hash(params) == PINNED[(expid, dataset)]
+    assert "roles" not in params and "domain_names" not in params  # the resolved config names fields only
+
+
+def test_roles_resolve_to_each_datasets_fields():
+    expected = {"kuairand_like": ["user_id", "item_id", "domain"], "kuairand1k": ["user_id", "video_id", "tab"],
+                "aliccp": ["user_id", "item_id", "domain"]}
+    for dataset, fields in expected.items():
+        params, _, _ = resolve("Crocodile_default", None, {"dataset_id": dataset})
+        assert params["prior_fields"] == fields
+    authors = {"kuairand_like": "item_author", "kuairand1k": "author_id", "aliccp": "f207"}
+    for dataset, author in authors.items():
+        params, _, _ = resolve("PEPNet_default", None, {"dataset_id": dataset})
+        assert params["ppnet_prior_fields"][2] == author
+
+
+def own_config(tmp_path: Path, roles: dict | None = None, **block) -> Path:
+    """A config folder with one dataset ``own`` (string ids, a string domain, no group_id)."""
+    data = {"data_root": str(tmp_path / "data"), "data_format": "csv", "train_data": str(tmp_path / "t.csv"),
+            "valid_data": str(tmp_path / "v.csv"), "test_data": str(tmp_path / "t.csv"),
+            "domain_field": "surface", "domains": ["home", "search", "feed"], "min_categr_count": 1,
+            "feature_cols": [{"name": ["uid", "iid"], "active": True, "dtype": "str", "type": "categorical"},
+                             {"name": "surface", "active": True, "dtype": "str", "type": "categorical"}],
+            "label_col": {"name": "clicked", "dtype": "float"}}
+    if roles is not None:
+        data["roles"] = roles
+    data.update(block)
+    folder = tmp_path / "config"
+    folder.mkdir(exist_ok=True)
+    (folder / "dataset_config.yaml").write_text(yaml.safe_dump({"own": data}))
+    return folder
+
+
+def test_a_dataset_with_roles_gets_plain_fields_a_user_grouping_and_its_own_domain_labels(tmp_path):
+    config = own_config(tmp_path, roles={"user": "uid", "item": "iid"})
+    croc, _, _ = resolve("Crocodile_test", config, {"dataset_id": "own"})
+    assert croc["prior_fields"] == ["uid", "iid", "surface"]
+    assert croc["group_id"] == "group_id"
+    assert {"name": "group_id", "active": True, "dtype": "str", "type": "meta",
+            "preprocess": "copy_from(uid)"} in croc["feature_cols"]
+    assert croc["domain_names"] == ["home", "search", "feed"]  # the value itself, not S<value>
+    pep, _, _ = resolve("PEPNet_test", config, {"dataset_id": "own"})
+    assert pep["ppnet_prior_fields"] == ["uid", "iid"]  # (author): left out where the dataset has no author
+    explicit, _, _ = resolve("Crocodile_test", config, {"dataset_id": "own", "prior_fields": ["iid", "surface"]})
+    assert explicit["prior_fields"] == ["iid", "surface"]  # an explicit field list still works
+
+
+def test_domain_names_a_list_or_a_template(tmp_path):
+    listed, _, _ = resolve("MMoE_test", own_config(tmp_path, {"user": "uid"}, domain_names=["H", "Q", "F"]),
+                           {"dataset_id": "own"})
+    assert listed["domain_names"] == ["H", "Q", "F"]
+    template, _, _ = resolve("MMoE_test", own_config(tmp_path, {"user": "uid"}, domain_names="d-{}"),
+                             {"dataset_id": "own"})
+    assert template["domain_names"] == ["d-home", "d-search", "d-feed"]
+    with pytest.raises(UserError, match=r"`domain_names` of dataset 'own' is the text 'D'; give a list"):
+        resolve("MMoE_test", own_config(tmp_path, {"user": "uid"}, domain_names="D"), {"dataset_id": "own"})
+    with pytest.raises(UserError, match=r"`domain_names` of dataset 'own' gives two domains the same name"):
+        resolve("MMoE_test", own_config(tmp_path, {"user": "uid"}, domain_names=["a", "b", "a"]), {"dataset_id": "own"})
+
+
+@pytest.mark.parametrize("roles,expid,pattern", [
+    ({"user": "uid"}, "Crocodile_test", r"^expid 'Crocodile_test' on dataset 'own': prior_fields names 'item', which "
+                                        r"is neither a role nor a field .*declare it in the dataset block "
+                                        r"\(`roles: \{item: <column>\}`\)"),
+    ({"user": "uid", "item": "item_id"}, "MMoE_test", r"gives role 'item' the column 'item_id', which is not an "
+                                                      r"active .* column"),
+    ({"item": "iid"}, "MMoE_test", r"gAUC groups rows by user, but the dataset names no user; declare `roles: "
+                                   r"\{user: <column>\}`"),
+    ({"user": "uid", "domain": "iid"}, "MMoE_test", r"gives role 'domain' the column 'iid', but the domain is "
+                                                    r"`domain_field` \('surface'\)"),
+    ("uid", "MMoE_test", r"`roles` of dataset 'own' \(from .*dataset_config.yaml\) must map role names to column "
+                         r"names \(e.g. \{user: user_id, item: item_id\}\), got 'uid'"),
+])
+def test_missing_roles_are_one_line_errors_with_the_fix(tmp_path, roles, expid, pattern):
+    with pytest.raises(UserError, match=pattern) as info:
+        resolve(expid, own_config(tmp_path, roles), {"dataset_id": "own"})
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_default_naming_absent_fields_is_caught_at_resolution(tmp_path):
+    config = own_config(tmp_path, roles={"user": "uid", "item": "iid"})
+    models = {"Croc_nodefault": {"model": "Crocodile", "dataset_id": "own", "learning_rate": 1.0e-2}}
+    (config / "model_config.yaml").write_text(yaml.safe_dump(models))
+    with pytest.raises(UserError, match=r"prior_fields \(not set, so the model's default \['user_id', 'item_id', "
+                                        r"'domain'\]\) names 'user_id', .*; set prior_fields in the expid's block to "
+                                        r"roles or fields the dataset has"):
+        resolve("Croc_nodefault", config, {})
+
+
+def test_a_suite_checks_every_row_against_every_dataset_before_the_first_run(tmp_path):
+    config = own_config(tmp_path, roles={"user": "uid"})  # no item role: Crocodile and PEPNet cannot run here
+    suite = Suite({"name": "own", "datasets": ["tiny_synth", "own"],
+                   "expids": ["MMoE_test", "PEPNet_test", "Crocodile_test"]})
+    with pytest.raises(UserError) as info:
+        suite.plan(config)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("suite 'own', expid PEPNet_test: expid 'PEPNet_test' on dataset 'own': "
+                              "ppnet_prior_fields names 'item'")
+    assert not (tmp_path / "data").exists()  # nothing was built or run
+
+
+def test_the_shipped_datasets_keep_their_labels():
+    config = ConfigSet()
+    for dataset in ("kuairand_like", "aliccp_like", "conflict_like", "tiny_synth", "kuairand1k", "aliccp"):
+        params = config.load("MMoE_test", {"dataset_id": dataset})
+        assert "domain_names" not in params  # S<value>, the model's own labels
+    from mdl_bench.benchmark.data.build import domain_names
+    assert domain_names(config.load("MMoE_test", {"dataset_id": "aliccp"})) == ["S1", "S2", "S3"]
