@@ -26,8 +26,12 @@ def _fmt(value, width: int, digits: int = 4) -> str:
 
 
 def domain_table(test: dict, oracle: dict | None, rows: dict, positives: dict, domain_names: Sequence[str],
-                 title: str) -> str:
-    """Rows: each domain then Overall. Columns: rows, AUC (+- s.e.), gAUC, logloss and the oracle's AUC/gAUC."""
+                 title: str, auc_errors: dict | None = None, error_source: str = "") -> str:
+    """Rows: each domain then Overall. Columns: rows, AUC (+- s.e.), gAUC, logloss and the oracle's AUC/gAUC.
+
+    ``auc_errors`` (``{"AUC": se, "AUC@S0": se, ...}``) gives the AUC's standard error, e.g. from the run's
+    bootstrap over users (``error_source`` says which, in a last line); without it, Hanley & McNeil's, which takes
+    rows as independent and so understates the error where users have many rows."""
     header = ["domain", "rows", "AUC", "+-se", "gAUC", "logloss"]
     if oracle:
         header += ["oracle AUC", "oracle gAUC", "oracle logloss"]
@@ -36,10 +40,12 @@ def domain_table(test: dict, oracle: dict | None, rows: dict, positives: dict, d
         suffix = "" if name == "Overall" else f"@{name}"
         auc = test.get(f"AUC{suffix}", float("nan"))
         n, n_pos = rows.get(name, 0), positives.get(name, 0)
-        cells = [name.ljust(8), _fmt(int(n), 10), _fmt(auc, 10), _fmt(auc_standard_error(auc, n_pos, n - n_pos), 10),
+        se = (auc_errors or {}).get(f"AUC{suffix}") if auc_errors else auc_standard_error(auc, n_pos, n - n_pos)
+        cells = [name.ljust(8), _fmt(int(n), 10), _fmt(auc, 10), _fmt(se, 10),
                  _fmt(test.get(f"gAUC{suffix}"), 10), _fmt(test.get(f"logloss{suffix}"), 10)]
         if oracle:
             cells += [_fmt(oracle.get(f"AUC{suffix}"), 10), _fmt(oracle.get(f"gAUC{suffix}"), 10),
                       _fmt(oracle.get(f"logloss{suffix}"), 10)]
         lines.append("  ".join(cells))
+    lines.append(f"+-se: standard error of the AUC, {error_source or 'Hanley & McNeil (rows taken as independent)'}")
     return "\n".join(lines)

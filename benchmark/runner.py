@@ -68,7 +68,13 @@ class RunResult:
                     f"seed {self.seed}; best epoch {self.best_epoch} of {self.epochs_run}{stopped}\n{values}")
         title = (f"Test results: {self.expid} ({self.model}) on {self.dataset_id}, seed {self.seed}; "
                  f"best epoch {self.best_epoch}, {self.train_samples_per_second:,.0f} train samples/s")
-        return domain_table(self.test, self.oracle, self.test_rows, self.test_positives, self.domain_names, title)
+        cells = (self.test_bootstrap or {}).get("cells") or {}
+        errors = {name: float(np.nanstd(bootstrap.decode(text), ddof=1)) for name, text in cells.items()
+                  if name.startswith("AUC")}
+        source = (f"bootstrap over {'users' if self.test_bootstrap.get('cluster') == 'user' else 'rows'} "
+                  f"({self.test_bootstrap.get('replicates')} replicates)") if errors else ""
+        return domain_table(self.test, self.oracle, self.test_rows, self.test_positives, self.domain_names, title,
+                            errors or None, source)
 
 
 def resolve(expid: str, config_dir=None, overrides: dict | None = None,

@@ -60,48 +60,49 @@ def multiplicities(n_clusters: int, start: int, stop: int, seed: int = SEED) -> 
 
 
 class _Cell:
-    """The rows of one leaderboard cell (a domain or all rows), prepared once for every replicate."""
+    """The rows of one leaderboard cell (a domain or all rows), prepared once for every replicate.
 
-    def __init__(self, y: np.ndarray, s: np.ndarray, cluster: np.ndarray, n_clusters: int,
-                 group: np.ndarray | None):
+    Only the cell's own clusters take part: a domain of few users (or, for the row bootstrap, few rows) costs in
+    proportion to its size, not the split's."""
+
+    def __init__(self, y: np.ndarray, s: np.ndarray, cluster: np.ndarray, group: np.ndarray | None):
         from scipy import sparse
 
+        self.clusters, local = np.unique(cluster, return_inverse=True)  # the cell's clusters, ascending
+        n_local = len(self.clusters)
         order = np.argsort(s, kind="mergesort")
-        y_sorted, cluster_sorted, s_sorted = y[order], cluster[order], s[order]
+        y_sorted, local_sorted, s_sorted = y[order], local[order], s[order]
         new_run = np.ones(len(s_sorted), dtype=bool)
         new_run[1:] = s_sorted[1:] != s_sorted[:-1]
         run = np.cumsum(new_run) - 1  # tied scores form one run
-        shape = (int(run[-1]) + 1 if len(run) else 0, n_clusters)
-        # (T, U) counts of each cluster's positive / negative rows in each tie run: a replicate's run weights are
-        # these times its cluster multiplicities, one sparse product for all replicates of a chunk
-        self.pos_by_run = sparse.csr_matrix((y_sorted, (run, cluster_sorted)), shape=shape)
-        self.neg_by_run = sparse.csr_matrix((1.0 - y_sorted, (run, cluster_sorted)), shape=shape)
+        shape = (int(run[-1]) + 1 if len(run) else 0, n_local)
+        # (T, U_cell) counts of each cluster's positive / negative rows in each tie run: a replicate's run weights
+        # are these times its cluster multiplicities, one sparse product for all replicates of a chunk
+        self.pos_by_run = sparse.csr_matrix((y_sorted, (run, local_sorted)), shape=shape)
+        self.neg_by_run = sparse.csr_matrix((1.0 - y_sorted, (run, local_sorted)), shape=shape)
         p = np.clip(s, LOGLOSS_EPS, 1 - LOGLOSS_EPS)
         loss = -(y * np.log(p) + (1 - y) * np.log1p(-p))
-        self.loss_by_cluster = np.bincount(cluster, weights=loss, minlength=n_clusters)
-        self.rows_by_cluster = np.bincount(cluster, minlength=n_clusters).astype(np.float64)
+        self.loss_by_cluster = np.bincount(local, weights=loss, minlength=n_local)
+        self.rows_by_cluster = np.bincount(local, minlength=n_local).astype(np.float64)
         self.user_auc = None
         if group is not None:  # per-user AUC is fixed: a replicate only reweights users
-            auc, n_rows, valid = group_auc(y, s, group)
-            users = np.unique(cluster)  # the cell's users, ascending (group_auc's order)
-            self.user_auc = (users[valid], (auc * n_rows)[valid], n_rows[valid])
-        self.n_rows = len(y)
-        self.n_users = int(valid.sum()) if group is not None else None
+            auc, n_rows, valid = group_auc(y, s, group)  # groups ascending: the order of self.clusters
+            self.user_auc = (auc * n_rows)[valid], n_rows[valid], valid
 
     def replicate_values(self, weights_by_cluster: np.ndarray) -> dict[str, np.ndarray]:
         """``{"AUC": (r,), "logloss": (r,), "gAUC": (r,)}`` for cluster multiplicities ``(r, U)``."""
-        c = weights_by_cluster
-        pos_run = (self.pos_by_run @ c.T).T  # (r, T): positive weight of each tie run
-        neg_run = (self.neg_by_run @ c.T).T
+        c_t = np.ascontiguousarray(weights_by_cluster[:, self.clusters].T)  # (U_cell, r)
+        pos_run = (self.pos_by_run @ c_t).T  # (r, T): positive weight of each tie run
+        neg_run = (self.neg_by_run @ c_t).T
         neg_below = np.cumsum(neg_run, axis=1) - neg_run
         w_pos, w_neg = pos_run.sum(axis=1), neg_run.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = {"AUC": np.einsum("rt,rt->r", pos_run, neg_below + 0.5 * neg_run) / (w_pos * w_neg),
-                   "logloss": (c @ self.loss_by_cluster) / (c @ self.rows_by_cluster)}
+                   "logloss": (self.loss_by_cluster @ c_t) / (self.rows_by_cluster @ c_t)}
             if self.user_auc is not None:
-                users, auc_rows, rows = self.user_auc
-                cu = c[:, users]
-                out["gAUC"] = (cu @ auc_rows) / (cu @ rows)
+                auc_rows, rows, valid = self.user_auc
+                c_users = c_t[valid]
+                out["gAUC"] = (auc_rows @ c_users) / (rows @ c_users)
         return out
 
 
@@ -128,7 +129,7 @@ def bootstrap_metrics(y_true, y_pred, domain, group, domain_names: Sequence[str]
     replicates = replicate_count(len(y)) if replicates is None else int(replicates)
     cells = {"": np.ones(len(y), dtype=bool)}
     cells.update({f"@{name}": dom == k for k, name in enumerate(domain_names)})
-    prepared = {key: _Cell(y[m], s[m], cluster[m], n_clusters, None if grp is None else grp[m])
+    prepared = {key: _Cell(y[m], s[m], cluster[m], None if grp is None else grp[m])
                 for key, m in cells.items() if m.any()}
     names = [m for m in metrics if m != "gAUC" or grp is not None]
     out: OrderedDict[str, np.ndarray] = OrderedDict(
