@@ -233,6 +233,7 @@ def test_budget_curves_and_where_the_ranking_settles():
     b2 = 0.70 + 0.10 * (1 - (3 / 4) ** 2)
     assert curves.means[1][1] == pytest.approx(b2) and b2 < 0.745  # at n = 2, B is still behind
     assert curves.stable_from == 3
+    assert curves.running[1] == [0.70, 0.70, 0.70, 0.80]  # in trial order, the pruned first trial included
     text = "\n".join(render_budget_md(curves))
     assert "n = 3 to n = 4" in text and "B > A" in text
 

@@ -11,6 +11,10 @@ with its standard deviation from ``E[max_n^2]`` the same way. A trial's score is
 trial the pruner stopped counts with the best monitor it reached before it was stopped (what the search saw of
 it), so pruning lowers a curve's start but not its end. For a monitor where lower is better the maximum becomes a
 minimum.
+
+The closed form assumes trials drawn independently from one distribution (random search). Where the search is
+sequential - a pruner that judges a trial against the earlier ones, or an adaptive sampler - the *running best*
+of the trials in the order they ran is reported beside it: what this search actually had after n trials.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ class BudgetCurves:
     stds: list
     mode: str
     stable_from: int | None   # smallest n from which the ranking equals the ranking at the full budget
+    running: list = None      # per row: the best score among its first n trials, in the order they ran
 
     def ranking(self, n: int) -> list[str]:
         """Row labels best first by the expected best score after ``n`` trials."""
@@ -67,13 +72,15 @@ def budget_curves(rows: list) -> BudgetCurves:
     scores = [[trial_score(t.result, r.mode) for t in r.trials if t.result is not None] for r in rows]
     scores = [[s for s in row if s is not None] for row in scores]
     budget = max((len(s) for s in scores), default=0)
-    means, stds = [], []
+    means, stds, running = [], [], []
     for row_scores in scores:
+        best = np.maximum.accumulate(row_scores) if mode == "max" else np.minimum.accumulate(row_scores)
+        running.append([float(b) for b in best] + [float("nan")] * (budget - len(row_scores)))
         pairs = [expected_best(row_scores, n, mode) if n <= len(row_scores) else (float("nan"), float("nan"))
                  for n in range(1, budget + 1)]
         means.append([p[0] for p in pairs])
         stds.append([p[1] for p in pairs])
-    curves = BudgetCurves([r.label for r in rows], budget, means, stds, mode, None)
+    curves = BudgetCurves([r.label for r in rows], budget, means, stds, mode, None, running)
     if budget:
         final = curves.ranking(budget)
         stable = budget
@@ -92,10 +99,13 @@ def render_budget_md(curves: BudgetCurves) -> list[str]:
     shown = sorted({1, 2, 3, 5, 8, 12, 20, 30, 50, curves.budget} & set(range(1, curves.budget + 1)))
     lines = ["## Budget curves", "",
              "Expected best validation monitor after n trials (Dodge et al. 2019: the best of n draws from the "
-             "row's stored trials; a pruned trial counts with the best it reached), ± its standard deviation.", "",
-             "| row | " + " | ".join(f"n={n}" for n in shown) + " |", "|---|" + "---|" * len(shown)]
-    for label, mean, std in zip(curves.labels, curves.means, curves.stds):
-        cells = ["-" if math.isnan(mean[n - 1]) else f"{mean[n - 1]:.5f} ± {std[n - 1]:.5f}" for n in shown]
+             "row's stored trials; a pruned trial counts with the best it reached), ± its standard deviation; "
+             "below it, the running best of the trials in the order they ran (the closed form assumes independent "
+             "trials, which a pruner that compares a trial with the earlier ones makes only approximately true).",
+             "", "| row | " + " | ".join(f"n={n}" for n in shown) + " |", "|---|" + "---|" * len(shown)]
+    for label, mean, std, run in zip(curves.labels, curves.means, curves.stds, curves.running):
+        cells = ["-" if math.isnan(mean[n - 1]) else f"{mean[n - 1]:.5f} ± {std[n - 1]:.5f}<br>"
+                 f"{run[n - 1]:.5f}" for n in shown]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", f"The ranking of the rows by expected best score is the same for every budget from "
                   f"n = {curves.stable_from} to n = {curves.budget} trials: "
@@ -104,8 +114,9 @@ def render_budget_md(curves: BudgetCurves) -> list[str]:
 
 
 def budget_csv_rows(curves: BudgetCurves) -> list[list]:
-    """``[row, n, expected_best, std]`` lines."""
-    return [[label, n, mean[n - 1], std[n - 1]] for label, mean, std in zip(curves.labels, curves.means, curves.stds)
+    """``[row, n, expected_best, std, running_best]`` lines."""
+    return [[label, n, mean[n - 1], std[n - 1], run[n - 1]]
+            for label, mean, std, run in zip(curves.labels, curves.means, curves.stds, curves.running)
             for n in range(1, curves.budget + 1) if not math.isnan(mean[n - 1])]
 
 
@@ -120,15 +131,16 @@ def plot_budget(curves: BudgetCurves, path: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     n = np.arange(1, curves.budget + 1)
-    for label, mean, std in zip(curves.labels, curves.means, curves.stds):
+    for label, mean, std, run in zip(curves.labels, curves.means, curves.stds, curves.running):
         m, s = np.asarray(mean), np.asarray(std)
-        ax.plot(n, m, marker="o", markersize=3, label=label)
-        ax.fill_between(n, m - s, m + s, alpha=0.12)
+        line, = ax.plot(n, m, marker="o", markersize=3, label=label)
+        ax.fill_between(n, m - s, m + s, alpha=0.12, color=line.get_color())
+        ax.step(n, np.asarray(run), where="post", linestyle=":", linewidth=1, color=line.get_color())
     if curves.stable_from:
         ax.axvline(curves.stable_from, color="#888", linestyle=":", linewidth=1)
     ax.set_xlabel("trials (n)")
     ax.set_ylabel("expected best validation monitor")
-    ax.set_title("Budget curves: expected best score after n trials")
+    ax.set_title("Budget curves: expected best after n trials (dotted: running best in trial order)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
