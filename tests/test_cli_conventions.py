@@ -81,8 +81,9 @@ def test_run_expid_into_a_file_leaves_only_result_lines_there(tiny, tmp_path):
     lines = (tmp_path / "out.txt").read_text().splitlines()
     err = (tmp_path / "err.txt").read_text()
     assert lines[0].startswith("Test results: MMoE_test"), lines
-    assert lines[1].split()[:3] == ["domain", "rows", "AUC"] and lines[-2].startswith("Overall")
-    assert lines[-1].startswith("wall time ") and len(lines) == 3 + 6  # header, title, 5 domains, Overall, time
+    assert lines[1].split()[:3] == ["domain", "rows", "AUC"] and lines[-3].startswith("Overall")
+    assert lines[-2].startswith("+-se: standard error of the AUC, bootstrap over users (1000 replicates)")
+    assert lines[-1].startswith("wall time ") and len(lines) == 4 + 6  # title, header, 5 domains, Overall, se, time
     assert not any("it/s" in line or "\r" in line or "%|" in line for line in lines)
     assert "it/s" in err  # the progress bars went to stderr...
     assert " INFO " not in err and "Params:" not in err  # ...and the run's INFO log only to its log file
