@@ -87,12 +87,14 @@ def test_readme_example_passes_check_model_trains_and_shows_the_new_row(readme_r
         assert re.search(rf"^PASS  {name}\s", check, re.M), check
     assert "DomainGatedMoE: all 9 checks passed" in check and "gate_fields: every slot is its field" in check
     for _, _, out, _ in readme_run.outputs[1:]:  # `run` prints the leaderboard, then `leaderboard` again
-        rows = [r for r in out.splitlines() if r.startswith("|") and ("DG-MoE" in r or "| MMoE" in r)]
+        # the main table's rows (each cell a mean with its interval); the rank table below repeats the labels
+        rows = [r for r in out.splitlines() if r.startswith("|") and ("DG-MoE" in r or "| MMoE" in r) and "±" in r]
         assert len(rows) == 2, out
         new = [r for r in rows if "DG-MoE" in r][0]
         assert new.split("|")[1].strip() == "MDL"  # the class's group
-        values = [float(re.sub(r"[^0-9.]", "", c)) for c in new.split("|")[3:-2]]
-        assert len(values) == 12 and all(0.3 < v < 1 for v in values)  # 5 domains + Overall, AUC and gAUC
+        values = [float(c.split()[0].strip("*")) for c in new.split("|")[3:15]]
+        assert all(0.3 < v < 1 for v in values)  # 5 domains + Overall, AUC and gAUC
+        assert new.split("|")[15].strip() in ("1", "2", "1–2")  # the row's rank interval (of two rows)
     with sqlite3.connect(readme_run.folder / "results.sqlite") as db:  # the suite's own store, beside it
         stored = dict(db.execute("SELECT expid, config_json FROM runs").fetchall())
     assert set(stored) == {"MMoE_test", "DomainGatedMoE_test"}

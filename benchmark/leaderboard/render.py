@@ -70,9 +70,11 @@ def _notes(board: Board) -> list[str]:
     seeds = sorted({len(r.variant.seeds) for t in board.tables for r in t.rows})
     references = sorted({t.reference.label for t in board.tables if t.reference is not None})
     with_test = any(ev.replicates for t in board.tables for r in t.rows for ev in r.evidence.values())
-    source = ("the spread over seeds and the test split's own sampling error (a bootstrap over users, paired "
-              "across rows)" if with_test else "the spread over seeds only (no stored test-split bootstrap: "
-              "runs of the valid split, or stored by an older mdl-bench)")
+    seed_part = "the spread over seeds" if max(seeds, default=0) > 1 else "no spread over seeds (one seed: training " \
+        "randomness unmeasured, so no row is compared)"
+    source = (f"{seed_part} and the test split's own sampling error (a bootstrap over users, paired across rows)"
+              if with_test else f"{seed_part} only (no stored test-split bootstrap: runs of the valid split, or "
+                                f"stored by an older mdl-bench)")
     notes = [f"Means over {'/'.join(map(str, seeds))} seed(s) on the {board.split} split; ± is the 95 % interval "
              f"of the row's own figure, from {source}. Rows are compared in pairs on the same users, which cancels "
              f"the error they share: two overlapping intervals can still differ significantly (the marks below)."]
