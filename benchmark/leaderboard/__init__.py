@@ -1,16 +1,12 @@
-"""The paper-style leaderboard of a suite: tables 2/3 (per-domain and overall metrics, grouped rows, best in bold,
-second underlined, ``*`` when the best is significantly better than the second), tables 4/5 (lift over a base
-row) and figure 8 (a metric against a config key, with the lift over a base series), as Markdown, CSV or one
-self-contained HTML page.
+"""The paper-style leaderboard of a suite: tables 2/3 (per-domain and overall metrics, grouped rows, intervals,
+comparisons with a reference row, rank intervals and tie groups), tables 4/5 (lift over a base row) and figure 8
+(a metric against a config key, with the lift over a base series), as Markdown, CSV or one self-contained HTML
+page.
 
 Numbers come from the results store only; which runs make a row comes from the suite: a row is a variant (one
-config hash), its cells are means over the seeds the suite lists. Statistics:
-
-* ``*`` in tables 2/3: paired t-test (``scipy.stats.ttest_rel``) of the best row against the second best, runs
-  paired by seed (only the seeds both rows have; at least two), two-sided p < 0.05. Chosen: two-sided,
-  because the paper does not say, and with the best row's mean already ahead a one-sided test would halve p.
-* ``*`` in lift tables: the same test of each row against the base row.
-* Best and second best: highest mean (lowest for logloss) among the rows that have the cell.
+config hash), its cells are means over the seeds the suite lists. The statistics (:mod:`.stats`) combine the
+spread over seeds with the test split's own sampling error (each run's stored bootstrap over users) and correct
+every family of comparisons with Holm; :mod:`.budget` gives a tuning suite's budget curves.
 """
 from __future__ import annotations
 

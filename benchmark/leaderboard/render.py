@@ -275,7 +275,7 @@ table{border-collapse:collapse;font-size:13px;margin:.6em 0 1em}
 th,td{padding:3px 9px;text-align:right;border-bottom:1px solid #e4e4e4;white-space:nowrap}
 th{background:#f4f4f4;font-weight:600}th.l,td.l{text-align:left}
 tr.first td{border-top:2px solid #999}td.group{vertical-align:top;font-weight:600;background:#fafafa}
-.best{font-weight:bold}.second{text-decoration:underline}.std{color:#888;font-size:11px}
+.best{font-weight:bold}.std{color:#888;font-size:11px}
 .note{color:#555;font-size:12px;margin:.2em 0}tr.oracle td{font-style:italic;color:#666}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 """.strip()
 
