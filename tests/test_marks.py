@@ -227,3 +227,21 @@ def test_the_board_prints_intervals_ranks_groups_and_thin_cells_in_every_format(
     assert rows["R0"]["AUC@S6 users"] == "7"
     page = render(board, "html")
     assert "<b class='best'>0.7410</b>" in page and "°" in page and "rank" in page
+
+
+def test_the_joint_draws_behind_the_ranks_have_the_variance_of_the_estimates():
+    """The rank intervals come from joint draws; their spread (of a row, and of a difference of two rows) must be
+    the variance the tests use, seeds part and test-split part together."""
+    from mdl_bench.benchmark.leaderboard.stats import _joint_draws
+
+    rng = np.random.default_rng(5)
+    shared = rng.normal(0, 0.003, 1000)
+    rows = []
+    for base, noise in ((0.75, 0.002), (0.748, 0.001)):
+        values = {s: base + rng.normal(0, noise) for s in (1, 2, 3, 4, 5)}
+        rows.append(Evidence(values, {s: values[s] + shared + rng.normal(0, 0.001, 1000) for s in values}))
+    draws = _joint_draws(rows, [estimate(e) for e in rows])
+    for k in (0, 1):
+        assert draws[k].var(ddof=1) == pytest.approx(estimate(rows[k]).var, rel=0.2)
+    assert (draws[0] - draws[1]).var(ddof=1) == pytest.approx(estimate(rows[0], rows[1]).var, rel=0.2)
+    assert (draws[0] - draws[1]).var(ddof=1) < 0.5 * draws[0].var(ddof=1)  # paired: the shared users cancel
