@@ -207,3 +207,24 @@ def test_the_suggested_expids_command_runs_as_printed_and_lists_the_users_expids
     assert suggested == [f"mdl-bench expids --config {tmp_path}"], err
     code, out, err = cli(*shlex.split(suggested[0])[1:])
     assert code == 0 and "Mine_test" in out, err
+
+
+def test_a_missing_raw_file_names_the_converter_that_creates_it_and_that_command_parses(tmp_path):
+    """The error for a packaged real dataset whose files are not there yet names its converter, as a command the
+    parser takes; another dataset is pointed at writing its CSV files."""
+    import shlex
+
+    from mdl_bench.benchmark.cli import build_parser
+    from mdl_bench.benchmark.data.build import CONVERTERS, _split_files
+    from mdl_bench.model_zoo.core.errors import UserError
+
+    parser = build_parser()
+    for dataset_id, line in CONVERTERS.items():
+        args = parser.parse_args(shlex.split(line.replace("DIR", str(tmp_path)))[1:])
+        assert args.command == "data" and args.raw_dir == str(tmp_path), line
+        params = {"dataset_id": dataset_id, **{f"{s}_data": str(tmp_path / f"{s}.csv") for s in
+                                               ("train", "valid", "test")}}
+        with pytest.raises(UserError, match=re.escape(line)):
+            _split_files(params)
+    with pytest.raises(UserError, match="write train/valid/test CSV files there"):
+        _split_files({"dataset_id": "my_clicks", "train_data": str(tmp_path / "x.csv")})

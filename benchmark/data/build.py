@@ -139,6 +139,20 @@ def domain_names(params: dict) -> list[str]:
     return [str(n) for n in names]
 
 
+# The converter that writes a packaged real dataset's raw files where its dataset block reads them.
+CONVERTERS = {"kuairand1k": "mdl-bench data kuairand --raw-dir DIR",
+              "kuairand_pure": "mdl-bench data kuairand --release pure --raw-dir DIR",
+              "kuairand27k": "mdl-bench data kuairand --release 27k --raw-dir DIR",
+              "aliccp": "mdl-bench data aliccp --raw-dir DIR",
+              "movielens1m": "mdl-bench data movielens --raw DIR"}
+
+
+def _how_to_create(dataset_id: str) -> str:
+    if dataset_id in CONVERTERS:
+        return f", or create the files: `{CONVERTERS[dataset_id]}` (DIR: the downloaded raw files)"
+    return ", or write train/valid/test CSV files there (see the documentation's 'Your own data')"
+
+
 def _split_files(params: dict) -> dict[str, list[str]]:
     files = {}
     for split in SPLITS:
@@ -150,7 +164,7 @@ def _split_files(params: dict) -> dict[str, list[str]]:
         matched = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "*.csv")))
         if not matched:
             raise UserError(f"{split}_data file {path} not found; check the path in dataset config "
-                            f"{params['dataset_id']!r} (or run `mdl-bench data ...` to create it)")
+                            f"{params['dataset_id']!r}{_how_to_create(params['dataset_id'])}")
         for f in matched:
             if not os.access(f, os.R_OK):
                 raise UserError(f"{split}_data file {f} is not readable; fix its permissions")
