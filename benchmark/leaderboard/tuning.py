@@ -127,7 +127,7 @@ def config_block(row: TunedRow, suite_name: str) -> str:
 def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None) -> str:
     """The tuning report: every trial of every row, the chosen values, and the budget curves (md; ``images`` maps
     a plot's name to its path or link)."""
-    from .budget import budget_curves, render_budget_md
+    from .budget import budget_curves, render_budget_md, trial_score
 
     if fmt == "csv":
         out = io.StringIO()
@@ -138,11 +138,10 @@ def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None
         for r in rows:
             for i, t in enumerate(r.trials):
                 res = t.result or {}
-                value = selection_value(res, r.mode) if t.result else None
-                best_seen = max((h["monitor"] for h in res.get("valid_history") or []), default=math.nan)
+                best_seen = trial_score(res, r.mode)  # a pruned trial's too: the best it reached
                 writer.writerow([r.label, r.expid, r.dataset_id, i + 1, t.run_id or "", int(i == r.chosen),
                                  t.status, res.get("epochs_run", ""), res.get("best_epoch", ""),
-                                 value if value is not None else best_seen, _metric(res, "AUC"),
+                                 math.nan if best_seen is None else best_seen, _metric(res, "AUC"),
                                  _metric(res, "gAUC"), t.train_seconds,
                                  *[yaml.safe_dump(t.variant.tuned.get(k), default_flow_style=True).strip()
                                    .removesuffix("...").strip() for k in keys]])
@@ -185,11 +184,10 @@ def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for i, tr in enumerate(r.trials):
             res = tr.result or {}
-            history = res.get("valid_history") or []
-            best_seen = (max if r.mode == "max" else min)((h["monitor"] for h in history), default=math.nan)
+            best_seen = trial_score(res, r.mode)
             mark = " **chosen**" if i == r.chosen else ""
             cells = [f"{i + 1}{mark}"] + [_fmt(tr.variant.tuned.get(k)) for k in r.keys] + [
-                f"{best_seen:.5f}" if history else "-", f"{_metric(res, 'AUC'):.4f}" if res else "-",
+                "-" if best_seen is None else f"{best_seen:.5f}", f"{_metric(res, 'AUC'):.4f}" if res else "-",
                 f"{_metric(res, 'gAUC'):.4f}" if res else "-",
                 f"{res.get('best_epoch')} / {res.get('epochs_run')}" if res else "-", tr.status]
             lines.append("| " + " | ".join(cells) + " |")
