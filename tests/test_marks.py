@@ -172,6 +172,11 @@ def test_thin_cells_are_neither_ranked_nor_compared():
     col = column_stats(ev, "gAUC", reference=1)
     assert col.thin == [True, False, False] and col.rank_low[0] is None and col.groups[0] == ""
     assert col.direction(0) == 0 and 0 not in col.best_group
+    tied = separated(n_rows=3, gap=0.0)
+    tied[2].counts = {"rows": 44, "positives": 10, "negatives": 34, "users": 12}
+    both = column_stats(tied, "AUC", reference=0)  # the two ranked rows cannot be told apart: neither is bold
+    assert set(both.best_group) == {0, 1} and not any(both.bold(i) for i in range(3))
+    assert column_stats(separated(n_rows=3), "AUC").bold(0) and not column_stats(separated(n_rows=3), "AUC").bold(1)
     assert is_thin("gAUC@S6", {"rows": 900, "positives": 400, "negatives": 500, "users": MIN_USERS - 1})
     assert not is_thin("AUC@S6", {"rows": 900, "positives": 400, "negatives": 500, "users": MIN_USERS - 1})
     assert is_thin("AUC", {"rows": 0, "positives": 0, "negatives": 0, "users": 0})

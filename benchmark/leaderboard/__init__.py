@@ -14,9 +14,9 @@ from .board import (CAP_MARK, ORACLE_LABEL, OUTDATED_MARK, PAPER_GROUPS, Board, 
                     column, find_row)
 from .plots import make_plots, plot_series, plot_tables, plot_values
 from .render import render, render_csv, render_html, render_md
-from .stats import P_VALUE, column_stats, holm, mean_std, paired_p
+from .stats import ALPHA, column_stats, holm, mean_std
 
-__all__ = ["CAP_MARK", "ORACLE_LABEL", "OUTDATED_MARK", "PAPER_GROUPS", "P_VALUE", "Board", "Lift", "Row", "Table",
-           "build_board", "column", "column_stats", "holm", "find_row", "make_plots", "mean_std", "paired_p", "plot_series",
+__all__ = ["CAP_MARK", "ORACLE_LABEL", "OUTDATED_MARK", "PAPER_GROUPS", "ALPHA", "Board", "Lift", "Row", "Table",
+           "build_board", "column", "column_stats", "holm", "find_row", "make_plots", "mean_std", "plot_series",
            "plot_tables", "plot_values",
            "render", "render_csv", "render_html", "render_md"]

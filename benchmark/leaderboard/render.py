@@ -27,21 +27,21 @@ UP, DOWN, THIN_MARK = "▲", "▼", "°"
 def _cell(table: Table, board: Board, i: int, col: str) -> dict:
     """One cell's figures and marks: ``mean``, ``std`` (over seeds), ``half`` (95 % half-width, seeds and test
     split), ``bold`` (not separable from the best row), ``direction`` (+1/-1: significantly better/worse than the
-    reference row after Holm), ``thin`` (too few users or clicks to rank) and ``text`` (the number and its marks)."""
+    reference row after Holm), ``thin`` (too few users or clicks to rank), and as text ``number`` and ``marks``
+    (the interval and the marks that follow it)."""
     stats = table.marks[col]
     mean, std, n = mean_std(table.rows[i].values[col])
     thin = stats.thin[i]
     half = stats.estimates[i].half_width()
-    bold = i in stats.best_group and not thin and len(stats.best_group) < len(table.rows)
     direction = stats.direction(i)
-    text = _num(mean, board.digits)
+    marks = ""
     if not math.isnan(half) and not math.isnan(mean):
-        text += f" ±{half:.{board.digits}f}"
+        marks += f" ±{half:.{board.digits}f}"
     if board.std and n > 1:
-        text += f" (sd {std:.{board.digits}f})"
-    text += {1: f" {UP}", -1: f" {DOWN}", 0: ""}[direction] + (f" {THIN_MARK}" if thin else "")
-    return {"mean": mean, "std": std, "half": half, "bold": bold, "direction": direction, "thin": thin,
-            "text": text}
+        marks += f" (sd {std:.{board.digits}f})"
+    marks += {1: f" {UP}", -1: f" {DOWN}", 0: ""}[direction] + (f" {THIN_MARK}" if thin else "")
+    return {"mean": mean, "std": std, "half": half, "bold": stats.bold(i), "direction": direction, "thin": thin,
+            "number": _num(mean, board.digits), "marks": marks}
 
 
 def _rank_text(stats, i: int) -> str:
@@ -140,8 +140,7 @@ def render_md(board: Board, images: dict | None = None) -> str:
             last_group = group
             for col in table.columns:
                 cell = _cell(table, board, i, col)
-                number, _, rest = cell["text"].partition(" ")
-                cells.append((f"**{number}**" if cell["bold"] else number) + (f" {rest}" if rest else ""))
+                cells.append((f"**{cell['number']}**" if cell["bold"] else cell["number"]) + cell["marks"])
             for col in _rank_columns(table):
                 cells += [_rank_text(table.marks[col], i), table.marks[col].groups[i] or "-"]
             cells.append(_seeds_text(row))
@@ -309,10 +308,9 @@ def render_html(board: Board, images: dict | None = None) -> str:
             cells += [f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in table.info_keys]
             for col in table.columns:
                 cell = _cell(table, board, i, col)
-                number, _, rest = cell["text"].partition(" ")
-                text = f"<b class='best'>{e(number)}</b>" if cell["bold"] else e(number)
-                if rest:
-                    text += f" <span class='std'>{e(rest)}</span>"
+                text = f"<b class='best'>{e(cell['number'])}</b>" if cell["bold"] else e(cell["number"])
+                if cell["marks"]:
+                    text += f" <span class='std'>{e(cell['marks'].lstrip())}</span>"
                 cells.append(f"<td>{text}</td>")
             for col in _rank_columns(table):
                 cells += [f"<td>{e(_rank_text(table.marks[col], i))}</td>",

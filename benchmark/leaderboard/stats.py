@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import math
 import string
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-ALPHA = 0.05
-P_VALUE = ALPHA  # the level every mark is drawn at
+ALPHA = 0.05  # the level every mark is drawn at
 LOWER_IS_BETTER = ("logloss",)
 # A cell rests on too little to rank below these (95 % half-width of an AUC of 0.7 on 100 clicks and 100 non-clicks is
 # about 0.07): AUC and logloss need as many clicks and non-clicks, gAUC as many users with both classes.
@@ -88,9 +86,7 @@ class Estimate:
     @property
     def df(self) -> float:
         """Welch-Satterthwaite degrees of freedom (inf when the seed part is zero or unknown)."""
-        if self.seeds < 2 or math.isnan(self.seed_var):
-            return math.inf
-        if self.seed_var == 0:
+        if self.seeds < 2 or math.isnan(self.seed_var) or self.seed_var == 0:
             return math.inf
         test = 0.0 if math.isnan(self.test_var) else self.test_var
         return (self.seeds - 1) * (1.0 + test / self.seed_var) ** 2
@@ -179,6 +175,12 @@ class ColumnStats:
     best_group: list = field(default_factory=list)    # rows the data cannot separate from the best one
     p_pairs: dict = field(default_factory=dict)       # (i, j) -> Holm-adjusted p over all pairs
 
+    def bold(self, i: int) -> bool:
+        """Whether row ``i`` cannot be separated from the best row while some ranked row can (when no ranked row
+        can be told apart from the rest, none is bold)."""
+        ranked = sum(low is not None for low in self.rank_low)
+        return i in self.best_group and len(self.best_group) < ranked
+
     def direction(self, i: int) -> int:
         """+1 when row ``i`` is significantly better than the reference, -1 worse, 0 otherwise."""
         if self.reference is None or i == self.reference or self.thin[i]:
@@ -198,16 +200,16 @@ def column_stats(evidence: list[Evidence], metric: str, reference: int | None = 
     out = ColumnStats(metric=metric, estimates=estimates, thin=thin, reference=reference)
     n = len(evidence)
     ranked = [i for i in range(n) if not thin[i] and not math.isnan(estimates[i].mean)]
+    pairs = [(i, j) for a, i in enumerate(ranked) for j in ranked[a + 1:]]
+    raw_pairs = {pair: estimate(evidence[pair[0]], evidence[pair[1]]).p_value() for pair in pairs}  # symmetric
     raw = [float("nan")] * n
     if reference is not None and reference in ranked:
         for i in ranked:
             if i != reference:
-                raw[i] = estimate(evidence[i], evidence[reference]).p_value()
-    out.p_reference = holm(raw)
+                raw[i] = raw_pairs[(min(i, reference), max(i, reference))]
+    out.p_reference = holm(raw)  # one family: the rows against the reference
     out.rank_low, out.rank_high = rank_intervals(evidence, estimates, ranked, sign)
-    pairs = [(i, j) for a, i in enumerate(ranked) for j in ranked[a + 1:]]
-    adjusted = holm([estimate(evidence[i], evidence[j]).p_value() for i, j in pairs])
-    out.p_pairs = {pair: p for pair, p in zip(pairs, adjusted)}
+    out.p_pairs = dict(zip(pairs, holm(list(raw_pairs.values()))))  # another: every pair of the column
     out.groups, out.best_group = tie_groups(ranked, estimates, out.p_pairs, sign, n)
     return out
 
@@ -279,12 +281,3 @@ def tie_groups(ranked: list[int], estimates: list[Estimate], p_pairs: dict, sign
             letters[order[pos]] += names[k] if len(names[k]) == 1 else f"({names[k]})"
     best = [order[pos] for pos in range(bars[0][0], bars[0][1] + 1)] if bars else []
     return letters, best
-
-
-def paired_p(a: dict, b: dict) -> tuple[float, int]:
-    """Two-sided p of the paired t-test over the seeds both ``{seed: value}`` have (the seeds-only special case of
-    :func:`estimate`); NaN below 2 pairs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        est = estimate(Evidence(a), Evidence(b))
-    return est.p_value(), est.seeds
