@@ -154,15 +154,8 @@ def cell_counts(y_true, domain, group, domain_names: Sequence[str]) -> dict[str,
     out = {}
     for name, mask in [("Overall", np.ones(len(y), dtype=bool))] + [(n, dom == k) for k, n in enumerate(domain_names)]:
         pos = int(y[mask].sum())
-        users = None
-        if grp is not None:
-            if mask.any():
-                _, g = np.unique(grp[mask], return_inverse=True)
-                n_pos = np.bincount(g, weights=y[mask])
-                n_all = np.bincount(g)
-                users = int(((n_pos > 0) & (n_pos < n_all)).sum())
-            else:
-                users = 0
+        # the users gAUC averages over: group_auc's own test of "both classes"
+        users = None if grp is None else int(group_auc(y[mask], np.zeros(int(mask.sum())), grp[mask])[2].sum())
         out[name] = {"rows": int(mask.sum()), "positives": pos, "negatives": int(mask.sum()) - pos, "users": users}
     return out
 
