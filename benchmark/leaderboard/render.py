@@ -149,11 +149,11 @@ def render_md(board: Board, images: dict | None = None) -> str:
             lines.append(["", ORACLE_LABEL] + [""] * len(table.info_keys) +
                          [_num(table.oracle[c], board.digits) for c in table.columns] +
                          [""] * (2 * len(_rank_columns(table))) + [""])
-        out += _md_table(lines, right_from=2 + len(table.info_keys))
+        out += md_table(lines, right_from=2 + len(table.info_keys))
         out.append("")
         header, lines = _domain_ranks(table)
         out += [f"#### Rank intervals and tie groups per column ({table.dataset_id})", ""]
-        out += _md_table([header] + lines, right_from=1)
+        out += md_table([header] + lines, right_from=1)
         out.append("")
     for lift in board.lifts:
         out.append(f"### {lift.spec.get('title') or 'Lift over ' + lift.base.label} ({lift.table.dataset_id}, "
@@ -170,7 +170,7 @@ def render_md(board: Board, images: dict | None = None) -> str:
                 star = "\\*" if p < ALPHA else ""
                 line += [_num(mean, board.digits) + star, "-" if row is lift.base else _pct(pct)]
             lines.append(line)
-        out += _md_table(lines, right_from=1 + len(lift.table.info_keys))
+        out += md_table(lines, right_from=1 + len(lift.table.info_keys))
         out.append("")
         out.append(f"Lift = (row - base) / base; \\*: significantly different from the base row (seeds and the "
                    f"test split's sampling error, Holm over the rows, p < {ALPHA}).")
@@ -179,7 +179,7 @@ def render_md(board: Board, images: dict | None = None) -> str:
         out += [f"![{name}]({path})", ""]
     for title, header, rows in plot_tables(board):  # the plotted numbers, so a reader need not read them off
         out += [f"### {title}", ""]
-        out += _md_table([header] + [[name] + [_num(v, board.digits) if v is not None else "-" for v in values]
+        out += md_table([header] + [[name] + [_num(v, board.digits) if v is not None else "-" for v in values]
                                      for name, *values in rows], right_from=1)
         out.append("")
     out += _notes(board)
@@ -190,11 +190,14 @@ def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:+.2f}%"
 
 
-def _md_table(lines: list[list[str]], right_from: int) -> list[str]:
+def md_table(lines: list[list[str]], right_from: int, left: set[int] = frozenset()) -> list[str]:
+    """A Markdown table (the header first), padded to its widths: columns from ``right_from`` on are numbers,
+    right-aligned, except the ``left`` ones."""
     widths = [max(len(line[c]) for line in lines) for c in range(len(lines[0]))]
-    fmt = lambda line: "| " + " | ".join(cell.rjust(w) if c >= right_from else cell.ljust(w)
+    right = [c >= right_from and c not in left for c in range(len(widths))]
+    fmt = lambda line: "| " + " | ".join(cell.rjust(w) if right[c] else cell.ljust(w)
                                          for c, (cell, w) in enumerate(zip(line, widths))) + " |"
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if c >= right_from else ("-" * (w + 2))
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if right[c] else ("-" * (w + 2))
                           for c, w in enumerate(widths)) + "|"
     return [fmt(lines[0]), rule] + [fmt(line) for line in lines[1:]]
 

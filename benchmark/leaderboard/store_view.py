@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import html
 import io
-import os
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .board import CAP_MARK, OUTDATED_MARK
+from .render import md_table
 from .stats import mean_std
 
 
@@ -188,16 +188,10 @@ def render_store_view(view: StoreView, fmt: str = "md", std: bool = False, suite
         out += ["(no runs stored yet)", ""]
     for dataset, rows in view.tables.items():
         header = _header(view)
-        lines = [header] + [_cells(view, row, std) for row in rows]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         out += [f"### Dataset {dataset}", ""]
-        out.append("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-        left = {0, 1, len(header) - 2, len(header) - 1}  # names and lists left, numbers right
-        out.append("|" + "|".join("-" * (w + 2) if i in left else "-" * (w + 1) + ":" for i, w in enumerate(widths))
-                   + "|")
-        for line in lines[1:]:
-            out.append("| " + " | ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w)
-                                         in enumerate(zip(line, widths))) + " |")
+        # names and lists (the suites, the run ids) left, numbers right
+        out += md_table([header] + [_cells(view, row, std) for row in rows], right_from=2,
+                        left={len(header) - 2, len(header) - 1})
         out.append("")
     out += notes(view, suite_commands)
     return "\n".join(out) + "\n"
@@ -206,7 +200,7 @@ def render_store_view(view: StoreView, fmt: str = "md", std: bool = False, suite
 def print_store_view(store=None, config_dir=None, fmt: str = "md", out_file: str | None = None, metrics=None,
                      split=None, std: bool = False, stdout=None) -> None:
     """``mdl-bench leaderboard`` without ``--suite``: print (or write to ``out_file``) the whole store's tables."""
-    from ..paths import check_writable_file
+    from ..paths import check_writable_file, emit_report
     from ..suite.plan import known_suites
 
     stdout = stdout or sys.stdout
@@ -218,13 +212,4 @@ def print_store_view(store=None, config_dir=None, fmt: str = "md", out_file: str
     extra = (["--config", str(config_dir)] if config_dir else []) + (["--store", str(store)] if store else [])
     commands = [" ".join(shlex.quote(p) for p in ["mdl-bench", "leaderboard", "--suite", name] + extra)
                 for name in view.suites if name in findable]
-    text = render_store_view(view, fmt, std=std, suite_commands=commands)
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-        print(f"Wrote {target}", file=stdout)
-    else:
-        stdout.write(text)
-        stdout.flush()
+    emit_report(render_store_view(view, fmt, std=std, suite_commands=commands), target, stdout)
