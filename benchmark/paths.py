@@ -102,3 +102,19 @@ def check_writable_file(path, what: str, fix: str) -> Path:
         except OSError as exc:
             raise UserError(f"{what} {path}{_home_note(path)} is not writable: {exc.strerror}; {fix}") from None
     return path
+
+
+def emit_report(text: str, target: Path | None, stdout, wrote: str = "") -> None:
+    """A report to its ``--out`` file (replaced whole or not at all: written beside it, then renamed into place, so
+    a reader never sees half of one) with a ``Wrote`` line, or to ``stdout`` when there is no target."""
+    import os
+
+    if target is None:
+        stdout.write(text)
+        stdout.flush()
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    print(f"Wrote {target}{wrote}", file=stdout)

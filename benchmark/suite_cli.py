@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
                       extra_overrides: dict | None = None) -> None:
     from mdl_bench.model_zoo.core.errors import UserError
     from .leaderboard import build_board, make_plots, render
-    from .paths import check_writable_dir, check_writable_file
+    from .paths import check_writable_dir, check_writable_file, emit_report
 
     stdout = stdout or sys.stdout
     target = Path(out_file).expanduser() if out_file else None
@@ -68,15 +67,7 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
         if target is not None and fmt == "md":  # relative image links next to the Markdown file
             images = {k: Path(v).name for k, v in images.items()}
         text = render(board, fmt, images)
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)  # an existing report is replaced whole or not at all
-        print(f"Wrote {target}" + (f" and {len(images)} plot(s) beside it" if images else ""), file=stdout)
-    else:
-        stdout.write(text)
-        stdout.flush()
+    emit_report(text, target, stdout, f" and {len(images)} plot(s) beside it" if images else "")
 
 
 def cmd_run(args) -> int:
