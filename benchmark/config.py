@@ -179,17 +179,22 @@ class ConfigSet:
         return out
 
 
-def model_keys(model_class) -> set[str]:
-    """Keyword parameters accepted by a model class (its own ``__init__`` and its bases')."""
-    keys: set[str] = set()
-    for klass in inspect.getmro(model_class):
+def model_parameters(model_class) -> dict[str, inspect.Parameter]:
+    """Keyword parameters accepted by a model class: its own ``__init__``'s and its bases' (a subclass's wins)."""
+    out: dict[str, inspect.Parameter] = {}
+    for klass in reversed(inspect.getmro(model_class)):
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
         for name, p in inspect.signature(init).parameters.items():
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in ("self", "feature_map"):
-                keys.add(name)
-    return keys
+                out[name] = p
+    return out
+
+
+def model_keys(model_class) -> set[str]:
+    """The keyword names a model class accepts (:func:`model_parameters`)."""
+    return set(model_parameters(model_class))
 
 
 def check_keys(params: dict, model_class, expid: str, config: ConfigSet | None = None,

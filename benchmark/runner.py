@@ -16,7 +16,7 @@ import numpy as np
 
 from . import distributed, schema
 from mdl_bench.model_zoo.core import bootstrap, collectives, metrics as metric_lib
-from .config import ConfigSet, check_keys
+from .config import ConfigSet, check_keys, model_parameters
 from .data import synth
 from .data.build import domain_names as dataset_domain_names, ensure_dataset, file_lock, load_feature_map
 from mdl_bench.model_zoo.core.errors import UserError
@@ -113,19 +113,14 @@ def resolve(expid: str, config_dir=None, overrides: dict | None = None,
 def check_dataset_fields(expid: str, params: dict, model_class, config: ConfigSet) -> None:
     """Before anything is built: the fields a model's ``*_fields`` default names are fields of the dataset (the
     configured ones were resolved and checked with the config), and gAUC has its user grouping."""
-    import inspect
-
     from .data.roles import check_field_list, declared_roles
 
     roles = None
-    for klass in inspect.getmro(model_class):
-        init = klass.__dict__.get("__init__")
-        for name, p in (inspect.signature(init).parameters.items() if init else ()):
-            if (name.endswith("_fields") and name not in params and isinstance(p.default, (list, tuple))
-                    and p.default):
-                if roles is None:
-                    roles = declared_roles({**config.dataset_params(params["dataset_id"]), **params})
-                check_field_list(params, name, list(p.default), expid, roles, default=True)
+    for name, p in model_parameters(model_class).items():
+        if name.endswith("_fields") and name not in params and isinstance(p.default, (list, tuple)) and p.default:
+            if roles is None:
+                roles = declared_roles({**config.dataset_params(params["dataset_id"]), **params})
+            check_field_list(params, name, list(p.default), expid, roles, default=True)
     monitor = params.get("monitor")
     wanted = list(params.get("metrics") or []) + (list(monitor) if isinstance(monitor, dict) else [str(monitor)])
     if any(str(m).startswith("gAUC") for m in wanted) and not params.get("group_id"):
