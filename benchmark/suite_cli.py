@@ -49,9 +49,8 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
             print(f"note: {exc}; printing the table without its plots", file=sys.stderr)
             plots = False
     if suite.tuner is not None:  # a tuning suite: its trials and the chosen values, not a leaderboard
-        from .leaderboard.tuning import build_tuning, render_tuning
-
         from .leaderboard.budget import budget_curves, plot_budget
+        from .leaderboard.tuning import build_tuning, render_tuning
 
         tuned = build_tuning(suite, store, config_dir, extra_overrides)
         images = {}
