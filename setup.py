@@ -1,13 +1,16 @@
 """mdl-bench: a FuxiCTR plugin for multi-domain recommendation benchmarks (Crocodile and baselines).
 
-The repository keeps FuxiCTR's top-level layout (``model_zoo/``, ``benchmark/``, ``config/``), but the
+The repository keeps FuxiCTR's top-level layout (``model_zoo/``, ``benchmark/``, ``config/``; ``kernel/`` holds
+the errors and paths both stand on), but the
 installed import names live under one namespace, ``mdl_bench``, so that generic names such as ``config`` or
 ``benchmark`` never shadow (or get shadowed by) a user's own folders.
 """
 from setuptools import setup
 
 PACKAGES = {
+    "mdl_bench.kernel": "kernel",
     "mdl_bench.benchmark": "benchmark",
+    "mdl_bench.benchmark.cli": "benchmark/cli",
     "mdl_bench.benchmark.data": "benchmark/data",
     "mdl_bench.benchmark.analysis": "benchmark/analysis",
     "mdl_bench.benchmark.measure": "benchmark/measure",

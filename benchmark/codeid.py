@@ -32,9 +32,8 @@ from pathlib import Path
 PACKAGE = "mdl_bench"
 RUN_PATH = ("mdl_bench.benchmark.runner", "mdl_bench.benchmark.data.build", "mdl_bench.benchmark.data.loader",
             "mdl_bench.benchmark.data.synth")
-NOT_CODE = frozenset({"mdl_bench.benchmark.config", "mdl_bench.benchmark.schema", "mdl_bench.benchmark.paths",
-                      "mdl_bench.model_zoo.core.errors", "mdl_bench.model_zoo.core.workdir",
-                      "mdl_bench.benchmark.report"})
+NOT_CODE = frozenset({"mdl_bench.benchmark.config", "mdl_bench.benchmark.schema", "mdl_bench.kernel.paths",
+                      "mdl_bench.kernel.errors", "mdl_bench.benchmark.report"})
 # The model zoo is followed through every import; above it (the benchmark), only module-level imports.
 FOLLOW_ALL_IMPORTS = ("mdl_bench.model_zoo",)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from mdl_bench.model_zoo.core.errors import UserError, close_matches, show_value
+from mdl_bench.kernel.errors import UserError, close_matches, show_value
 from .data.roles import dataset_defaults, resolve_fields
-from .paths import expand_path, packaged_config_dir
+from mdl_bench.kernel.paths import expand_path, packaged_config_dir
 from .schema import DATASET_TYPES, TRAINER_TYPES
 
 # Keys read by the trainer and the run script, and keys of a dataset block: their types are in .schema.

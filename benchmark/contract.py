@@ -41,7 +41,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 TEST_SUFFIX, DEFAULT_SUFFIX = "_test", "_default"
 

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from ..model_zoo.core.collectives import DistInfo, current, env_info, shutdown
-from ..model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from .procs import die_with_parent
 
 

@@ -19,8 +19,8 @@ from mdl_bench.model_zoo.core import bootstrap, collectives, metrics as metric_l
 from .config import ConfigSet, check_keys, model_parameters
 from .data import synth
 from .data.build import domain_names as dataset_domain_names, ensure_dataset, file_lock, load_feature_map
-from mdl_bench.model_zoo.core.errors import UserError
-from .paths import check_writable_dir
+from mdl_bench.kernel.errors import UserError
+from mdl_bench.kernel.paths import check_writable_dir
 from .report import domain_table
 
 RESULT_SUFFIX = ".result.json"

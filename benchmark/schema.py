@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AllowInfNan, BeforeValidator, Field, StrictBool, TypeAdapter, ValidationError
 
-from mdl_bench.model_zoo.core.errors import UserError, show_value
+from mdl_bench.kernel.errors import UserError, show_value
 
 
 # ---------------------------------------------------------------------------------------------- ranges

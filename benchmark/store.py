@@ -34,8 +34,8 @@ import weakref
 from pathlib import Path
 from typing import Iterable
 
-from mdl_bench.model_zoo.core.errors import UserError
-from .paths import bench_home, check_writable_file, expand_path, pid_alive as _pid_alive
+from mdl_bench.kernel.errors import UserError
+from mdl_bench.kernel.paths import bench_home, check_writable_file, expand_path, pid_alive as _pid_alive
 
 APPLICATION_ID = 0x4D444C42  # "MDLB"
 SCHEMA_VERSION = 2  # 2: code_fingerprint in the identity of runs and claims (1 is migrated on open)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from fuxictr.pytorch.torch_utils import get_activation
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from .base import MultiDomainModel
 from .layers import FieldSelection, MultiEmbedding, check_fields
 

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from .base import MultiDomainModel
 from .layers import (BatchedMLP, DomainGroups, DomainTowers, ElementwiseGate, FieldSelection, MultiEmbedding,
                      SoftmaxGate, check_fields, gather_domain, make_disentangle_loss, mix_own,

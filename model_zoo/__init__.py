@@ -32,7 +32,7 @@ import re
 import sys
 from pathlib import Path
 
-from mdl_bench.model_zoo.core.errors import UserError, close_matches, show_value
+from mdl_bench.kernel.errors import UserError, close_matches, show_value
 from .base import MultiDomainModel
 
 _NOT_MODELS = {"base", "registry"}

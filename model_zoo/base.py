@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from fuxictr.pytorch.models import BaseModel
 from tqdm import tqdm
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from mdl_bench.model_zoo.core import allocator, collectives, metrics as metric_lib, step as step_lib
-from mdl_bench.model_zoo.core.workdir import bench_home
+from mdl_bench.kernel.paths import bench_home
 
 BCE_NAMES = ("binary_crossentropy", "binary_cross_entropy", "bce")
 

@@ -20,7 +20,7 @@ import pytest
 
 import mdl_bench.model_zoo as zoo
 from mdl_bench.benchmark.cli import main
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "add-a-model.md"
 

@@ -528,7 +528,7 @@ def test_a_twin_without_the_aux_loss_loads_into_a_model_with_it(tiny, tmp_path):
     (only the loss's own weights, Trans5's maps, stay as built); anything else that does not fit is refused."""
     from mdl_bench.benchmark.measure.probe import load_model
     from mdl_bench.benchmark.runner import resolve
-    from mdl_bench.model_zoo.core.errors import UserError
+    from mdl_bench.kernel.errors import UserError
 
     base = build_model(tiny, "Crocodile_test", aux_loss="none")
     path = str(tmp_path / "base.model")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mdl_bench.benchmark.data.build import ensure_dataset, dataset_dir
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 HEADER = "user_id,item_id,domain,price,click\n"
 

@@ -10,7 +10,7 @@ import yaml
 
 from mdl_bench.benchmark.cli import main
 from mdl_bench.benchmark.config import ConfigSet
-from mdl_bench.benchmark.paths import packaged_config_dir
+from mdl_bench.kernel.paths import packaged_config_dir
 
 
 def run_cli(capsys, *argv):

@@ -216,7 +216,7 @@ def test_a_missing_raw_file_names_the_converter_that_creates_it_and_that_command
 
     from mdl_bench.benchmark.cli import build_parser
     from mdl_bench.benchmark.data.build import CONVERTERS, _split_files
-    from mdl_bench.model_zoo.core.errors import UserError
+    from mdl_bench.kernel.errors import UserError
 
     parser = build_parser()
     for dataset_id, line in CONVERTERS.items():

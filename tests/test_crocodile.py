@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from mdl_bench.model_zoo.layers import CovLoss, ElementwiseGate, SoftmaxGate
 from conftest import build_model
 

@@ -18,7 +18,7 @@ import torch
 from mdl_bench.benchmark import distributed
 from mdl_bench.model_zoo.core import collectives
 from mdl_bench.benchmark.data.loader import InMemoryLoader, StreamingLoader
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from mdl_bench.model_zoo.core.metrics import compute_metrics
 
 # ---------------------------------------------------------------------------------------------- rank functions

@@ -18,8 +18,8 @@ import yaml
 from mdl_bench.benchmark import schema
 from mdl_bench.benchmark.cli import main
 from mdl_bench.benchmark.config import ConfigSet
-from mdl_bench.model_zoo.core.errors import UserError, show_value
-from mdl_bench.benchmark.paths import packaged_config_dir
+from mdl_bench.kernel.errors import UserError, show_value
+from mdl_bench.kernel.paths import packaged_config_dir
 from mdl_bench.model_zoo import get_model
 
 

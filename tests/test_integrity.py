@@ -12,7 +12,7 @@ from mdl_bench.benchmark.config import ConfigSet
 from mdl_bench.benchmark.data import synth
 from mdl_bench.benchmark.data.build import ensure_dataset, read_build_info
 from mdl_bench.benchmark.suite import Suite
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from torch import nn
 
 from mdl_bench.model_zoo.layers import (BatchedMLP, CovLoss, DomainGroups, DomainTowers, ElementwiseGate,
                                         SoftmaxGate, gather_domain, mix, mix_own)
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 
 def per_mlp_reference(mlp: BatchedMLP, x: torch.Tensor, e: int) -> torch.Tensor:

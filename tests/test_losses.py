@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from mdl_bench.model_zoo.layers import (DISENTANGLE_LOSSES, CosLoss, CovLoss, DCorrLoss, DotLoss, ImportanceLoss,
                                         OLELoss, Trans5Loss, make_disentangle_loss)
 from conftest import build_model

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from mdl_bench.model_zoo.layers.gate_nu import GateNU
 from mdl_bench.model_zoo.layers.partitioned_norm import PartitionedNorm
 from conftest import build_model

@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from mdl_bench.model_zoo.core import metrics as M
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 
 def reference_gauc(y, p, g):

@@ -13,8 +13,8 @@ import yaml
 
 from mdl_bench.benchmark.cli import main
 from mdl_bench.benchmark.data import movielens
-from mdl_bench.benchmark.paths import packaged_config_dir
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.paths import packaged_config_dir
+from mdl_bench.kernel.errors import UserError
 
 AGES = [1, 18, 25, 35, 45, 50, 56]
 GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",

@@ -8,7 +8,7 @@ import pytest
 
 from mdl_bench.benchmark import cli
 from mdl_bench.model_zoo.core.metrics import gauc_score
-from mdl_bench.benchmark.perf.command import run_perf
+from mdl_bench.benchmark.perf.run import run_perf
 from mdl_bench.benchmark.perf.measure import gauc_data
 from mdl_bench.benchmark.perf.plot import plot_scaling
 from mdl_bench.benchmark.perf.proc import is_ray_process, tree_usage

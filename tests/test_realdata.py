@@ -16,8 +16,8 @@ import yaml
 
 from mdl_bench.benchmark.cli import main
 from mdl_bench.benchmark.data import aliccp, kuairand, rawfiles, realdata
-from mdl_bench.model_zoo.core.errors import UserError
-from mdl_bench.benchmark.paths import packaged_config_dir
+from mdl_bench.kernel.errors import UserError
+from mdl_bench.kernel.paths import packaged_config_dir
 
 
 def read(path: Path) -> pl.DataFrame:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import build_model
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 LAMBDA = 1e-2
 

@@ -11,7 +11,7 @@ from mdl_bench.benchmark.config import ConfigSet
 from mdl_bench.benchmark.runner import resolve
 from mdl_bench.benchmark.store import config_hash
 from mdl_bench.benchmark.suite import Suite
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 # Config hashes of shipped expids computed on the tree before roles existed (model configs naming fields, no
 # `roles` or `domain_names` in the dataset blocks): the stored results of these runs must keep being found.

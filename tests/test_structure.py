@@ -13,20 +13,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = {"mdl_bench.model_zoo": ROOT / "model_zoo", "mdl_bench.benchmark": ROOT / "benchmark"}
+PACKAGE_DIRS = {"mdl_bench.kernel": ROOT / "kernel", "mdl_bench.model_zoo": ROOT / "model_zoo",
+                "mdl_bench.benchmark": ROOT / "benchmark"}
 B = "mdl_bench.benchmark"
 
 #: bottom first; each layer lists module prefixes (see docs/architecture.md)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("kernel", ("mdl_bench.kernel",)),
     ("core", ("mdl_bench.model_zoo.core",)),
-    ("data", (f"{B}.paths", f"{B}.schema", f"{B}.config", f"{B}.data")),
+    ("data", (f"{B}.schema", f"{B}.config", f"{B}.data")),
     ("layers", ("mdl_bench.model_zoo.layers",)),
     ("models", ("mdl_bench.model_zoo",)),
     ("measure", (f"{B}.measure",)),
     ("runner", (f"{B}.runner", f"{B}.distributed", f"{B}.procs", f"{B}.report")),
     ("suite/store", (f"{B}.store", f"{B}.suite", f"{B}.codeid")),
     ("leaderboard/analysis/perf", (f"{B}.leaderboard", f"{B}.analysis", f"{B}.perf", f"{B}.contract")),
-    ("cli", (f"{B}.cli", f"{B}.suite_cli", f"{B}.analysis.command")),
+    ("cli", (f"{B}.cli",)),
 ]
 
 
@@ -161,9 +163,11 @@ def test_every_layer_holds_a_module():
 
 
 @pytest.mark.parametrize("graph, expected", [
-    ({"mdl_bench.model_zoo.core.errors": {"mdl_bench.benchmark.runner"}, "mdl_bench.benchmark.runner": set()},
-     ["mdl_bench.model_zoo.core.errors (core) imports mdl_bench.benchmark.runner (runner), a layer above",
-      "mdl_bench.model_zoo.core.errors (a model or layer) imports the benchmark (mdl_bench.benchmark.runner)"]),
+    ({"mdl_bench.kernel.errors": {"mdl_bench.benchmark.runner"}, "mdl_bench.benchmark.runner": set()},
+     ["mdl_bench.kernel.errors (kernel) imports mdl_bench.benchmark.runner (runner), a layer above"]),
+    ({"mdl_bench.model_zoo.core.metrics": {"mdl_bench.benchmark.runner"}, "mdl_bench.benchmark.runner": set()},
+     ["mdl_bench.model_zoo.core.metrics (core) imports mdl_bench.benchmark.runner (runner), a layer above",
+      "mdl_bench.model_zoo.core.metrics (a model or layer) imports the benchmark (mdl_bench.benchmark.runner)"]),
     ({f"{B}.suite.plan": {f"{B}.store"}, f"{B}.store": {f"{B}.suite.plan"}},
      [f"import circle: {B}.store -> {B}.suite.plan"]),
     ({f"{B}.newthing": set()}, [f"{B}.newthing is in no layer; add it to LAYERS in tests/test_structure.py and docs/architecture.md"]),
@@ -176,13 +180,13 @@ def test_the_checker_finds_each_kind_of_problem(graph, expected):
 def test_imports_are_resolved_from_the_syntax(tmp_path):
     modules = {"mdl_bench.benchmark": None, "mdl_bench.benchmark.data": None, "mdl_bench.benchmark.data.build": None,
                "mdl_bench.benchmark.runner": None, "mdl_bench.model_zoo": None, "mdl_bench.model_zoo.core": None,
-               "mdl_bench.model_zoo.core.errors": None}
+               "mdl_bench.kernel.errors": None}
     source = tmp_path / "runner.py"
-    source.write_text("from .data.build import x\nfrom . import data\nimport mdl_bench.model_zoo.core.errors\n"
-                      "def f():\n    from mdl_bench.model_zoo.core.errors import UserError\n"
+    source.write_text("from .data.build import x\nfrom . import data\nimport mdl_bench.kernel.errors\n"
+                      "def f():\n    from mdl_bench.kernel.errors import UserError\n"
                       "    from mdl_bench.model_zoo import get_model\n")
     assert imports_of("mdl_bench.benchmark.runner", source, modules) == {
-        "mdl_bench.benchmark.data.build", "mdl_bench.benchmark.data", "mdl_bench.model_zoo.core.errors",
+        "mdl_bench.benchmark.data.build", "mdl_bench.benchmark.data", "mdl_bench.kernel.errors",
         "mdl_bench.model_zoo"}
 
 

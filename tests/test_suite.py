@@ -25,7 +25,7 @@ import yaml
 from scipy import stats
 
 from mdl_bench.benchmark.cli import main
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from mdl_bench.benchmark.leaderboard import build_board, make_plots, render
 from mdl_bench.benchmark.codeid import code_fingerprint
 from mdl_bench.benchmark.store import (APPLICATION_ID, SCHEMA_VERSION, Store, config_hash, local_config,
@@ -406,7 +406,7 @@ def test_a_dataset_that_cannot_be_built_stops_the_suite_with_one_error(tmp_path,
                         r"'M4J2K'; 300 rows do not parse; declare `dtype: str` for 'zip_code' .*", err), err
     assert "FAILED" not in captured.out
     assert not store.exists() and not (config / "data" / "zips").exists()
-    from mdl_bench.benchmark.paths import bench_home
+    from mdl_bench.kernel.paths import bench_home
 
     assert not (bench_home() / "checkpoints" / "zips").exists()
 

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from mdl_bench.benchmark.data import synth
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 SMALL = dict(n_train=3000, n_valid=500, n_test=500, n_users=200, n_items=400, n_authors=50)
 

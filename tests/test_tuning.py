@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from mdl_bench.benchmark.cli import main
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from mdl_bench.benchmark.suite import load_suite, run_suite, tuner_points
 from mdl_bench.benchmark.suite.tuning import Pruner, Tuner, rung_value, select, trial_points
 

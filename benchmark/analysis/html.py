@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from ..paths import slug
+from mdl_bench.kernel.paths import slug
 from .figures import CAPTIONS
 
 ORDER = ("fig1a", "fig6", "fig5", "fig2", "fig7")

@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mdl_bench.model_zoo.core.errors import UserError
-from ..paths import slug
+from mdl_bench.kernel.errors import UserError
+from mdl_bench.kernel.paths import slug
 from . import figures
 from ..measure.epochs import read_ia_epochs
 from ..measure.quantities import (covloss_total, cross_expert_mask, dim_covariance_summary, diversity_index,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 
 def _plan(suite: str, config_dir=None, overrides: dict | None = None):

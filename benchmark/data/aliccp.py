@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from . import rawfiles, realdata as rd
 
 USER_FIELDS = ["121", "122", "124", "125", "126", "127", "128", "129", "109_14", "110_14", "127_14", "150_14"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from . import synth
 from .read import (POLARS_DTYPES, check_header, check_split, diagnose, read_error, read_split, scan_csv,
                    wanted_columns)
@@ -401,7 +401,7 @@ def remove_build_leftovers(root: Path, dataset_id: str, log=logging.info) -> lis
 
     Called under the dataset's lock, so no other build of this id is running; the pid is checked as well, and a
     folder of a live process is left alone. ``.build-<id>-XXXXXXXX`` (no pid: older versions) is a leftover too."""
-    from ..paths import pid_alive
+    from mdl_bench.kernel.paths import pid_alive
 
     name = re.escape(dataset_id)
     patterns = (re.compile(rf"^\.build-{name}-(\d+)-[a-z0-9_]{{8}}$"), re.compile(rf"^\.old-{name}-(\d+)$"),

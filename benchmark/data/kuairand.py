@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from . import rawfiles, realdata as rd
 
 LOG_COLUMNS = ["user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like", "is_follow", "is_comment",

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 
 def _column_tensor(series: pl.Series) -> torch.Tensor:

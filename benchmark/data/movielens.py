@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from . import rawfiles, realdata as rd
 
 DATASET_ID = "movielens1m"

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 import polars as pl
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 KUAIRAND_MISSING = -124  # KuaiRand's code for "missing"
 DEFAULT_MAX_MALFORMED = 0.01

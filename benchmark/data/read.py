@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from .rawfiles import read_header
 
 POLARS_DTYPES = {"str": pl.Utf8, "int": pl.Int64, "float": pl.Float64}

@@ -42,8 +42,8 @@ import numpy as np
 import polars as pl
 import yaml
 
-from mdl_bench.model_zoo.core.errors import UserError
-from ..paths import check_writable_dir, pid_alive
+from mdl_bench.kernel.errors import UserError
+from mdl_bench.kernel.paths import check_writable_dir, pid_alive
 
 RARE_INT = -1
 RARE_STR = "__rare__"
@@ -293,7 +293,7 @@ def dataset_block(*, dataset_id: str, out_dir: Path, domain_field: str, domains:
 
 def config_paths_for(out_dir: Path, dataset_id: str) -> dict:
     """Split paths for the config: ``${MDL_BENCH_HOME}/raw/<id>/...`` when ``out_dir`` is that default folder."""
-    from ..paths import bench_home
+    from mdl_bench.kernel.paths import bench_home
 
     out = Path(out_dir).expanduser().resolve()
     default = (bench_home() / "raw" / dataset_id).expanduser().resolve()
@@ -309,7 +309,7 @@ def dataset_config_text(dataset_id: str, block: dict, comment: str) -> str:
 
 
 def default_out(dataset_id: str) -> Path:
-    from ..paths import bench_home
+    from mdl_bench.kernel.paths import bench_home
 
     return bench_home() / "raw" / dataset_id
 

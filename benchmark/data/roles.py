@@ -21,7 +21,7 @@ domain is labelled by its value itself.
 """
 from __future__ import annotations
 
-from mdl_bench.model_zoo.core.errors import UserError, close_matches, show_value
+from mdl_bench.kernel.errors import UserError, close_matches, show_value
 
 ROLES_KEY = "roles"
 DOMAIN_ROLE = "domain"

@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import schema
-from mdl_bench.model_zoo.core.errors import UserError, close_matches
-from ..paths import pid_alive
+from mdl_bench.kernel.errors import UserError, close_matches
+from mdl_bench.kernel.paths import pid_alive
 
 SCHEMA_VERSION = 1  # bump when the generative model changes, so cached raw files are regenerated
 ID_STREAM = 1  # second random stream (seed, ID_STREAM): the domain-specific id factors of ``id_rho``

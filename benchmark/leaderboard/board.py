@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mdl_bench.model_zoo.core.errors import UserError, close_matches
+from mdl_bench.kernel.errors import UserError, close_matches
 from .stats import Evidence, column_stats, estimate, holm, mean_std
 
 PAPER_GROUPS = ("Single Domain", "MTL (SE)", "MTL (ME)", "MDL", "Crocodile")

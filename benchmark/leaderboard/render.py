@@ -9,7 +9,7 @@ import math
 import time
 from pathlib import Path
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from .board import CAP_MARK, ORACLE_LABEL, OUTDATED_MARK, Board, Row, Table, column
 from .plots import plot_tables
 from .stats import ALPHA, MIN_CLASS_ROWS, MIN_USERS, mean_std

@@ -53,7 +53,7 @@ class StoreView:
 
 def build_store_view(store=None, metrics=None, split=None) -> StoreView:
     """Read every run of the store into rows, one table per dataset."""
-    from mdl_bench.model_zoo.core.errors import UserError, close_matches
+    from mdl_bench.kernel.errors import UserError, close_matches
     from mdl_bench.model_zoo.core import metrics as metric_lib
     from ..codeid import code_fingerprint
     from ..store import Store
@@ -200,7 +200,7 @@ def render_store_view(view: StoreView, fmt: str = "md", std: bool = False, suite
 def print_store_view(store=None, config_dir=None, fmt: str = "md", out_file: str | None = None, metrics=None,
                      split=None, std: bool = False, stdout=None) -> None:
     """``mdl-bench leaderboard`` without ``--suite``: print (or write to ``out_file``) the whole store's tables."""
-    from ..paths import check_writable_file, emit_report
+    from mdl_bench.kernel.paths import check_writable_file, emit_report
     from ..suite.plan import known_suites
 
     stdout = stdout or sys.stdout

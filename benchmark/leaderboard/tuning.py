@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from ..suite.tuning import select, selection_value
 
 

@@ -112,7 +112,7 @@ def attach_ia_recorder(model, params: dict, train_loader, probe_loader) -> IARec
         return None
     fields = DEFAULT_FIELDS if option is True else [str(f) for f in option]
     if not hasattr(train_loader, "columns"):
-        from mdl_bench.model_zoo.core.errors import UserError
+        from mdl_bench.kernel.errors import UserError
 
         raise UserError("record_ia needs the training split in memory, but this dataset is built in parts "
                         "(data_block_size > 0); set data_block_size: 0 or drop record_ia")

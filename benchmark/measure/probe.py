@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from .quantities import OutputMoments
 
 
@@ -29,7 +29,7 @@ def read_checkpoint(path) -> dict:
     :class:`UserError` for a missing, empty, truncated or foreign file."""
     import torch
 
-    from mdl_bench.model_zoo.core.errors import show_value
+    from mdl_bench.kernel.errors import show_value
 
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)

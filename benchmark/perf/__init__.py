@@ -36,8 +36,9 @@ Modules (each imports only those above it in this list, and nothing of the comma
 * :mod:`.measure`: models, CovLoss, the matched and stock comparison, gAUC and the dataset build;
 * :mod:`.scaling`: step time and its parts as M and K grow, and why;
 * :mod:`.targets`, :mod:`.report`, :mod:`.plot`: the goals met or not, the Markdown report, the scaling figure;
-* :mod:`.command`: :func:`~.command.run_perf` (every measurement; JSON, Markdown, PNG);
-* :mod:`.parser`: the ``mdl-bench perf`` parser and command, which import :mod:`.command` only when it runs.
+* :mod:`.run`: :func:`~.run.run_perf` (every measurement; JSON, Markdown, PNG).
+
+The ``mdl-bench perf`` command is :mod:`mdl_bench.benchmark.cli.perf`, which imports :mod:`.run` only when it runs.
 
 This file only documents the package and imports nothing, so that the child process, which imports
 :mod:`.stock`, loads nothing else of it.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mdl_bench.model_zoo.core.step import now
-from ..paths import bench_home
+from mdl_bench.kernel.paths import bench_home
 from .proc import run_child
 from .settings import PerfConfig
 from .timing import FirstBatches, bare_loop, batch_rows, median, silent, split_steps, time_closures

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from mdl_bench.model_zoo.core.errors import UserError, close_matches
-from ..paths import expand_path, packaged_config_dir
+from mdl_bench.kernel.errors import UserError, close_matches
+from mdl_bench.kernel.paths import expand_path, packaged_config_dir
 from ..codeid import code_fingerprint
 from ..store import config_hash
 from .tuning import Trial, Tuner, trial_points

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from ..codeid import code_fingerprint
 from ..store import Store, config_hash, git_state
 from .execute import run_resolved
@@ -16,7 +16,7 @@ def rerun(run_id: int, store: str | None = None, out=print, progress_stream=None
     import torch
 
     from ..store import local_config
-    from ..paths import bench_home
+    from mdl_bench.kernel.paths import bench_home
 
     db = Store(store, create=False)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from ..procs import die_with_parent
 from ..store import Store, check_store_writable, store_path
 from .execute import execute_run

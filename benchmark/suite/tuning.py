@@ -38,7 +38,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from mdl_bench.model_zoo.core.errors import UserError, close_matches
+from mdl_bench.kernel.errors import UserError, close_matches
 
 TUNER_KEYS = ("trials", "seed", "rungs", "keep")
 

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from mdl_bench.model_zoo.core.errors import UserError, close_matches
+from mdl_bench.kernel.errors import UserError, close_matches
 
 BASE_METRICS = ("logloss", "AUC", "gAUC")
 LOGLOSS_EPS = 1e-7

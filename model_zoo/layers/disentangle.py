@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdl_bench.model_zoo.core.errors import UserError, close_matches
+from mdl_bench.kernel.errors import UserError, close_matches
 
 
 def sample_rows(outputs: torch.Tensor, rows: int) -> tuple[torch.Tensor, float]:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from fuxictr.pytorch.layers import FeatureEmbedding
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 
 
 class MultiEmbedding(nn.Module):

@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mdl_bench.model_zoo.core.errors import UserError
+from mdl_bench.kernel.errors import UserError
 from .experts import BatchedMLP
 
 GATE_SCOPES = ("own", "all")

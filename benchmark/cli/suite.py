@@ -11,8 +11,8 @@ from pathlib import Path
 
 def _overrides(args) -> dict:
     """``--set`` and ``--nproc``: the same on ``run``, ``leaderboard`` and ``runs``, so they find the same runs."""
-    from mdl_bench.model_zoo.core.errors import UserError
-    from .config import parse_set
+    from mdl_bench.kernel.errors import UserError
+    from ..config import parse_set
 
     overrides = parse_set(getattr(args, "set", None))
     nproc = getattr(args, "nproc", None)
@@ -24,7 +24,7 @@ def _overrides(args) -> dict:
 
 
 def _reports_dir(suite) -> Path:
-    from .paths import bench_home
+    from mdl_bench.kernel.paths import bench_home
 
     return bench_home() / "reports" / suite.name
 
@@ -32,9 +32,9 @@ def _reports_dir(suite) -> Path:
 def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_file: str | None = None,
                       metrics=None, split=None, std=None, lift_base=None, stdout=None, reference=None,
                       extra_overrides: dict | None = None) -> None:
-    from mdl_bench.model_zoo.core.errors import UserError
-    from .leaderboard import build_board, make_plots, render
-    from .paths import check_writable_dir, check_writable_file, emit_report
+    from mdl_bench.kernel.errors import UserError
+    from ..leaderboard import build_board, make_plots, render
+    from mdl_bench.kernel.paths import check_writable_dir, check_writable_file, emit_report
 
     stdout = stdout or sys.stdout
     target = Path(out_file).expanduser() if out_file else None
@@ -49,8 +49,8 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
             print(f"note: {exc}; printing the table without its plots", file=sys.stderr)
             plots = False
     if suite.tuner is not None:  # a tuning suite: its trials and the chosen values, not a leaderboard
-        from .leaderboard.budget import budget_curves, plot_budget
-        from .leaderboard.tuning import build_tuning, render_tuning
+        from ..leaderboard.budget import budget_curves, plot_budget
+        from ..leaderboard.tuning import build_tuning, render_tuning
 
         tuned = build_tuning(suite, store, config_dir, extra_overrides)
         images = {}
@@ -70,8 +70,8 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
 
 
 def cmd_run(args) -> int:
-    from mdl_bench.model_zoo.core.errors import UserError
-    from .suite import load_suite, run_suite
+    from mdl_bench.kernel.errors import UserError
+    from ..suite import load_suite, run_suite
 
     suite = load_suite(args.suite, args.config)
     started = time.time()
@@ -97,10 +97,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from .suite import load_suite
+    from ..suite import load_suite
 
     if not args.suite:  # every stored run of the store, grouped by dataset and expid
-        from .leaderboard.store_view import print_store_view
+        from ..leaderboard.store_view import print_store_view
 
         print_store_view(args.store, config_dir=args.config, fmt=args.format, out_file=args.out,
                          metrics=args.metric, split=args.split, std=args.std)
@@ -114,12 +114,12 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from mdl_bench.model_zoo.core.errors import UserError
-    from .codeid import code_fingerprint
-    from .store import Store
+    from mdl_bench.kernel.errors import UserError
+    from ..codeid import code_fingerprint
+    from ..store import Store
 
     if args.suite:
-        from .suite import load_suite
+        from ..suite import load_suite
 
         suite = load_suite(args.suite, args.config)
         plan = suite.plan(args.config, _overrides(args), strict=False)
@@ -158,7 +158,7 @@ def cmd_runs(args) -> int:
               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['finished_at']))}")
     rerun_hint = "running its suite again reruns it"
     if args.suite:
-        from .suite.plan import suite_command
+        from ..suite.plan import suite_command
 
         rerun_hint = f"`{suite_command(suite, 'run', args.config, args.store, _overrides(args))}` reruns it"
     print("(code: fingerprint of the code that made the run; outdated: the model's code, the layers it uses or the "
@@ -169,7 +169,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_rerun(args) -> int:
-    from .suite import rerun
+    from ..suite import rerun
 
     return 0 if rerun(args.run_id, store=args.store) else 1
 

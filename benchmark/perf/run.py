@@ -1,5 +1,5 @@
-"""``mdl-bench perf``: :func:`run_perf` runs every measurement and writes the JSON result, the Markdown report and
-the scaling figure; :func:`add_parser` wires the command into ``mdl-bench`` (:mod:`mdl_bench.benchmark.cli`)."""
+"""One ``mdl-bench perf`` session: :func:`run_perf` runs every measurement and writes the JSON result, the Markdown
+report and the scaling figure (the command itself is :mod:`mdl_bench.benchmark.cli.perf`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mdl_bench.model_zoo.core import allocator
-from mdl_bench.model_zoo.core.errors import UserError
-from ..paths import bench_home
+from mdl_bench.kernel.errors import UserError
+from mdl_bench.kernel.paths import bench_home
 from .measure import measure_build, measure_covloss, measure_gauc, measure_matched, measure_model, measure_stock
 from .plot import plot_scaling
 from .proc import TreeSampler
@@ -62,7 +62,7 @@ def run_perf(cfg: PerfConfig, out_path: str | os.PathLike | None = None, command
     names = list(cfg.models) if cfg.models else list(known)
     for name in names:
         if name not in known:
-            from mdl_bench.model_zoo.core.errors import close_matches
+            from mdl_bench.kernel.errors import close_matches
 
             raise UserError(f"perf: unknown model {name!r}{close_matches(name, known)}; registered: "
                             f"{', '.join(known)}")

@@ -61,7 +61,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def options_from(args):
-    from .report import AnalysisOptions
+    from ..analysis.report import AnalysisOptions
 
     return AnalysisOptions(rows=args.rows, split=args.split, seed=args.seed, tau_top=args.tau_top,
                            tau_bottom=args.tau_bottom, tau_scope=args.tau_scope, tau_absolute=args.tau_absolute,
@@ -72,10 +72,10 @@ def options_from(args):
 def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, overrides: dict | None = None):
     """A :class:`RunRef` for a checkpoint: config from its ``.result.json``, else resolved from ``expid``."""
     from mdl_bench.model_zoo import model_group, registry
-    from mdl_bench.model_zoo.core.errors import UserError
+    from mdl_bench.kernel.errors import UserError
     from ..runner import RESULT_SUFFIX, resolve
     from ..measure.probe import read_checkpoint
-    from .report import RunRef
+    from ..analysis.report import RunRef
 
     checkpoint = Path(path).expanduser()
     if checkpoint.is_dir():
@@ -112,7 +112,7 @@ def run_from_checkpoint(path: str, expid: str | None = None, config_dir=None, ov
 def store_runs(store_path, suite: str | None = None, run_ids=None, config_dir=None, model: str | None = None,
                overrides: dict | None = None) -> list:
     """Finished runs of the results store as :class:`RunRef` (via :mod:`.store_bridge`)."""
-    from . import store_bridge
+    from ..analysis import store_bridge
 
     return store_bridge.runs(store_path, suite=suite, run_ids=run_ids, config_dir=config_dir, model=model,
                              overrides=overrides)
@@ -120,7 +120,7 @@ def store_runs(store_path, suite: str | None = None, run_ids=None, config_dir=No
 
 def _single_domain(args, runs: list) -> dict:
     """Per dataset id, the Single Domain run that defines D(i,j)."""
-    from mdl_bench.model_zoo.core.errors import UserError
+    from mdl_bench.kernel.errors import UserError
     found: dict = {}
     if args.single_domain:
         ref = args.single_domain
@@ -150,7 +150,7 @@ def _single_domain(args, runs: list) -> dict:
 
 def _compare_ref(ref: str, store):
     """A run of ``--compare``: a checkpoint (config from its ``.result.json``) or a run id of the store."""
-    from mdl_bench.model_zoo.core.errors import UserError
+    from mdl_bench.kernel.errors import UserError
     from ..runner import RESULT_SUFFIX
 
     path = Path(ref).expanduser()
@@ -167,9 +167,9 @@ def _compare_ref(ref: str, store):
 
 def run_compare(args, options) -> int:
     """``analyze --compare A B``: figure 7 as numbers, printed, with the files beside."""
-    from mdl_bench.model_zoo.core.errors import UserError
-    from ..paths import bench_home, slug
-    from .report import compare_covariance
+    from mdl_bench.kernel.errors import UserError
+    from mdl_bench.kernel.paths import bench_home, slug
+    from ..analysis.report import compare_covariance
 
     if args.expid or args.set or args.single_domain:
         raise UserError("--compare takes two run ids or checkpoints with their stored configs; --expid, --set and "
@@ -230,9 +230,9 @@ def compare_table(report: dict) -> str:
 
 
 def run_command(args) -> int:
-    from mdl_bench.model_zoo.core.errors import UserError
-    from ..paths import check_writable_dir, slug
-    from .report import analyze_runs
+    from mdl_bench.kernel.errors import UserError
+    from mdl_bench.kernel.paths import check_writable_dir, slug
+    from ..analysis.report import analyze_runs
 
     options = options_from(args)
     options.check()
@@ -279,10 +279,10 @@ def run_command(args) -> int:
 
 def default_out_dir(args, name: str) -> Path:
     """The suite's analysis folder (where the HTML leaderboard looks for figures), else a named folder."""
-    from ..paths import bench_home
+    from mdl_bench.kernel.paths import bench_home
 
     if args.suite:
-        from . import store_bridge
+        from ..analysis import store_bridge
 
         return store_bridge.suite_analysis_dir(args.store, args.suite, args.config)
     return bench_home() / "analysis" / name

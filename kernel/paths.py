@@ -11,7 +11,12 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from mdl_bench.model_zoo.core.workdir import HOME_ENV, bench_home  # noqa: F401 (the one definition)
+HOME_ENV = "MDL_BENCH_HOME"
+
+
+def bench_home() -> Path:
+    """The working area for generated data, built datasets, checkpoints and result stores."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".mdl_bench").expanduser()
 
 
 def packaged_config_dir() -> Path:
@@ -68,7 +73,7 @@ def check_writable_dir(path, what: str, fix: str) -> Path:
     """``path`` as a folder this process can write in (it may not exist yet: then the nearest existing folder
     above it must be writable), or a one-line :class:`UserError`: is a file / not writable. Nothing is left
     behind (nothing is written to find out)."""
-    from mdl_bench.model_zoo.core.errors import UserError
+    from .errors import UserError
 
     path = Path(path).expanduser()
     note = _home_note(path)
@@ -89,7 +94,7 @@ def check_writable_dir(path, what: str, fix: str) -> Path:
 def check_writable_file(path, what: str, fix: str) -> Path:
     """``path`` as a file this process can write (create, or replace beside it), or a one-line
     :class:`UserError`: is a folder / not writable."""
-    from mdl_bench.model_zoo.core.errors import UserError
+    from .errors import UserError
 
     path = Path(path).expanduser()
     if path.is_dir():

@@ -1,19 +1,18 @@
-"""``mdl-bench perf`` on the command line: the parser and :func:`cmd_perf`. Kept apart from :mod:`.command` so that
-building the ``mdl-bench`` parser (``--help``) loads nothing heavy; the measurements are imported when the
-command runs."""
+"""``mdl-bench perf`` on the command line: the parser and :func:`cmd_perf`. Building the parser (``--help``) loads
+nothing heavy; the measurements (:mod:`mdl_bench.benchmark.perf.run`) are imported when the command runs."""
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
 
-from .settings import QUICK_MODELS
+from ..perf.settings import QUICK_MODELS
 
 
 def cmd_perf(args) -> int:
-    from mdl_bench.model_zoo.core.errors import UserError
-    from .command import run_perf
-    from .settings import PerfConfig, quick_config
+    from mdl_bench.kernel.errors import UserError
+    from ..perf.run import run_perf
+    from ..perf.settings import PerfConfig, quick_config
 
     over = {}
     if args.models:

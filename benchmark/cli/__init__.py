@@ -22,7 +22,7 @@ RUN_FLAGS = ("gpu", "seed", "epochs", "batch_size", "model_root", "data_root")
 
 
 def run_overrides(args) -> dict:
-    from .config import parse_set
+    from ..config import parse_set
 
     over = parse_set(getattr(args, "set", None))
     for name in RUN_FLAGS:
@@ -34,7 +34,7 @@ def run_overrides(args) -> dict:
 
 def run_origins(args) -> dict:
     """Where each override of :func:`run_overrides` came from (``--set`` or its flag), for error messages."""
-    from .config import parse_set
+    from ..config import parse_set
 
     origin = {key: "--set" for key in parse_set(getattr(args, "set", None))}
     for name in RUN_FLAGS:
@@ -58,7 +58,7 @@ def cmd_models(args) -> int:
 
 def cmd_check_model(args) -> int:
     from mdl_bench.model_zoo import get_model, model_file
-    from .contract import run_contract
+    from ..contract import run_contract
 
     get_model(args.name)
     print(f"Model contract of {args.name} ({model_file(args.name)}), expid {args.name}_test:")
@@ -96,7 +96,7 @@ def add_models_from_option(sub) -> None:
 
 def apply_from_dir(args) -> None:
     """``--from DIR``: ``DIR`` is the config folder and a models location (checked: it must be a folder)."""
-    from mdl_bench.model_zoo.core.errors import UserError
+    from mdl_bench.kernel.errors import UserError
 
     folder = getattr(args, "from_dir", None)
     if not folder:
@@ -116,7 +116,7 @@ def apply_from_dir(args) -> None:
 
 
 def cmd_expids(args) -> int:
-    from .config import ConfigSet
+    from ..config import ConfigSet
 
     config = ConfigSet(args.config)
     for expid in config.expids:
@@ -127,9 +127,9 @@ def cmd_expids(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
-    from .config import parse_set
-    from .data import synth
-    from .paths import check_writable_dir
+    from ..config import parse_set
+    from ..data import synth
+    from mdl_bench.kernel.paths import check_writable_dir
 
     options = {k: v for k, v in (("seed", args.seed), ("n_train", args.n_train), ("n_valid", args.n_valid),
                                  ("n_test", args.n_test)) if v is not None}
@@ -153,7 +153,7 @@ def _comma_list(text):
 
 
 def cmd_data_kuairand(args) -> int:
-    from .data import kuairand
+    from ..data import kuairand
 
     kuairand.convert(args.raw_dir, args.out, release=args.release, domains=_comma_list(args.domains),
                      num_domains=args.num_domains, split=args.split, valid_days=args.valid_days,
@@ -163,7 +163,7 @@ def cmd_data_kuairand(args) -> int:
 
 
 def cmd_data_aliccp(args) -> int:
-    from .data import aliccp
+    from ..data import aliccp
 
     aliccp.convert(args.raw_dir, args.out, max_rows=args.max_rows, domains=_comma_list(args.domains),
                    min_count=args.min_count, max_malformed=args.max_malformed, dataset_id=args.dataset_id)
@@ -171,7 +171,7 @@ def cmd_data_aliccp(args) -> int:
 
 
 def cmd_data_movielens(args) -> int:
-    from .data import movielens
+    from ..data import movielens
 
     movielens.convert(args.raw_dir, args.out, split=args.split, seed=args.seed, min_count=args.min_count,
                       max_malformed=args.max_malformed, dataset_id=args.dataset_id)
@@ -190,8 +190,8 @@ def add_convert_options(p: argparse.ArgumentParser, dataset: str) -> None:
 
 
 def cmd_run_expid(args) -> int:
-    from . import distributed
-    from .runner import run_expid
+    from .. import distributed
+    from ..runner import run_expid
 
     overrides, origin = run_overrides(args), run_origins(args)
     try:
@@ -248,8 +248,8 @@ def own_model_id(expid: str, config_dir, overrides: dict, origin: dict) -> str:
     """``<expid>__s<seed>__<hash8>``, the suites' name for a run: a run's checkpoint, log and result are named by
     its resolved config and seed, so runs of one expid with other ``--set`` values never share (or read back) each
     other's files. The config is checked here, before anything is written."""
-    from .runner import resolve
-    from .suite import run_model_id
+    from ..runner import resolve
+    from ..suite import run_model_id
 
     params, _, _ = resolve(expid, config_dir, overrides, origin)
     return run_model_id(expid, params)
@@ -326,13 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random split only (default 2024)")
     p.add_argument("--dataset-id", dest="dataset_id", default="movielens1m", help="id of the written config block")
     p.set_defaults(func=cmd_data_movielens)
-    from .analysis.command import add_parser as add_analyze_parser
+    from .analysis import add_parser as add_analyze_parser
 
     add_analyze_parser(sub)  # `mdl-bench analyze`
-    from .suite_cli import add_commands as add_suite_commands
+    from .suite import add_commands as add_suite_commands
 
     add_suite_commands(sub)  # `mdl-bench run`, `leaderboard`, `runs`, `rerun`
-    from .perf.parser import add_parser as add_perf_parser
+    from .perf import add_parser as add_perf_parser
 
     add_perf_parser(sub)  # `mdl-bench perf`
     add_models_from_option(sub)
@@ -381,7 +381,7 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from mdl_bench.model_zoo.core.errors import UserError  # after parsing: --help and --version import nothing heavy
+    from mdl_bench.kernel.errors import UserError  # after parsing: --help and --version import nothing heavy
 
     try:
         set_verbosity(args)
@@ -391,7 +391,7 @@ def _main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        from .store import release_all
+        from ..store import release_all
 
         release_all()  # every store closed, no -wal/-shm files left beside it
 
@@ -411,10 +411,10 @@ def set_verbosity(args) -> None:
 
 
 def _dispatch(args) -> int:
-    from mdl_bench.model_zoo.core.errors import UserError
+    from mdl_bench.kernel.errors import UserError
 
     try:
-        from .paths import HOME_ENV, bench_home
+        from mdl_bench.kernel.paths import HOME_ENV, bench_home
 
         if bench_home().exists() and not bench_home().is_dir():
             raise UserError(f"{HOME_ENV}={bench_home()} is a file, not a folder; point {HOME_ENV} at a folder (it "
