@@ -33,7 +33,8 @@ PACKAGE = "mdl_bench"
 RUN_PATH = ("mdl_bench.benchmark.runner", "mdl_bench.benchmark.data.build", "mdl_bench.benchmark.data.loader",
             "mdl_bench.benchmark.data.synth")
 NOT_CODE = frozenset({"mdl_bench.benchmark.config", "mdl_bench.benchmark.schema", "mdl_bench.kernel.paths",
-                      "mdl_bench.kernel.errors", "mdl_bench.benchmark.report"})
+                      "mdl_bench.kernel.errors", "mdl_bench.benchmark.report",
+                      "mdl_bench.benchmark.resolved"})
 # The model zoo is followed through every import; above it (the benchmark), only module-level imports.
 FOLLOW_ALL_IMPORTS = ("mdl_bench.model_zoo",)
 

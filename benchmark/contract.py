@@ -86,7 +86,7 @@ def tiny_batch(tiny, rows: int = 512, seed: int = 3) -> dict:
 
 def build_model(tiny, expid: str, config_dir=None, **overrides):
     """A model of ``expid`` on the tiny data (seeded, quiet); ``overrides`` win over the config."""
-    from fuxictr.pytorch.torch_utils import seed_everything
+    from mdl_bench.model_zoo.core.fuxictr_api import seed_everything
     from .runner import resolve
 
     params, model_class, _ = resolve(expid, config_dir, {"verbose": 0, **overrides})

@@ -53,7 +53,7 @@ def init(params: dict) -> DistInfo:
 
 
 def wrap(model) -> None:
-    """Wrap ``model`` in DDP and let its train step call the wrapper (stored outside the module tree)."""
+    """Wrap ``model`` in DDP and let its train step call the wrapper (:meth:`attach_data_parallel`)."""
     info = current()
     if not info.active:
         return
@@ -61,7 +61,7 @@ def wrap(model) -> None:
 
     device_ids = [model.device.index] if model.device.type == "cuda" else None
     ddp = DistributedDataParallel(model, device_ids=device_ids)
-    object.__setattr__(model, "_ddp", ddp)  # not a submodule: the module tree stays the model's own
+    model.attach_data_parallel(ddp)
 
 
 # ------------------------------------------------------------------------------------------------ local launcher

@@ -4,9 +4,11 @@ This is the one run script of the package (``mdl-bench run-expid``); suites call
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,14 +16,13 @@ from typing import Callable
 
 import numpy as np
 
-from . import distributed, schema
+from . import distributed
 from mdl_bench.model_zoo.core import bootstrap, collectives, metrics as metric_lib
-from .config import ConfigSet, check_keys, model_parameters
-from .data import synth
-from .data.build import domain_names as dataset_domain_names, ensure_dataset, file_lock, load_feature_map
+from .data.build import ensure_dataset, file_lock, load_feature_map
 from mdl_bench.kernel.errors import UserError
 from mdl_bench.kernel.paths import check_writable_dir
 from .report import domain_table
+from .resolved import ResolvedRun, check_device, resolve, resolve_run  # noqa: F401 (resolve: the runner's API)
 
 RESULT_SUFFIX = ".result.json"
 
@@ -77,59 +78,6 @@ class RunResult:
                             errors or None, source)
 
 
-def resolve(expid: str, config_dir=None, overrides: dict | None = None,
-            origin: str | dict | None = None) -> tuple[dict, type, ConfigSet]:
-    """Resolved and checked parameters, the model class and the config set (nothing is written).
-
-    Every key is checked against the typed schema (:mod:`.schema`) and converted where needed (``"1e-3"`` ->
-    ``0.001``); ``origin`` names where the overrides came from (``--set``, a suite file; one text or one per key)
-    for the error message. A model from outside the package gets ``models_from`` (where it was found; not hashed)
-    in the params, so the stored config of its runs finds it again in worker processes and reruns."""
-    from mdl_bench.model_zoo import get_model, model_location
-
-    config = ConfigSet(config_dir)
-    params = config.load(expid, overrides)
-    if not params.get("model"):
-        raise UserError(f"expid {expid!r} has no `model`; add `model: <Name>` (see `mdl-bench models`)")
-    model_class = get_model(params["model"], params.get("models_from"))
-    if model_location(params["model"]) is not None:
-        params["models_from"] = model_location(params["model"])
-    sources = config.sources(expid, overrides, origin)
-    check_keys(params, model_class, expid, config, sources)
-    params = schema.validate(params, model_class, sources)
-    dataset_domain_names(params)  # checks domain_field / domains / domain_names early
-    check_dataset_fields(expid, params, model_class, config)
-    if isinstance(params.get("synth"), dict):  # the generator's options, checked before anything is generated
-        options = dict(params["synth"])
-        try:
-            synth.make_spec(options.pop("preset", "kuairand_like"), **options)
-        except UserError as exc:
-            raise UserError(f"{exc} (in `synth` of dataset {params['dataset_id']!r}, from "
-                            f"{sources.get('synth', 'its dataset block')})") from None
-    check_device(params)
-    return params, model_class, config
-
-
-def check_dataset_fields(expid: str, params: dict, model_class, config: ConfigSet) -> None:
-    """Before anything is built: the fields a model's ``*_fields`` default names are fields of the dataset (the
-    configured ones were resolved and checked with the config), and gAUC has its user grouping."""
-    from .data.roles import check_field_list, declared_roles
-
-    roles = None
-    for name, p in model_parameters(model_class).items():
-        if name.endswith("_fields") and name not in params and isinstance(p.default, (list, tuple)) and p.default:
-            if roles is None:
-                roles = declared_roles({**config.dataset_params(params["dataset_id"]), **params})
-            check_field_list(params, name, list(p.default), expid, roles, default=True)
-    monitor = params.get("monitor")
-    wanted = list(params.get("metrics") or []) + (list(monitor) if isinstance(monitor, dict) else [str(monitor)])
-    if any(str(m).startswith("gAUC") for m in wanted) and not params.get("group_id"):
-        raise UserError(f"expid {expid!r} on dataset {params['dataset_id']!r}: gAUC groups rows by user, but the "
-                        f"dataset names no user; declare `roles: {{user: <column>}}` in its dataset block (gAUC then "
-                        f"groups by that column), or name a `group_id` meta column, or drop gAUC from `metrics` and "
-                        f"`monitor`")
-
-
 def check_paths(params: dict) -> None:
     """Every folder a run writes in, checked before it starts: checkpoints and logs, the built dataset and (for
     synthetic data not generated yet) the raw files."""
@@ -156,24 +104,6 @@ def check_inputs(feature_map, params: dict) -> None:
         raise UserError(f"dataset {params['dataset_id']!r} gives the model no input feature besides the domain field "
                         f"{params.get('domain_field')!r}; add categorical or numeric columns to feature_cols (or "
                         f"check use_features / active: false)")
-
-
-def check_device(params: dict) -> None:
-    """A ``gpu`` this machine does not have is an error (FuxiCTR would quietly train on the CPU instead)."""
-    gpu = params.get("gpu", -1)
-    if gpu is None or int(gpu) < 0:
-        return
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    have = f"{count} GPU(s), 0..{count - 1}" if count else "no usable CUDA GPU"
-    if int(gpu) >= count:
-        raise UserError(f"gpu {gpu} was asked for, but this machine has {have}; pass --gpu -1 (CPU) or the index "
-                        f"of a GPU it has")
-    nproc = int(params.get("nproc") or 1)
-    if nproc > count:  # data-parallel ranks on GPU take one GPU per local rank (distributed.init)
-        raise UserError(f"nproc {nproc} on GPU needs {nproc} GPUs (one per process), but this machine has {have}; "
-                        f"lower nproc or pass --gpu -1")
 
 
 def make_loaders(feature_map, paths: dict, params: dict, rank: int = 0, world_size: int = 1):
@@ -225,18 +155,25 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
               step_callback: Callable[[dict], None] | None = None, quiet: bool = False,
               origin: str | dict | None = None,
               validation_callback: Callable[[dict], str | None] | None = None) -> RunResult:
-    """Train and evaluate one experiment; return its results (also written next to the checkpoint).
+    """Resolve ``expid`` (:func:`~mdl_bench.benchmark.resolved.resolve_run`) and run it (:func:`run_resolved`)."""
+    return run_resolved(resolve_run(expid, config_dir, overrides, origin), step_callback=step_callback, quiet=quiet,
+                        validation_callback=validation_callback)
+
+
+def run_resolved(run: ResolvedRun, step_callback: Callable[[dict], None] | None = None, quiet: bool = False,
+                 validation_callback: Callable[[dict], str | None] | None = None) -> RunResult:
+    """Train and evaluate one resolved run; return its results (also written next to the checkpoint).
 
     ``validation_callback`` gets every validation during training (``MultiDomainModel.valid_history``'s entries)
     and may stop training by returning a reason (a tuner pruning a trial). With ``evaluate_test: false`` in the
     config the test split is never read (tuning trials select on validation; the test is touched once, by the
-    final runs).
+    final runs). With ``nproc: N`` (N > 1) the N data-parallel ranks are started here and each is handed ``run``.
 
     The run holds a lock on its log file ``<model_root>/<dataset_id>/<model_id>.log`` while it runs: a second
     process with the same ``model_id`` (the same files) is refused instead of overwriting, or reading back, this
     run's checkpoint."""
     started = time.time()
-    params, model_class, _ = resolve(expid, config_dir, overrides, origin)
+    params = run.params
     nproc = params.get("nproc") or 1
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise UserError(f"nproc must be a positive number of data-parallel processes, got {nproc!r}")
@@ -248,18 +185,17 @@ def run_expid(expid: str, config_dir=None, overrides: dict | None = None,
         if validation_callback is not None:
             raise UserError("a tuning trial cannot be pruned across data-parallel processes; drop nproc from its "
                             "config")
-        return distributed.launch(run_expid, (expid, config_dir, overrides), {"quiet": quiet}, nproc=nproc,
-                                  step_callback=step_callback)
+        return distributed.launch(run_resolved, (run,), {"quiet": quiet}, nproc=nproc, step_callback=step_callback)
     rank = distributed.init(params)  # torchrun launch: join the group; otherwise rank 0 of 1
     if not rank.is_main:
-        return _run(expid, params, model_class, rank, started, step_callback, quiet, validation_callback)
+        return _run(run, rank, started, step_callback, quiet, validation_callback)
     run_dir = Path(params["model_root"]) / params["dataset_id"]
     check_paths(params)
     # the run's own log file is the lock (FuxiCTR appends to it; an advisory lock leaves it as it is)
-    with file_lock(run_dir / f"{params['model_id']}.log", busy=(
-            f"run {params['model_id']} is already running in another process (it writes "
-            f"{run_dir / params['model_id']}.model); wait for it to finish, or change the config or --seed")):
-        return _run(expid, params, model_class, rank, started, step_callback, quiet, validation_callback)
+    with file_lock(run_dir / f"{run.model_id}.log", busy=(
+            f"run {run.model_id} is already running in another process (it writes "
+            f"{run_dir / run.model_id}.model); wait for it to finish, or change the config or --seed")):
+        return _run(run, rank, started, step_callback, quiet, validation_callback)
 
 
 def _remove_run_leftovers(run_dir: Path, model_id: str) -> None:
@@ -273,29 +209,43 @@ def _remove_run_leftovers(run_dir: Path, model_id: str) -> None:
         logging.info(f"Removed leftovers of a killed run of {model_id}: {', '.join(sorted(p.name for p in stale))}")
 
 
-def _run(expid: str, params: dict, model_class, rank, started: float, step_callback, quiet: bool,
-         validation_callback=None) -> RunResult:
-    """The run itself (every rank): log, data, model, fit, evaluate, and the result file (rank 0)."""
-    from fuxictr.pytorch.torch_utils import seed_everything
-    from fuxictr.utils import set_logger, print_to_json
+def _start_log(params: dict, rank, quiet: bool) -> None:
+    """Rank 0 logs to the run's log file (FuxiCTR's ``set_logger``) and, unless ``quiet``, to the console; the
+    other ranks report warnings only. Quiet: ``set_logger`` logs its first line before a handler can be lowered,
+    so its console handler is made on a throw-away stream, then pointed at the console, warnings only."""
+    from mdl_bench.model_zoo.core.fuxictr_api import print_to_json, set_logger
 
     if rank.is_main:
-        set_logger(params)
+        real = sys.stderr
+        if quiet:
+            sys.stderr = io.StringIO()
+        try:
+            set_logger(params)
+        finally:
+            sys.stderr = real
+        for handler in logging.getLogger().handlers:
+            if quiet and not isinstance(handler, logging.FileHandler):
+                if type(handler) is logging.StreamHandler:
+                    handler.setStream(real)
+                handler.setLevel(logging.WARNING)
         _remove_run_leftovers(Path(params["model_root"]) / params["dataset_id"], params["model_id"])
-    else:  # one log file, written by rank 0; the other ranks only report warnings
+    else:  # one log file, written by rank 0
         logging.basicConfig(level=logging.WARNING, force=True,
                             format=f"%(asctime)s rank {rank.rank} %(levelname)s %(message)s")
-    if quiet:
-        for handler in logging.getLogger().handlers:
-            if not isinstance(handler, logging.FileHandler):
-                handler.setLevel(logging.WARNING)
     logging.info("Params: " + print_to_json(params))
-    seed = int(params.get("seed") or 0)
-    seed_everything(seed=seed)
+
+
+def _build_and_fit(run: ResolvedRun, rank, step_callback, validation_callback):
+    """Data, model and training (every rank); returns ``(model, valid loader, test loader or None)``."""
+    from mdl_bench.model_zoo.core.fuxictr_api import seed_everything
+    from .measure.epochs import attach_ia_recorder
+
+    params = run.params
+    seed_everything(seed=run.seed)
     paths = ensure_dataset(params)
     feature_map = load_feature_map(params)
     check_inputs(feature_map, params)
-    model = model_class(feature_map, **params)
+    model = run.model_class(feature_map, **params)
     distributed.wrap(model)
     if step_callback is not None and rank.is_main:
         model.step_callbacks.append(step_callback)
@@ -308,41 +258,53 @@ def _run(expid: str, params: dict, model_class, rank, started: float, step_callb
         if gen.num_samples == 0:  # metrics of no rows are NaN: refuse rather than report them
             raise UserError(f"the {split} split of dataset {params['dataset_id']!r} has no rows ({split}_data "
                             f"{params.get(f'{split}_data')}); give it rows, or point {split}_data at a file with rows")
-    from .measure.epochs import attach_ia_recorder
-
     attach_ia_recorder(model, params, train_gen, valid_gen)  # `record_ia: true`: IA at every epoch end (figure 2)
     model.fit(train_gen, validation_data=valid_gen, **params)
     if not model.checkpoint_written:  # fit reloads the checkpoint file: it must be this run's, never an older one
-        raise UserError(f"run {params['model_id']} trained but wrote no checkpoint, so its weights cannot be told "
+        raise UserError(f"run {run.model_id} trained but wrote no checkpoint, so its weights cannot be told "
                         f"from an older file at {model.checkpoint}; train at least one epoch")
+    return model, valid_gen, test_gen if with_test else None
+
+
+def _evaluate_test(model, test_gen, params: dict, rank) -> dict:
+    """The test split, touched once: metrics, oracle metrics, rows and clicks per domain, and (rank 0) what each
+    cell rests on and its bootstrap replicates; the :class:`RunResult` fields they fill."""
+    names = model.domain_names
+    logging.info("******** Test evaluation ********")
+    test_arrays = model.predict_arrays(test_gen)
+    test_logs = model.evaluate_arrays(test_arrays)
+    logging.info("[Metrics] " + " - ".join(f"{k}: {v:.6f}" for k, v in test_logs.items()))
+    counts = np.bincount(test_arrays["domain"], minlength=len(names))
+    positives = np.bincount(test_arrays["domain"], weights=test_arrays["y_true"], minlength=len(names))
+    out = dict(test=dict(test_logs), oracle=oracle_metrics(model, test_gen, params),
+               test_rows={**{n: int(c) for n, c in zip(names, counts)}, "Overall": int(counts.sum())},
+               test_positives={**{n: int(p) for n, p in zip(names, positives)}, "Overall": int(positives.sum())},
+               test_counts={}, test_bootstrap={})
+    if rank.is_main:
+        out["test_counts"], out["test_bootstrap"] = _test_error(test_arrays, names)
+    return out
+
+
+def _run(run: ResolvedRun, rank, started: float, step_callback, quiet: bool, validation_callback=None) -> RunResult:
+    """The run itself (every rank): log, data, model, fit, evaluate, and the result file (rank 0)."""
+    params = run.params
+    _start_log(params, rank, quiet)
+    model, valid_gen, test_gen = _build_and_fit(run, rank, step_callback, validation_callback)
     logging.info("****** Validation evaluation ******")
     valid_logs = model.evaluate(valid_gen)
-    names = model.domain_names
-    test_logs, oracle, test_rows, test_positives, test_counts, test_bootstrap = {}, {}, {}, {}, {}, {}
-    if with_test:
-        logging.info("******** Test evaluation ********")
-        test_arrays = model.predict_arrays(test_gen)
-        test_logs = model.evaluate_arrays(test_arrays)
-        logging.info("[Metrics] " + " - ".join(f"{k}: {v:.6f}" for k, v in test_logs.items()))
-        counts = np.bincount(test_arrays["domain"], minlength=len(names))
-        positives = np.bincount(test_arrays["domain"], weights=test_arrays["y_true"], minlength=len(names))
-        oracle = oracle_metrics(model, test_gen, params)
-        test_rows = {**{n: int(c) for n, c in zip(names, counts)}, "Overall": int(counts.sum())}
-        test_positives = {**{n: int(p) for n, p in zip(names, positives)}, "Overall": int(positives.sum())}
-        if rank.is_main:
-            test_counts, test_bootstrap = _test_error(test_arrays, names)
+    if test_gen is not None:
+        test = _evaluate_test(model, test_gen, params, rank)
     else:
         logging.info("Test split not evaluated (evaluate_test: false)")
+        test = dict(test={}, oracle={}, test_rows={}, test_positives={}, test_counts={}, test_bootstrap={})
     result = RunResult(
-        expid=expid, model=params["model"], dataset_id=params["dataset_id"], seed=seed, domain_names=names,
-        valid=dict(valid_logs), test=dict(test_logs), oracle=oracle, test_rows=test_rows,
-        test_positives=test_positives, valid_history=list(model.valid_history), stopped_by=model.stopped_by,
-        test_counts=test_counts, test_bootstrap=test_bootstrap,
-        best_epoch=model.best_epoch, epochs_run=model._epoch_index + 1,
+        expid=run.expid, model=run.model, dataset_id=run.dataset_id, seed=run.seed, domain_names=model.domain_names,
+        valid=dict(valid_logs), valid_history=list(model.valid_history), stopped_by=model.stopped_by,
+        best_epoch=model.best_epoch, epochs_run=model.state.epochs_run,
         train_seconds=round(model.train_seconds, 3),
         train_samples_per_second=model.train_samples_per_second * rank.world_size,
         wall_seconds=round(time.time() - started, 2), num_parameters=model.num_parameters(),
-        checkpoint=model.checkpoint, params=params, world_size=rank.world_size)
+        checkpoint=model.checkpoint, params=params, world_size=rank.world_size, **test)
     if rank.is_main:
         result_path = Path(model.checkpoint).with_suffix(RESULT_SUFFIX)
         tmp = result_path.with_name(f".{result_path.name}.{os.getpid()}.tmp")

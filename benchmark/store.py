@@ -36,6 +36,7 @@ from typing import Iterable
 
 from mdl_bench.kernel.errors import UserError
 from mdl_bench.kernel.paths import bench_home, check_writable_file, expand_path, pid_alive as _pid_alive
+from .resolved import HASH_EXCLUDED, config_hash, hashed_config  # noqa: F401 (the store's identity of a config)
 
 APPLICATION_ID = 0x4D444C42  # "MDLB"
 SCHEMA_VERSION = 2  # 2: code_fingerprint in the identity of runs and claims (1 is migrated on open)
@@ -55,8 +56,6 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 #                      a hash (the leaderboard averages over them);
 #   models_from      - where a model outside the package was found (the model is identified by its name; its
 #                      code is identified by the run's code_fingerprint, not by the config hash).
-HASH_EXCLUDED = ("verbose", "model_id", "model_root", "data_root", "train_data", "valid_data", "test_data",
-                 "rebuild_dataset", "seed", "models_from")
 # Path keys stored with ${MDL_BENCH_HOME} in place of the working area, so a stored config reruns elsewhere.
 PORTABLE_PATH_KEYS = ("model_root", "data_root", "train_data", "valid_data", "test_data")
 
@@ -122,17 +121,6 @@ def _create_statement(table: str, name: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- identity
-def hashed_config(params: dict) -> dict:
-    """The part of a resolved config that defines a run's results (everything but :data:`HASH_EXCLUDED`)."""
-    return {k: v for k, v in params.items() if k not in HASH_EXCLUDED}
-
-
-def config_hash(params: dict) -> str:
-    """SHA-256 (hex) of the canonical JSON of :func:`hashed_config`; key order does not matter."""
-    payload = json.dumps(hashed_config(params), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
 def portable_config(params: dict) -> dict:
     """``params`` with the working area in path keys written as ``${MDL_BENCH_HOME}`` (see :func:`local_config`)."""
     home = str(bench_home())

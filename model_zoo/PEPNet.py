@@ -39,7 +39,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from fuxictr.pytorch.torch_utils import get_activation
+from mdl_bench.model_zoo.core.fuxictr_api import get_activation
 
 from mdl_bench.kernel.errors import UserError
 from .base import MultiDomainModel

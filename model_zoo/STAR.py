@@ -41,8 +41,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from fuxictr.pytorch.layers import MLP_Block
-from fuxictr.pytorch.torch_utils import get_activation
+from mdl_bench.model_zoo.core.fuxictr_api import MLP_Block
+from mdl_bench.model_zoo.core.fuxictr_api import get_activation
 
 from .base import MultiDomainModel
 from .layers import DomainGroups, FieldSelection, MultiEmbedding, check_fields

@@ -10,9 +10,13 @@ losses. The base class does the rest:
 * the loss of eq. (8): the mean BCE of each domain's rows, summed over the domains present in the batch,
   plus every auxiliary loss, each logged on its own;
 * evaluation: logloss, AUC and gAUC overall and per domain (``AUC@S6``), each usable as ``monitor``;
-* FuxiCTR's ``fit`` loop, with the train step (:func:`mdl_bench.model_zoo.core.step.train_step`, the one step
-  that ``mdl-bench perf`` times too), the per-term loss log, a throughput counter and a per-epoch time log
-  overridden.
+* the training loop (:meth:`MultiDomainModel.fit`): this package's own, with its state in :attr:`state`
+  (:class:`~mdl_bench.model_zoo.core.training.TrainingState`) and FuxiCTR's early-stopping rule
+  (:mod:`mdl_bench.model_zoo.core.training`); the train step is
+  :func:`mdl_bench.model_zoo.core.step.train_step`, the one step that ``mdl-bench perf`` times too; each loss term
+  is logged, throughput and per-epoch time counted. Of FuxiCTR's ``BaseModel`` the constructor, optimiser and
+  loss set-up, initialisation, inputs, regularisers and checkpoint loading are used, through
+  :mod:`mdl_bench.model_zoo.core.fuxictr_api`.
 
 Hooks a model may declare for the analysis and perf tools (each has a default here; the tools ask through
 them, never by class name or by guessing attributes, and ``mdl-bench check-model`` checks the ones a model
@@ -42,12 +46,13 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fuxictr.pytorch.models import BaseModel
 from tqdm import tqdm
 
 from mdl_bench.kernel.errors import UserError
-from mdl_bench.model_zoo.core import allocator, collectives, metrics as metric_lib, step as step_lib
 from mdl_bench.kernel.paths import bench_home
+from mdl_bench.model_zoo.core import allocator, collectives, metrics as metric_lib, step as step_lib
+from mdl_bench.model_zoo.core import training
+from mdl_bench.model_zoo.core.fuxictr_api import BaseModel, trainer_settings
 
 BCE_NAMES = ("binary_crossentropy", "binary_cross_entropy", "bce")
 
@@ -73,6 +78,12 @@ class MultiDomainModel(BaseModel):
             in FuxiCTR.
 
     Hooks: see the module docstring (each has a default here; each method's docstring gives its shapes).
+
+    Training state (during and after ``fit``): :attr:`state` (epoch, batch, steps, best monitor value, the stop
+    flag and its reason, the best epoch); ``None`` before the first ``fit``.
+
+    Data-parallel training: :meth:`attach_data_parallel` gives the model its DDP wrapper (:attr:`data_parallel`),
+    through which every train step then runs.
 
     Validation (during ``fit``):
         valid_history: one ``{"epoch", "batch", "epoch_end", "monitor", <metric>: value}`` per validation.
@@ -104,6 +115,8 @@ class MultiDomainModel(BaseModel):
         kwargs.setdefault("metrics", ["logloss", "AUC", "gAUC"])
         kwargs.setdefault("model_root", str(bench_home() / "checkpoints"))
         super().__init__(feature_map, model_id=model_id, gpu=gpu, **kwargs)
+        self.settings = trainer_settings(self)  # FuxiCTR's trainer options, read once, in our names
+        self.state: training.TrainingState | None = None
         if str(loss) not in BCE_NAMES:
             raise UserError(f"{type(self).__name__}: loss {loss!r} is not supported; multi-domain CTR models here "
                             f"train with binary_crossentropy (eq. 8)")
@@ -119,9 +132,9 @@ class MultiDomainModel(BaseModel):
         self.register_buffer("domain_lookup", self._domain_lookup(feature_map), persistent=False)
         has_group = feature_map.group_id is not None  # checked here, before training, not at the first evaluation
         metric_lib.check_metric_names(self.validation_metrics, self.domain_names, where="metrics", has_group=has_group)
-        metric_lib.check_metric_names(self._monitor.get_metrics(), self.domain_names, where="monitor",
+        metric_lib.check_metric_names(self.settings.monitor.get_metrics(), self.domain_names, where="monitor",
                                       has_group=has_group)
-        self._max_gradient_norm = float(max_gradient_norm)  # the attribute FuxiCTR's fit sets, set from the start
+        self._max_gradient_norm = float(max_gradient_norm)
         self.loss_weighting, self.embedding_regularizer_scope = loss_weighting, embedding_regularizer_scope
         if evaluations_per_epoch is not None and kwargs.get("eval_steps") is not None:
             raise UserError(f"{type(self).__name__}: eval_steps and evaluations_per_epoch both set when to validate; "
@@ -253,10 +266,9 @@ class MultiDomainModel(BaseModel):
         """FuxiCTR's regularisers. ``embedding_regularizer_scope: table`` (FuxiCTR's) puts the embedding
         regulariser on whole tables every step; ``batch`` puts it on the rows the batch looks up only (each row
         once), so a row's penalty does not grow with the steps in which it is absent."""
-        if self.embedding_regularizer_scope == "table" or not self._embedding_regularizer:
+        if self.embedding_regularizer_scope == "table" or not self.settings.embedding_regularizer:
             return super().regularization_loss()
-        from fuxictr.pytorch.layers import FeatureEmbeddingDict
-        from fuxictr.pytorch.torch_utils import get_regularizer
+        from mdl_bench.model_zoo.core.fuxictr_api import FeatureEmbeddingDict, get_regularizer
 
         X = self._batch_inputs
         reg = 0
@@ -270,9 +282,9 @@ class MultiDomainModel(BaseModel):
                 if X is None or field not in X or not isinstance(layer, torch.nn.Embedding):
                     continue
                 rows = layer.weight[X[field].long().reshape(-1).unique()]
-                for p, weight in get_regularizer(self._embedding_regularizer):
+                for p, weight in get_regularizer(self.settings.embedding_regularizer):
                     reg = reg + (weight / p) * torch.norm(rows, p) ** p
-        net = get_regularizer(self._net_regularizer)
+        net = get_regularizer(self.settings.net_regularizer)
         for name, param in self.named_parameters():
             if param.requires_grad and name not in emb_params:
                 for p, weight in net:
@@ -285,52 +297,82 @@ class MultiDomainModel(BaseModel):
         """The norm every step clips the gradients to (``__init__``'s, or the last ``fit``'s argument)."""
         return self._max_gradient_norm
 
-    def fit(self, data_generator, max_gradient_norm: float | None = None, **kwargs) -> None:
-        """FuxiCTR's ``fit``, after telling glibc to keep freed memory: without it every CPU step page-faults its
-        large tensors in afresh (see :mod:`mdl_bench.model_zoo.core.allocator`; ``mdl-bench perf`` measures it).
+    def fit(self, data_generator, epochs: int = 1, validation_data=None, max_gradient_norm: float | None = None,
+            **kwargs) -> None:
+        """Train for at most ``epochs`` epochs, validating on ``validation_data`` (when and how the model's
+        options say), then load the best checkpoint. Other keyword arguments (a whole resolved config) are
+        accepted and ignored, as FuxiCTR's ``fit`` does.
 
-        ``max_gradient_norm`` replaces the model's when given; otherwise the model's is kept (FuxiCTR's ``fit``
-        would reset it to its own default)."""
+        ``max_gradient_norm`` replaces the model's when given. glibc is told to keep freed memory first: without
+        it every CPU step page-faults its large tensors in afresh (see :mod:`mdl_bench.model_zoo.core.allocator`;
+        ``mdl-bench perf`` measures it)."""
         allocator.keep_freed_memory()
         self.checkpoint_written = False  # fit ends by loading self.checkpoint: the runner checks it is this fit's
-        norm = self._max_gradient_norm if max_gradient_norm is None else float(max_gradient_norm)
-        super().fit(data_generator, max_gradient_norm=norm, **kwargs)
+        if max_gradient_norm is not None:
+            self._max_gradient_norm = float(max_gradient_norm)
+        self.validation_data = validation_data
+        self.state = training.TrainingState.start(len(data_generator), self.settings.eval_steps,
+                                                  self.settings.monitor_mode)
+        logging.info(f"Start training: {self.state.steps_per_epoch} batches/epoch")
+        logging.info("************ Epoch=1 start ************")
+        for epoch in range(int(epochs)):
+            self.state.epoch = epoch
+            self.train_epoch(data_generator)
+            if self.state.stop:
+                break
+            logging.info(f"************ Epoch={epoch + 1} end ************")
+        logging.info("Training finished.")
+        logging.info(f"Load best model: {self.checkpoint}")
+        self.load_weights(self.checkpoint)
+
+    @property
+    def data_parallel(self):
+        """The DDP wrapper of this model (:meth:`attach_data_parallel`), or ``None`` when training alone."""
+        return self.__dict__.get("_data_parallel")
+
+    def attach_data_parallel(self, wrapper) -> None:
+        """Run every train step through ``wrapper`` (a ``DistributedDataParallel`` of this model), so gradients are
+        all-reduced. Kept outside the module tree: as a submodule it would hold the model inside itself."""
+        self.__dict__["_data_parallel"] = wrapper
 
     def train_step(self, batch_data: dict[str, torch.Tensor]) -> torch.Tensor:
         # Under DDP the step must go through the wrapper, or gradients are never all-reduced.
-        return step_lib.train_step(self, batch_data, self._max_gradient_norm, module=getattr(self, "_ddp", None))
+        return step_lib.train_step(self, batch_data, self._max_gradient_norm, module=self.data_parallel)
 
     def train_epoch(self, data_generator) -> None:
-        """FuxiCTR's epoch loop, plus: each loss term logged, throughput counted, step callbacks.
+        """One epoch: the batches, each loss term logged, throughput counted, step callbacks, and the validations
+        that fall inside it.
 
         A loader whose ranks may get different numbers of batches (``uneven``: streamed parts) runs under DDP's
         ``join`` (ranks that ran out shadow the others' gradient all-reduces) and is evaluated at the epoch end
         only, since per-rank step counts no longer line up."""
-        self._batch_index = 0
+        self.state.batch = 0
         self.train()
         if hasattr(data_generator, "set_epoch"):
-            data_generator.set_epoch(self._epoch_index)
+            data_generator.set_epoch(self.state.epoch)
         uneven = bool(getattr(data_generator, "uneven", False))
-        ddp = getattr(self, "_ddp", None)
+        ddp = self.data_parallel
         with (ddp.join(divide_by_initial_world_size=False) if uneven and ddp is not None
               else contextlib.nullcontext()):
             self._train_batches(data_generator, evaluate_inside=not uneven)
         collectives.sync_buffers(self)
-        if uneven and not self._stop_training:
+        if uneven and not self.state.stop:
             self.eval_step()
 
     def _train_batches(self, data_generator, evaluate_inside: bool) -> None:
         """The batches of one epoch; adds their time (evaluation excluded) and rows to the counters and to
         :attr:`epoch_log`."""
+        state = self.state
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         steps_since_log = 0
-        batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stderr)
+        batches = data_generator if self.settings.verbose == 0 else tqdm(data_generator, disable=False,
+                                                                          file=sys.stderr)
         rows_before, seconds = self.train_rows, 0.0
         eval_points = self._evaluation_points(len(data_generator))
         tick = step_lib.now(self.device)
         for batch_index, batch_data in enumerate(batches):
-            self._batch_index = batch_index
-            self._total_steps += 1
+            state.batch = batch_index
+            state.total_steps += 1
             loss = self.train_step(batch_data)
             rows = int(next(iter(batch_data.values())).shape[0])
             self.train_rows += rows
@@ -339,24 +381,26 @@ class MultiDomainModel(BaseModel):
                 sums[name] += value.detach()
             steps_since_log += 1
             for callback in self.step_callbacks:
-                callback({"epoch": self._epoch_index, "batch": batch_index, "batches": len(data_generator),
-                          "rows": rows})
-            if evaluate_inside and (batch_index + 1 in eval_points if eval_points is not None
-                                    else self._total_steps % self._eval_steps == 0):
+                callback({"epoch": state.epoch, "batch": batch_index, "batches": len(data_generator), "rows": rows})
+            if evaluate_inside and self._validates_after(batch_index, eval_points):
                 seconds += step_lib.now(self.device) - tick
                 self._log_train_loss(sums, steps_since_log)
                 sums.clear()
                 steps_since_log = 0
                 self.eval_step()
                 tick = step_lib.now(self.device)
-            if self._stop_training:
+            if state.stop:
                 break
         seconds += step_lib.now(self.device) - tick
         self.train_seconds += seconds
-        self.epoch_log.append({"epoch": self._epoch_index + 1, "seconds": seconds,
-                               "rows": self.train_rows - rows_before})
+        self.epoch_log.append({"epoch": state.epoch + 1, "seconds": seconds, "rows": self.train_rows - rows_before})
         if not evaluate_inside and steps_since_log:
             self._log_train_loss(sums, steps_since_log)
+
+    def _validates_after(self, batch_index: int, eval_points: set[int] | None) -> bool:
+        if eval_points is not None:
+            return batch_index + 1 in eval_points
+        return self.state.total_steps % self.state.eval_steps == 0
 
     def _evaluation_points(self, batches: int) -> set[int] | None:
         """With ``evaluations_per_epoch: n``, the batches (1-based) of an epoch of ``batches`` after which to
@@ -374,24 +418,53 @@ class MultiDomainModel(BaseModel):
     def train_samples_per_second(self) -> float:
         return self.train_rows / self.train_seconds if self.train_seconds > 0 else float("nan")
 
-    best_epoch: int | None = None
-    stopped_by: str | None = None  # why training ended before early stopping or the epoch cap said so
+    @property
+    def best_epoch(self) -> int | None:
+        """Epoch (from 1) of the checkpoint the last ``fit`` kept; ``None`` before ``fit``."""
+        return None if self.state is None else self.state.best_epoch
 
-    def checkpoint_and_earlystop(self, logs, min_delta: float = 1e-6) -> None:
-        """FuxiCTR's rule, also remembering the epoch of the best checkpoint, each validation in
-        :attr:`valid_history`, and asking every validation callback whether to stop."""
-        best_before = self._best_metric
-        super().checkpoint_and_earlystop(logs, min_delta)
-        if self._best_metric != best_before:
-            self.best_epoch = self._epoch_index + 1
-        entry = {"epoch": self._epoch_index + 1, "batch": self._batch_index + 1,
-                 "epoch_end": self._batch_index + 1 >= getattr(self, "_steps_per_epoch", 0),
-                 "monitor": float(self._monitor.get_value(logs)), **{k: float(v) for k, v in logs.items()}}
+    @property
+    def stopped_by(self) -> str | None:
+        """Why the last ``fit`` ended before early stopping or the epoch cap said so (a validation callback's
+        reason), else ``None``."""
+        return None if self.state is None else self.state.stopped_by
+
+    def eval_step(self) -> None:
+        """Validate, then checkpoint / early-stop on the monitor (:meth:`checkpoint_and_earlystop`)."""
+        logging.info(f"Evaluation @epoch {self.state.epoch + 1} - batch {self.state.batch + 1}: ")
+        logs = self.evaluate(self.validation_data, metrics=self.settings.monitor.get_metrics())
+        self.checkpoint_and_earlystop(logs)
+        self.train()
+
+    def checkpoint_and_earlystop(self, logs, min_delta: float = training.MIN_DELTA) -> None:
+        """FuxiCTR's rule (:func:`~mdl_bench.model_zoo.core.training.record_validation`): the checkpoint is
+        written when the monitor improves; a plateau decays the learning rate (``reduce_lr_on_plateau``) and
+        counts towards ``early_stop_patience``. Each validation goes to :attr:`valid_history` and to every
+        validation callback, which may stop training."""
+        settings, state = self.settings, self.state
+        value = float(settings.monitor.get_value(logs))
+        improved = training.record_validation(state, value, settings.monitor_mode, settings.early_stop_patience,
+                                              min_delta)
+        if improved:
+            if settings.save_best_only:
+                logging.info(f"Save best model: monitor({settings.monitor_mode})={value:.6f}")
+                self.save_weights(self.checkpoint)
+        else:
+            logging.info(f"Monitor({settings.monitor_mode})={value:.6f} STOP!")
+            if settings.reduce_lr_on_plateau:
+                rate = training.decay_learning_rate(self.optimizer)
+                logging.info(f"Reduce learning rate on plateau: {rate:.6f}")
+        if state.stop:
+            logging.info(f"********* Epoch={state.epoch + 1} early stop *********")
+        if not settings.save_best_only:
+            self.save_weights(self.checkpoint)
+        entry = {"epoch": state.epoch + 1, "batch": state.batch + 1, "epoch_end": state.at_epoch_end,
+                 "monitor": value, **{k: float(v) for k, v in logs.items()}}
         self.valid_history.append(entry)
         for callback in self.validation_callbacks:
             reason = callback(entry)
-            if reason and not self._stop_training:
-                self._stop_training, self.stopped_by = True, str(reason)
+            if reason and not state.stop:
+                state.stop, state.stopped_by = True, str(reason)
                 logging.info(f"Training stopped: {reason}")
 
     # ------------------------------------------------------------------ evaluation
@@ -404,7 +477,8 @@ class MultiDomainModel(BaseModel):
         collectives.sync_buffers(self)  # a mid-epoch evaluation must not use per-rank running statistics
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         group_id = self.feature_map.group_id
-        batches = data_generator if self._verbose == 0 else tqdm(data_generator, disable=False, file=sys.stderr)
+        batches = (data_generator if self.settings.verbose == 0
+                   else tqdm(data_generator, disable=False, file=sys.stderr))
         for batch_data in batches:
             out = self.forward(batch_data)
             parts["y_pred"].append(out["y_pred"].view(-1).float().cpu())

@@ -165,9 +165,9 @@ def test_1e3_trains_and_each_run_has_its_own_files(tiny, home, capsys):
     code, out1, _ = run_cli(capsys, *base, "--set", "embedding_dim=8")
     assert code == 0
     # what a run of the second config killed mid-write would have left: removed when that run starts again
-    from mdl_bench.benchmark.cli import own_model_id
+    from mdl_bench.benchmark.resolved import resolve_run
 
-    second = own_model_id("SharedBottom_test", None, {"verbose": 0, "epochs": 1, "learning_rate": 0.001}, {})
+    second = resolve_run("SharedBottom_test", None, {"verbose": 0, "epochs": 1, "learning_rate": 0.001}, {}, name_by_config=True).model_id
     run_dir = home / "checkpoints" / "tiny_synth"
     leftovers = [run_dir / f"{second}.model.tmp-{dead_pid()}", run_dir / f".{second}.result.json.{dead_pid()}.tmp"]
     for path in leftovers:
@@ -236,13 +236,14 @@ def test_every_model_key_has_a_schema_entry():
 
 # ================================================================== 2. a run's checkpoint and result are its own
 def test_a_second_process_of_the_same_run_is_refused_while_the_first_runs(tiny, home, capsys):
-    from mdl_bench.benchmark.cli import own_model_id, run_origins, run_overrides
+    from mdl_bench.benchmark.cli import run_origins, run_overrides
+    from mdl_bench.benchmark.resolved import resolve_run
     from mdl_bench.benchmark.data.build import file_lock
 
     args = type("Args", (), {"set": ["learning_rate=0.02"], "gpu": None, "seed": None, "epochs": None,
                              "batch_size": None, "model_root": None, "data_root": None})()
-    model_id = own_model_id("SharedBottom_test", None, run_overrides(args), run_origins(args))
-    other = own_model_id("SharedBottom_test", None, {"learning_rate": 0.05}, {})
+    model_id = resolve_run("SharedBottom_test", None, run_overrides(args), run_origins(args), name_by_config=True).model_id
+    other = resolve_run("SharedBottom_test", None, {"learning_rate": 0.05}, {}, name_by_config=True).model_id
     assert model_id != other  # another --set value: other files, so neither can see the other's
     run_dir = home / "checkpoints" / "tiny_synth"
     with file_lock(run_dir / f"{model_id}.log"):  # as a live run holds it

@@ -25,8 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("layers", ("mdl_bench.model_zoo.layers",)),
     ("models", ("mdl_bench.model_zoo",)),
     ("measure", (f"{B}.measure",)),
-    ("runner", (f"{B}.runner", f"{B}.distributed", f"{B}.procs", f"{B}.report")),
-    ("suite/store", (f"{B}.store", f"{B}.suite", f"{B}.codeid")),
+    ("runner", (f"{B}.resolved", f"{B}.codeid", f"{B}.runner", f"{B}.distributed", f"{B}.procs", f"{B}.report")),
+    ("suite/store", (f"{B}.store", f"{B}.suite")),
     ("leaderboard/analysis/perf", (f"{B}.leaderboard", f"{B}.analysis", f"{B}.perf", f"{B}.contract")),
     ("cli", (f"{B}.cli",)),
 ]
@@ -213,3 +213,73 @@ def test_a_model_built_without_model_root_checkpoints_under_mdl_bench_home(tiny,
     params.pop("model_root")
     model = model_class(tiny.feature_map, **params)
     assert Path(model.checkpoint).is_relative_to(tmp_path / "home" / "checkpoints")
+
+
+# ------------------------------------------------------------------ the run path: one resolution per run
+@pytest.fixture
+def resolutions(monkeypatch):
+    """Every config resolution (``ConfigSet.load``: Base <- expid <- dataset <- overrides) made while it is
+    active, by expid, and the folder of every config set read (a run path that wrote its config out to read it
+    back would show its temporary folder here)."""
+    from mdl_bench.benchmark.config import ConfigSet
+
+    calls: list[str] = []
+    folders: list[str] = []
+    original_load, original_init = ConfigSet.load, ConfigSet.__init__
+
+    def load(self, expid, overrides=None):
+        calls.append(expid)
+        return original_load(self, expid, overrides)
+
+    def init(self, config_dir=None):
+        original_init(self, config_dir)
+        if config_dir is not None:
+            folders.append(str(config_dir))
+
+    monkeypatch.setattr(ConfigSet, "load", load)
+    monkeypatch.setattr(ConfigSet, "__init__", init)
+    return calls, folders
+
+
+def test_run_expid_resolves_its_config_once(tiny, resolutions, tmp_path, monkeypatch, capsys):
+    from mdl_bench.benchmark.cli import main
+
+    monkeypatch.setenv("MDL_BENCH_HOME", str(tmp_path))
+    calls, folders = resolutions
+    assert main(["run-expid", "--expid", "SharedBottom_test", "--epochs", "1", "--set", "verbose=0"]) == 0
+    assert calls == ["SharedBottom_test"] and folders == []
+
+
+def test_a_suite_resolves_each_run_once_and_rerun_resolves_nothing(tiny, resolutions, tmp_path, monkeypatch):
+    import io
+
+    from mdl_bench.benchmark.store import Store
+    from mdl_bench.benchmark.suite import Suite, rerun, run_suite
+
+    monkeypatch.setenv("MDL_BENCH_HOME", str(tmp_path))
+    calls, folders = resolutions
+    suite = Suite({"name": "path", "seeds": [1, 2], "overrides": {"epochs": 1, "batch_size": 2048},
+                   "expids": ["SharedBottom_test"]})
+    store = tmp_path / "runs.sqlite"
+    outcome = run_suite(suite, store=str(store), out=lambda line: None, progress_stream=io.StringIO())
+    assert outcome.failed == [] and len(outcome.stored_now) == 2
+    assert calls == ["SharedBottom_test"]  # one variant, two seeds: resolved once, by the plan
+    calls.clear()
+    with Store(store, create=False) as db:
+        run_id = next(iter(db.stored_keys().values()))
+    assert rerun(run_id, store=str(store), out=lambda line: None, progress_stream=io.StringIO())
+    assert calls == [] and folders == []  # the stored config runs as it is
+
+
+def test_a_resolved_run_travels_without_being_resolved_again(resolutions):
+    import pickle
+
+    from mdl_bench.benchmark.resolved import resolve_run
+
+    calls, _ = resolutions
+    run = resolve_run("SharedBottom_test", None, {"verbose": 0, "seed": 7}, name_by_config=True)
+    copy = pickle.loads(pickle.dumps(run))  # what a data-parallel rank or a suite worker receives
+    assert calls == ["SharedBottom_test"]
+    assert (copy.params, copy.model_class, copy.config_hash, copy.model_id) == (
+        run.params, run.model_class, run.config_hash, run.model_id)
+    assert run.model_id == f"SharedBottom_test__s7__{run.config_hash[:8]}"

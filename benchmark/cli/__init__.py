@@ -191,17 +191,18 @@ def add_convert_options(p: argparse.ArgumentParser, dataset: str) -> None:
 
 def cmd_run_expid(args) -> int:
     from .. import distributed
-    from ..runner import run_expid
+    from ..resolved import resolve_run
+    from ..runner import run_resolved
 
     overrides, origin = run_overrides(args), run_origins(args)
     try:
-        if "model_id" not in overrides:
-            overrides["model_id"] = own_model_id(args.expid, args.config, overrides, origin)
         if args.quiet and "verbose" not in overrides:
             overrides["verbose"] = 0  # no progress bars (`verbose` is not part of a run's identity)
+        # named by its resolved config and seed, as a suite names it: runs of one expid with other --set values
+        # never share (or read back) each other's files; the config is checked before anything is written
+        run = resolve_run(args.expid, args.config, overrides, origin, name_by_config=True)
         # the run's INFO log (parameters, epochs, metrics) always goes to its log file; the console gets it with -v
-        with console_log_quiet(not args.verbose):
-            result = run_expid(args.expid, args.config, overrides, origin=origin, quiet=not args.verbose)
+        result = run_resolved(run, quiet=not args.verbose)
         if distributed.current().is_main:
             print(result.table())
             print(f"wall time {result.wall_seconds:.1f}s, train time {result.train_seconds:.1f}s, "
@@ -209,50 +210,6 @@ def cmd_run_expid(args) -> int:
     finally:
         distributed.shutdown()
     return 0
-
-
-@contextlib.contextmanager
-def console_log_quiet(active: bool):
-    """While a run starts its log, keep FuxiCTR's console handler from printing INFO lines: ``set_logger`` logs its
-    first line before the runner can lower the console to warnings. The log file gets every line as before."""
-    if not active:
-        yield
-        return
-    import io
-    import logging
-
-    import fuxictr.utils
-
-    original = fuxictr.utils.set_logger
-
-    def set_logger(params):
-        real = sys.stderr
-        sys.stderr = io.StringIO()  # the console handler set_logger creates binds to this stream...
-        try:
-            original(params)
-        finally:
-            sys.stderr = real
-        for handler in logging.getLogger().handlers:  # ...and is pointed back at the console, warnings only
-            if type(handler) is logging.StreamHandler:
-                handler.setStream(real)
-                handler.setLevel(logging.WARNING)
-
-    fuxictr.utils.set_logger = set_logger
-    try:
-        yield
-    finally:
-        fuxictr.utils.set_logger = original
-
-
-def own_model_id(expid: str, config_dir, overrides: dict, origin: dict) -> str:
-    """``<expid>__s<seed>__<hash8>``, the suites' name for a run: a run's checkpoint, log and result are named by
-    its resolved config and seed, so runs of one expid with other ``--set`` values never share (or read back) each
-    other's files. The config is checked here, before anything is written."""
-    from ..runner import resolve
-    from ..suite import run_model_id
-
-    params, _, _ = resolve(expid, config_dir, overrides, origin)
-    return run_model_id(expid, params)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -443,6 +400,3 @@ def _dispatch(args) -> int:
               f"free space, then run again", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -261,7 +261,7 @@ def build(params: dict, files: dict[str, list[str]], fingerprint: str, log=loggi
 
     With ``data_block_size > 0`` nothing holds a whole split: vocabularies are counted by Polars' streaming
     engine over a lazy scan, and rows are checked, encoded and written block by block as parquet parts."""
-    from fuxictr.preprocess.feature_processor import FeatureProcessor
+    from mdl_bench.model_zoo.core.fuxictr_api import FeatureProcessor
 
     cols, label, field, domains = _prepare_columns(params)
     block = block_size(params)
@@ -474,7 +474,7 @@ def ensure_dataset(params: dict, log=logging.info) -> dict[str, str]:
 
 def load_feature_map(params: dict):
     """The FuxiCTR ``FeatureMap`` of a built dataset (``params`` name it: ``dataset_id``, ``data_root``)."""
-    from fuxictr.features import FeatureMap
+    from mdl_bench.model_zoo.core.fuxictr_api import FeatureMap
 
     data_dir = dataset_dir(params)
     feature_map = FeatureMap(params["dataset_id"], str(data_dir))

@@ -55,7 +55,7 @@ def prepare(expid: str, overrides: dict):
 
 
 def new_model(model_class, feature_map, params: dict):
-    from fuxictr.pytorch.torch_utils import seed_everything
+    from mdl_bench.model_zoo.core.fuxictr_api import seed_everything
 
     seed_everything(int(params.get("seed") or 0))
     return model_class(feature_map, **params)
@@ -160,7 +160,7 @@ def measure_covloss(cfg: PerfConfig, work: Path, models: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- matched vs stock
 def _matched_dnn_class():
-    from fuxictr.pytorch.layers import MLP_Block
+    from mdl_bench.model_zoo.core.fuxictr_api import MLP_Block
 
     from mdl_bench.model_zoo.base import MultiDomainModel
     from mdl_bench.model_zoo.layers import MultiEmbedding
@@ -253,7 +253,7 @@ def gauc_data(rows: int, users: int, seed: int = 7):
 
 
 def measure_gauc(rows: int, users: int, repeats: int = 3) -> dict:
-    from fuxictr.metrics import evaluate_metrics
+    from mdl_bench.model_zoo.core.fuxictr_api import evaluate_metrics
 
     from mdl_bench.model_zoo.core.metrics import gauc_score
 

@@ -51,7 +51,8 @@ def run_perf(cfg: PerfConfig, out_path: str | os.PathLike | None = None, command
              progress: Callable[[str], None] | None = None) -> dict:
     """Run every measurement of ``cfg``; write JSON, Markdown and PNG; return the result dict."""
     import torch
-    import fuxictr
+
+    from mdl_bench.model_zoo.core.fuxictr_api import version as fuxictr_version
 
     from mdl_bench.model_zoo import registry
 
@@ -73,7 +74,7 @@ def run_perf(cfg: PerfConfig, out_path: str | os.PathLike | None = None, command
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
         "host": platform.node(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "load_start": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
-        "fuxictr": getattr(fuxictr, "__version__", "?"), "python": platform.python_version(), "quick": cfg.quick,
+        "fuxictr": fuxictr_version(), "python": platform.python_version(), "quick": cfg.quick,
         "allocator_tuned": tuned, "config": dataclasses.asdict(cfg)}}
     work = Path(tempfile.mkdtemp(prefix="perf-", dir=bench_home() if bench_home().exists() else None))
     try:

@@ -67,8 +67,8 @@ def stock_classes():
     """``(StockDNN, StockMMoE)``: plain FuxiCTR models (torch is imported here, after the child has started)."""
     import torch
     from torch import nn
-    from fuxictr.pytorch.layers import FeatureEmbedding, MLP_Block
-    from fuxictr.pytorch.models import BaseModel
+    from mdl_bench.model_zoo.core.fuxictr_api import FeatureEmbedding, MLP_Block
+    from mdl_bench.model_zoo.core.fuxictr_api import BaseModel
 
     class StockDNN(BaseModel):
         """FuxiCTR's DNN: embeddings of all fields, concatenated, one MLP to a logit, sigmoid."""
@@ -138,9 +138,9 @@ def task_train(spec: dict) -> dict:
     """Stock training of each matched model: ``epochs`` full epochs through RankDataLoader + fit."""
     import itertools
     import torch
-    from fuxictr.features import FeatureMap
-    from fuxictr.pytorch.dataloaders import RankDataLoader
-    from fuxictr.pytorch.torch_utils import seed_everything
+    from mdl_bench.model_zoo.core.fuxictr_api import FeatureMap
+    from mdl_bench.model_zoo.core.fuxictr_api import RankDataLoader
+    from mdl_bench.model_zoo.core.fuxictr_api import seed_everything
 
     from .timing import DEFAULT_MAX_NORM, bare_loop, batch_rows
 
@@ -200,7 +200,7 @@ def task_train(spec: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- builds
 def task_build_fuxictr(spec: dict) -> dict:
-    from fuxictr.preprocess import FeatureProcessor, build_dataset
+    from mdl_bench.model_zoo.core.fuxictr_api import FeatureProcessor, build_dataset
 
     tick = time.perf_counter()
     processor = FeatureProcessor(feature_cols=spec["feature_cols"], label_col=spec["label_col"],

@@ -32,7 +32,7 @@ A suite file (``config/suites/<name>.yaml``; ``--suite`` takes a name or a path)
       plots: [{name, x, metrics, series, lift_over, xscale, title}]   # PNG line plots (figure 8)
 
 Every (expid, dataset, tuner point) is one leaderboard row, a *variant*, identified by the hash of its fully
-resolved config (:func:`~mdl_bench.benchmark.store.config_hash`); each seed of a variant is one *run*
+resolved config (:func:`~mdl_bench.benchmark.resolved.config_hash`); each seed of a variant is one *run*
 ``(hash, seed, code)``, where ``code`` is the fingerprint of the model's code (:mod:`~mdl_bench.benchmark.codeid`).
 Running a suite skips the runs already in the store; a changed config has a new hash and runs, and a run made by
 other code (an *outdated* run: its model, the layers it uses or the run path changed since) runs again.
@@ -51,7 +51,7 @@ checkpoint or log.
 
 Extension points kept small on purpose: external models (``models_from:``) are registered by :meth:`Suite.plan`
 before it resolves the expids; another launcher (``--nproc``) only replaces
-:func:`execute_run`'s call of :func:`run_resolved` for one run.
+:func:`execute_run`'s call of :func:`run_captured` for one run.
 
 The modules: :mod:`.plan` (the suite file and its plan), :mod:`.execute` (one run into the store),
 :mod:`.progress` (the bar and the outcome), :mod:`.scheduler` (claims, the sequential and worker-pool drivers,
@@ -59,7 +59,7 @@ The modules: :mod:`.plan` (the suite file and its plan), :mod:`.execute` (one ru
 """
 from __future__ import annotations
 
-from .execute import execute_run, run_resolved
+from .execute import execute_run, run_captured
 from .plan import (Entry, Plan, PlannedRun, Suite, Variant, find_suite, known_suites, load_suite, run_model_id,
                    tuner_points)
 from .progress import SuiteOutcome
@@ -67,5 +67,5 @@ from .rerun import rerun
 from .scheduler import prepare_datasets, run_suite
 
 __all__ = ["Entry", "Plan", "PlannedRun", "Suite", "SuiteOutcome", "Variant", "execute_run", "find_suite",
-           "known_suites", "load_suite", "prepare_datasets", "rerun", "run_model_id", "run_resolved", "run_suite",
+           "known_suites", "load_suite", "prepare_datasets", "rerun", "run_captured", "run_model_id", "run_suite",
            "tuner_points"]

@@ -1,4 +1,4 @@
-"""One run into the store: run a fully resolved config (:func:`run_resolved`, which ``rerun`` takes too), then
+"""One run into the store: run a resolved run as planned (:func:`run_captured`, which ``rerun`` takes too), then
 store it with what it needs to be compared and reproduced (:func:`execute_run`)."""
 from __future__ import annotations
 
@@ -6,59 +6,44 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ..codeid import code_fingerprint
-from ..store import Store, config_hash, git_state, library_versions, portable_config
+from ..resolved import ResolvedRun
+from ..store import Store, git_state, library_versions, portable_config
 from .plan import PlannedRun
 from .tuning import pruner_for
 
 
-def run_resolved(expid: str, params: dict, step_callback=None, quiet: bool = True, validation_callback=None):
-    """Run one experiment from its fully resolved params alone (no config files involved).
+def run_captured(run: ResolvedRun, step_callback=None, quiet: bool = True, validation_callback=None):
+    """Run one resolved run (:func:`~mdl_bench.benchmark.runner.run_resolved`, the package's one run function) as
+    it is; suites and ``rerun`` both come here, so a rerun takes exactly the path of the original run. Console
+    output of the run (FuxiCTR's stream handler, warnings) is captured and appended to the run's log file."""
+    from ..runner import run_resolved
 
-    The params are written as a one-expid config folder and handed to
-    :func:`~mdl_bench.benchmark.runner.run_expid`, the package's one run function; suites and ``rerun`` both
-    come here, so a rerun takes exactly the path of the original run. Console output of the run (FuxiCTR's
-    stream handler, warnings) is captured and appended to the run's log file.
-    """
-    from ..config import ConfigSet
-    from ..data.roles import dataset_block_of
-    from ..runner import run_expid
-
-    folder = Path(tempfile.mkdtemp(prefix="mdl-bench-run-"))
     console = io.StringIO()
     try:
-        dataset_block = dataset_block_of(params)
-        (folder / "model_config.yaml").write_text(yaml.safe_dump({"Base": {}, expid: dict(params)}))
-        (folder / "dataset_config.yaml").write_text(yaml.safe_dump({params["dataset_id"]: dataset_block}))
-        over = {"model_id": params["model_id"]}
-        if ConfigSet(folder).load(expid, over) != params:  # YAML round trip must be lossless
-            raise RuntimeError(f"the resolved config of {expid} does not survive a YAML round trip")
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
             try:
-                return run_expid(expid, folder, over, step_callback=step_callback, quiet=quiet,
-                                 validation_callback=validation_callback)
+                return run_resolved(run, step_callback=step_callback, quiet=quiet,
+                                    validation_callback=validation_callback)
             except BaseException:
                 logging.getLogger().error("Run failed:\n" + traceback.format_exc())
                 raise
     finally:
         _close_run_logging()
         text = console.getvalue()
+        params = run.params
         log_file = os.path.join(params["model_root"], params["dataset_id"], params["model_id"] + ".log")
         if text.strip() and os.path.isdir(os.path.dirname(log_file)):
             with open(log_file, "a", encoding="utf-8") as fh:
                 fh.write("---- console output ----\n" + text)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _close_run_logging() -> None:
@@ -98,11 +83,9 @@ def execute_run(run: PlannedRun, store: Store, suite_name: str | None, step_call
     started = time.time()
     trial = run.variant.trial
     pruner = pruner_for(trial, store, run.key) if trial is not None and trial.tuner.rungs else None
-    result = run_resolved(run.expid, run.params, step_callback=step_callback, quiet=True, validation_callback=pruner)
+    result = run_captured(run.resolved, step_callback=step_callback, quiet=True, validation_callback=pruner)
     finished = time.time()
-    digest = config_hash(result.params)
-    if digest != run.variant.config_hash:  # run_expid resolved something else than planned: a bug, not input
-        raise RuntimeError(f"{run.describe()}: the config that ran hashes to {digest[:8]}, not {run.variant.short_hash}")
+    digest = run.resolved.config_hash
     code = code_fingerprint(result.model, result.params.get("models_from"))
     if code.digest != run.variant.code:  # the files changed while the suite ran: store what really ran
         logging.getLogger().warning(f"{run.describe()}: the model's code changed since the suite was planned "

@@ -13,7 +13,7 @@ import yaml
 from mdl_bench.kernel.errors import UserError, close_matches
 from mdl_bench.kernel.paths import expand_path, packaged_config_dir
 from ..codeid import code_fingerprint
-from ..store import config_hash
+from ..resolved import ResolvedRun, config_hash, resolve, run_model_id
 from .tuning import Trial, Tuner, trial_points
 
 SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "tuner", "store",
@@ -72,11 +72,15 @@ class Variant:
 
 @dataclass
 class PlannedRun:
-    """One run: a variant and a seed, with its final resolved params (seed and model_id set)."""
+    """One run: a variant and a seed, with its resolved run (final params: seed and model_id set)."""
 
     variant: Variant
     seed: int
-    params: dict
+    resolved: ResolvedRun
+
+    @property
+    def params(self) -> dict:
+        return self.resolved.params
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -274,17 +278,47 @@ class Suite:
 
     # -------------------------------------------------------------------------------------- the plan
     def plan(self, config_dir=None, extra_overrides: dict | None = None, strict: bool = True) -> Plan:
-        """Resolve every variant and run. ``strict`` (for running) checks models and keys through
-        :func:`~mdl_bench.benchmark.runner.resolve`; the leaderboard uses ``strict=False`` so that rows of models
-        that are not importable now still find their stored runs."""
-        from mdl_bench.model_zoo.core import metrics as metric_lib
-        from ..config import ConfigSet
-        from ..data.build import domain_names
-        from ..runner import resolve
+        """Resolve every variant and run, once: each run carries its :class:`ResolvedRun`, which the executor and
+        the workers run as it is. ``strict`` (for running) checks models and keys through
+        :func:`~mdl_bench.benchmark.resolved.resolve`; the leaderboard uses ``strict=False`` so that rows of
+        models that are not importable now still find their stored runs."""
         from mdl_bench.model_zoo import add_models_from
+        from ..config import ConfigSet
 
         add_models_from(self.models_from, self.models_base)
         config = ConfigSet(config_dir)
+        wanted = self._check_names(config, config_dir)
+        variants: list[Variant] = []
+        runs: list[PlannedRun] = []
+        for entry in self.entries:
+            space = dict(self.tuner_space)
+            space.update(entry.tuner_space)
+            # FuxiCTR tuners list seeds under `seed`: here they are the row's replicates, not separate rows
+            space_seeds = _seeds(space.pop("seed", None), f"{self.where}, expid {entry.expid}, tuner_space")
+            if self.tuner is not None and space_seeds is not None and len(space_seeds) > 1:
+                raise UserError(f"{self.where}, expid {entry.expid}: a tuning suite trains each trial with one seed; "
+                                f"drop `seed` from tuner_space")
+            for dataset in self.datasets or [None]:
+                row_trials: list = []
+                points = self._row_points(entry, dataset, space)
+                for point, tuner_layer in points:
+                    params, model_class = self._resolve_point(entry, dataset, point, tuner_layer, extra_overrides,
+                                                              config, config_dir, strict, wanted)
+                    variant = self._variant(len(variants), entry, point, space, params, model_class,
+                                            space_seeds)
+                    if self.tuner is not None:
+                        self._add_trial(variant, dataset, row_trials, len(points), space)
+                    variants.append(variant)
+                    runs += [_planned_run(variant, int(seed), model_class) for seed in variant.seeds]
+        _label_variants(variants)
+        if self.tuner is None:
+            _check_distinct_rows(self.where, variants)
+        return Plan(suite=self, variants=variants, runs=runs)
+
+    def _check_names(self, config, config_dir) -> set:
+        """Datasets, expids and leaderboard metrics known; returns the metrics the leaderboard asks for."""
+        from mdl_bench.model_zoo.core import metrics as metric_lib
+
         for dataset in self.datasets:
             if dataset not in config.datasets:
                 raise UserError(f"{self.where}: unknown dataset {dataset!r}{close_matches(dataset, config.datasets)}; "
@@ -302,103 +336,86 @@ class Suite:
                 raise UserError(f"{self.where}: unknown metric {metric!r} in `leaderboard`"
                                 f"{close_matches(metric, metric_lib.BASE_METRICS)}; known metrics: "
                                 f"{', '.join(metric_lib.BASE_METRICS)}")
-        variants: list[Variant] = []
-        runs: list[PlannedRun] = []
-        for entry in self.entries:
-            space = dict(self.tuner_space)
-            space.update(entry.tuner_space)
-            # FuxiCTR tuners list seeds under `seed`: here they are the row's replicates, not separate rows
-            space_seeds = _seeds(space.pop("seed", None), f"{self.where}, expid {entry.expid}, tuner_space")
-            if self.tuner is not None and space_seeds is not None and len(space_seeds) > 1:
-                raise UserError(f"{self.where}, expid {entry.expid}: a tuning suite trains each trial with one seed; "
-                                f"drop `seed` from tuner_space")
-            for dataset in self.datasets or [None]:
-                if self.tuner is None:
-                    points, tuner_layer = tuner_points(space), {}
-                else:  # the shared (suite) space and the row's own, drawn per trial; the test is never read
-                    row = f"{entry.expid}@{dataset or '-'}"
-                    own = {k: v for k, v in entry.tuner_space.items() if k != "seed"}
-                    points = trial_points(tuner_points({k: v for k, v in self.tuner_space.items() if k != "seed"}),
-                                          tuner_points(own), self.tuner, row)
-                    tuner_layer, row_trials = {"evaluate_test": False}, []
-                for point in points:
-                    point = dict(point)
-                    overrides = {"dataset_id": dataset} if dataset else {}
-                    # (the message starts with the suite file and the expid already)
-                    origin = {"dataset_id": "the suite's `datasets`"} if dataset else {}
-                    for layer, text in ((self.overrides, "the suite's `overrides`"),
-                                        (entry.overrides, "the row's `overrides`"),
-                                        (point, "`tuner_space`"), (tuner_layer, "the suite's `tuner`"),
-                                        (extra_overrides or {}, "--set")):
-                        overrides.update(copy.deepcopy(layer))
-                        origin.update(dict.fromkeys(layer, text))
-                    for key in RAW_KEYS:
-                        if key in overrides:
-                            raise UserError(f"{self.where}, expid {entry.expid}: a suite cannot override {key!r} (it "
-                                            f"names the raw data); add a dataset block to dataset_config.yaml and "
-                                            f"list it in `datasets`")
-                    where = f"{self.where}, expid {entry.expid}"
-                    try:
-                        if strict:
-                            params, model_class, _ = resolve(entry.expid, config_dir, overrides, origin)
-                        else:
-                            params, model_class = config.load(entry.expid, overrides), None
-                            from mdl_bench.model_zoo import registry
-                            from ..schema import validate
-                            model_class = registry().get(str(params.get("model")))
-                            # typed as a strict plan is ("1e-3" -> 0.001), so the hashes agree with it; a model
-                            # that is not importable now has its keys taken as they are
-                            params = validate(params, model_class, config.sources(entry.expid, overrides, origin))
-                        names = domain_names(params)
-                    except UserError as exc:
-                        raise UserError(f"{where}: {exc}") from None
-                    if strict:
-                        configured = {metric_lib.parse_metric(m)[0] for m in params.get("metrics") or []}
-                        for metric in sorted(wanted - configured):
-                            raise UserError(f"{where}: the leaderboard asks for {metric!r}, which the expid does not "
-                                            f"compute (its metrics: {', '.join(params.get('metrics') or [])}); add it "
-                                            f"to `metrics` or drop it from the leaderboard")
-                        for spec in lb["lift"]:
-                            if spec["domain"] != "Overall" and spec["domain"] not in names:
-                                raise UserError(f"{self.where}: lift domain {spec['domain']!r} is not a domain of "
-                                                f"{params['dataset_id']!r} ({', '.join(names)}, Overall)")
-                        if lb["domains"] != "all":
-                            for name in lb["domains"]:
-                                if name != "Overall" and name not in names:
-                                    raise UserError(f"{self.where}: leaderboard domain {name!r}"
-                                                    f"{close_matches(name, names)} is not a domain of "
-                                                    f"{params['dataset_id']!r}; its domains: {', '.join(names)}, "
-                                                    f"Overall")
-                    params["verbose"] = 0  # console output only (not hashed): logs go to the run's log file
-                    self._separate_data_variant(params, config)
-                    digest = config_hash(params)
-                    seeds = space_seeds or entry.seeds or self.seeds or [int(params.get("seed") or 0)]
-                    model = str(params.get("model"))
-                    tuned = ({k: v for k, v in point.items() if isinstance(space.get(k), list) and len(space[k]) > 1}
-                             if self.tuner is None else point)
-                    code = code_fingerprint(model, params.get("models_from")).digest if model_class else ""
-                    variant = Variant(
-                        index=len(variants), entry=entry, expid=entry.expid, dataset_id=params["dataset_id"],
-                        tuned=tuned, params=params, config_hash=digest, seeds=list(seeds), model=model,
-                        group=entry.group or (getattr(model_class, "group", None) if model_class else None) or "Other",
-                        display_name=(getattr(model_class, "display_name", None) or model_class.__name__)
-                        if model_class else model,
-                        series=entry.label or entry.expid, code=code)
-                    if self.tuner is not None:
-                        self._check_new_trial(where, digest, row_trials, len(points), space)
-                        variant.trial = Trial(row=row, index=len(row_trials), tuner=self.tuner,
-                                              earlier=list(row_trials),
-                                              monitor_mode=str(params.get("monitor_mode", "max")))
-                        row_trials += [(digest, int(s), code) for s in variant.seeds]
-                    variants.append(variant)
-                    for seed in variant.seeds:
-                        run_params = dict(params, seed=int(seed))
-                        run_params["model_id"] = run_model_id(entry.expid, run_params, digest, code)
-                        runs.append(PlannedRun(variant=variant, seed=int(seed), params=run_params))
-        _label_variants(variants)
+        return wanted
+
+    def _row_points(self, entry: Entry, dataset, space: dict) -> list[tuple[dict, dict]]:
+        """``(point, tuner layer)`` of each variant of a row on one dataset: the grid of its space, or, in a tuning
+        suite, the trials drawn from the shared (suite) space and the row's own (the test is never read)."""
         if self.tuner is None:
-            _check_distinct_rows(self.where, variants)
-        return Plan(suite=self, variants=variants, runs=runs)
+            return [(point, {}) for point in tuner_points(space)]
+        own = {k: v for k, v in entry.tuner_space.items() if k != "seed"}
+        shared = {k: v for k, v in self.tuner_space.items() if k != "seed"}
+        points = trial_points(tuner_points(shared), tuner_points(own), self.tuner, f"{entry.expid}@{dataset or '-'}")
+        return [(point, {"evaluate_test": False}) for point in points]
+
+    def _resolve_point(self, entry: Entry, dataset, point: dict, tuner_layer: dict, extra_overrides, config,
+                       config_dir, strict: bool, wanted: set) -> tuple[dict, type | None]:
+        """The resolved params of one variant (and its model class; ``None`` when not strict and not importable)."""
+        overrides = {"dataset_id": dataset} if dataset else {}
+        # (the message starts with the suite file and the expid already)
+        origin = {"dataset_id": "the suite's `datasets`"} if dataset else {}
+        for layer, text in ((self.overrides, "the suite's `overrides`"), (entry.overrides, "the row's `overrides`"),
+                            (point, "`tuner_space`"), (tuner_layer, "the suite's `tuner`"),
+                            (extra_overrides or {}, "--set")):
+            overrides.update(copy.deepcopy(layer))
+            origin.update(dict.fromkeys(layer, text))
+        where = f"{self.where}, expid {entry.expid}"
+        for key in RAW_KEYS:
+            if key in overrides:
+                raise UserError(f"{where}: a suite cannot override {key!r} (it names the raw data); add a dataset "
+                                f"block to dataset_config.yaml and list it in `datasets`")
+        try:
+            params, model_class = _resolve_params(entry.expid, config, config_dir, overrides, origin, strict)
+            if strict:
+                self._check_leaderboard_fits(where, params, wanted)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        params["verbose"] = 0  # console output only (not hashed): logs go to the run's log file
+        self._separate_data_variant(params, config)
+        return params, model_class
+
+    def _check_leaderboard_fits(self, where: str, params: dict, wanted: set) -> None:
+        """The leaderboard's metrics are computed by the expid, and its domains are the dataset's."""
+        from mdl_bench.model_zoo.core import metrics as metric_lib
+        from ..data.build import domain_names
+
+        names = domain_names(params)
+        configured = {metric_lib.parse_metric(m)[0] for m in params.get("metrics") or []}
+        for metric in sorted(wanted - configured):
+            raise UserError(f"the leaderboard asks for {metric!r}, which the expid does not compute (its metrics: "
+                            f"{', '.join(params.get('metrics') or [])}); add it to `metrics` or drop it from the "
+                            f"leaderboard")
+        lb = self.leaderboard
+        for spec in lb["lift"]:
+            if spec["domain"] != "Overall" and spec["domain"] not in names:
+                raise UserError(f"lift domain {spec['domain']!r} is not a domain of {params['dataset_id']!r} "
+                                f"({', '.join(names)}, Overall)")
+        for name in lb["domains"] if lb["domains"] != "all" else []:
+            if name != "Overall" and name not in names:
+                raise UserError(f"leaderboard domain {name!r}{close_matches(name, names)} is not a domain of "
+                                f"{params['dataset_id']!r}; its domains: {', '.join(names)}, Overall")
+
+    def _variant(self, index: int, entry: Entry, point: dict, space: dict, params: dict, model_class,
+                 space_seeds) -> Variant:
+        model = str(params.get("model"))
+        tuned = ({k: v for k, v in point.items() if isinstance(space.get(k), list) and len(space[k]) > 1}
+                 if self.tuner is None else point)
+        return Variant(
+            index=index, entry=entry, expid=entry.expid, dataset_id=params["dataset_id"], tuned=tuned, params=params,
+            config_hash=config_hash(params), seeds=list(space_seeds or entry.seeds or self.seeds
+                                                        or [int(params.get("seed") or 0)]),
+            model=model, group=entry.group or (getattr(model_class, "group", None) if model_class else None) or "Other",
+            display_name=(getattr(model_class, "display_name", None) or model_class.__name__) if model_class else model,
+            series=entry.label or entry.expid,
+            code=code_fingerprint(model, params.get("models_from")).digest if model_class else "")
+
+    def _add_trial(self, variant: Variant, dataset, row_trials: list, trials: int, space: dict) -> None:
+        """A tuning suite's variant is a trial: its place in its row's search, after the earlier trials."""
+        where = f"{self.where}, expid {variant.expid}"
+        self._check_new_trial(where, variant.config_hash, row_trials, trials, space)
+        variant.trial = Trial(row=f"{variant.expid}@{dataset or '-'}", index=len(row_trials), tuner=self.tuner,
+                              earlier=list(row_trials), monitor_mode=str(variant.params.get("monitor_mode", "max")))
+        row_trials += [(variant.config_hash, int(s), variant.code) for s in variant.seeds]
 
     def _check_new_trial(self, where: str, digest: str, row_trials: list, trials: int, space: dict) -> None:
         """A tuning row's trial must be a config no earlier trial of the row has: two trials of one config would be
@@ -425,6 +442,31 @@ class Suite:
             params["data_root"] = os.path.join(params["data_root"], "variants", tag)
 
 
+def _resolve_params(expid: str, config, config_dir, overrides: dict, origin: dict, strict: bool):
+    """Strict: the one resolution (:func:`~mdl_bench.benchmark.resolved.resolve`). Otherwise the config merged
+    and typed as a strict plan types it ("1e-3" -> 0.001, so the hashes agree); a model that is not importable now
+    has its keys taken as they are."""
+    if strict:
+        params, model_class, _ = resolve(expid, config_dir, overrides, origin)
+        return params, model_class
+    from mdl_bench.model_zoo import registry
+    from ..schema import validate
+
+    params = config.load(expid, overrides)
+    model_class = registry().get(str(params.get("model")))
+    params = validate(params, model_class, config.sources(expid, overrides, origin))
+    return params, model_class
+
+
+def _planned_run(variant: Variant, seed: int, model_class) -> "PlannedRun":
+    """A variant's run of one seed: its final params (seed, ``model_id``), resolved once."""
+    params = dict(variant.params, seed=seed)
+    params["model_id"] = run_model_id(variant.expid, params, variant.config_hash, variant.code)
+    run = ResolvedRun(expid=variant.expid, params=params, model_class=model_class, config_hash=variant.config_hash,
+                      code=variant.code)
+    return PlannedRun(variant=variant, seed=seed, resolved=run)
+
+
 def _check_distinct_rows(where: str, variants: list) -> None:
     """Two rows of one config on one dataset would show the same runs twice (both marked best): an error."""
     seen: dict[tuple, Variant] = {}
@@ -434,14 +476,6 @@ def _check_distinct_rows(where: str, variants: list) -> None:
             raise UserError(f"{where}: rows {first.label!r} ({first.expid}) and {v.label!r} ({v.expid}) resolve to one "
                             f"config on dataset {v.dataset_id!r} (the same runs, shown twice); drop one, or make them "
                             f"differ (`overrides`, `tuner_space`)")
-
-
-def run_model_id(expid: str, params: dict, digest: str | None = None, code: str = "") -> str:
-    """A run's file name, ``<expid>__s<seed>__<hash8>[__<code8>]``: one per resolved config and seed (``digest``:
-    its :func:`config_hash`, when known) and, in a suite, per code revision (so an outdated run's checkpoint and
-    log stay beside the rerun's)."""
-    digest = digest or config_hash(params)
-    return f"{expid}__s{int(params.get('seed') or 0)}__{digest[:8]}" + (f"__{code[:8]}" if code else "")
 
 
 def _label_variants(variants: list) -> None:

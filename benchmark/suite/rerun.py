@@ -5,8 +5,9 @@ import math
 
 from mdl_bench.kernel.errors import UserError
 from ..codeid import code_fingerprint
-from ..store import Store, config_hash, git_state
-from .execute import run_resolved
+from ..resolved import ResolvedRun
+from ..store import Store, git_state
+from .execute import run_captured
 from .plan import Entry, PlannedRun, Variant
 from .progress import SuiteProgress
 
@@ -24,12 +25,14 @@ def rerun(run_id: int, store: str | None = None, out=print, progress_stream=None
     finally:
         db.close()
     params = local_config(run["config"])
-    if config_hash(params) != run["config_hash"]:
-        raise UserError(f"run {run_id}: its stored config does not hash to its stored hash; the store was edited")
     params["model_root"] = str(bench_home() / "reruns" / f"run{run_id}")
+    resolved = ResolvedRun.of(run["expid"], params)  # the stored config as it is: nothing resolved again
+    if resolved.config_hash != run["config_hash"]:
+        raise UserError(f"run {run_id}: its stored config does not hash to its stored hash; the store was edited")
     out(f"Rerunning run {run_id}: {run['expid']} ({run['model']}) on {run['dataset_id']}, seed {run['seed']}, "
         f"config {run['config_hash'][:8]}, {run['torch_threads']} torch threads; stored with commit "
         f"{(run['git_commit'] or 'unknown')[:12]}, now {(git_state()['commit'] or 'unknown')[:12]}")
+    resolved = resolved.with_code()
     code = code_fingerprint(run["model"], params.get("models_from"))
     if code.digest == run.get("code_fingerprint"):
         out(f"  code: the same as the run's (fingerprint {code.digest[:8]}): the values should match exactly")
@@ -45,7 +48,7 @@ def rerun(run_id: int, store: str | None = None, out=print, progress_stream=None
     fake = PlannedRun(variant=Variant(0, Entry(run["expid"]), run["expid"], run["dataset_id"], {}, params,
                                       run["config_hash"], [run["seed"]], run["model"], "", run["model"],
                                       run["expid"], label=run["expid"], code=code.digest),
-                      seed=int(run["seed"]), params=params)
+                      seed=int(run["seed"]), resolved=resolved)
     progress = SuiteProgress([fake], stream=progress_stream)
     stored = run.get("result") or {}
     replay = _replay_stop(stored) if stored.get("stopped_by") else None
@@ -53,7 +56,7 @@ def rerun(run_id: int, store: str | None = None, out=print, progress_stream=None
         out(f"  a pruned tuning trial ({stored['stopped_by']}): the rerun stops at the same validation")
     try:
         progress.started(fake.key)
-        result = run_resolved(run["expid"], params, step_callback=lambda info: progress.step(fake.key, info),
+        result = run_captured(resolved, step_callback=lambda info: progress.step(fake.key, info),
                               validation_callback=replay)
         progress.finished(fake.key)
     finally:

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from fuxictr.pytorch.layers import FeatureEmbedding
+from mdl_bench.model_zoo.core.fuxictr_api import FeatureEmbedding
 
 from mdl_bench.kernel.errors import UserError
 

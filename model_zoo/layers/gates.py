@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from fuxictr.pytorch.layers import MLP_Block
+from mdl_bench.model_zoo.core.fuxictr_api import MLP_Block
 
 from .routing import DomainGroups
 
