@@ -57,6 +57,8 @@ class RunResult:
     # the test split's sampling error: cluster-bootstrap replicates of every test metric, paired across the runs
     # of a dataset ({"replicates": R, "seed": s, "cluster": "user" | "row", "cells": {"AUC@S0": base64 f32}})
     test_bootstrap: dict = field(default_factory=dict)
+    # embedding_parameters, dense_parameters, train_flops_per_row (MultiDomainModel.capacity, on one batch)
+    capacity: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -297,6 +299,8 @@ def _run(run: ResolvedRun, rank, started: float, step_callback, quiet: bool, val
     else:
         logging.info("Test split not evaluated (evaluate_test: false)")
         test = dict(test={}, oracle={}, test_rows={}, test_positives={}, test_counts={}, test_bootstrap={})
+    # after training and evaluation, so that counting it cannot move a figure (the model is restored anyway)
+    capacity = model.capacity(next(iter(valid_gen))) if rank.is_main else {}
     result = RunResult(
         expid=run.expid, model=run.model, dataset_id=run.dataset_id, seed=run.seed, domain_names=model.domain_names,
         valid=dict(valid_logs), valid_history=list(model.valid_history), stopped_by=model.stopped_by,
@@ -304,7 +308,7 @@ def _run(run: ResolvedRun, rank, started: float, step_callback, quiet: bool, val
         train_seconds=round(model.train_seconds, 3),
         train_samples_per_second=model.train_samples_per_second * rank.world_size,
         wall_seconds=round(time.time() - started, 2), num_parameters=model.num_parameters(),
-        checkpoint=model.checkpoint, params=params, world_size=rank.world_size, **test)
+        checkpoint=model.checkpoint, params=params, world_size=rank.world_size, capacity=capacity, **test)
     if rank.is_main:
         result_path = Path(model.checkpoint).with_suffix(RESULT_SUFFIX)
         tmp = result_path.with_name(f".{result_path.name}.{os.getpid()}.tmp")

@@ -527,3 +527,15 @@ class MultiDomainModel(BaseModel):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def capacity(self, batch_data: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Parameters (embedding tables and dense layers) and training FLOPs per row, measured on one batch
+        (:mod:`mdl_bench.model_zoo.core.capacity`; the model is left as it was)."""
+        from mdl_bench.model_zoo.core.capacity import parameter_counts, train_flops_per_row
+
+        counts = parameter_counts(self)
+        rows = int(next(iter(batch_data.values())).shape[0])
+        flops = train_flops_per_row(self, lambda: self.compute_loss(self.forward(batch_data),
+                                                                     self.get_labels(batch_data)), rows)
+        return {"embedding_parameters": counts["embedding"], "dense_parameters": counts["dense"],
+                "train_flops_per_row": flops}

@@ -49,6 +49,7 @@ BASE_MODEL_METHODS: dict[str, tuple[str, ...]] = {
     "get_labels": ("inputs",),
     "model_to_device": (),
     "regularization_loss": (),
+    "compute_loss": ("return_dict", "y_true"),
     "load_weights": ("checkpoint",),
     "save_weights": ("checkpoint",),
     "get_output_activation": ("task",),

@@ -1,7 +1,7 @@
 """The training step, written once, and the clock that times it.
 
 Every place that trains calls :func:`train_step`: the trainer (:meth:`MultiDomainModel.train_step`, under
-FuxiCTR's ``fit``), and every measurement of ``mdl-bench perf`` - the bare loop, the step split into phases, and the
+its own ``fit``), and every measurement of ``mdl-bench perf`` - the bare loop, the step split into phases, and the
 stock FuxiCTR models of its child process (plain ``fuxictr.pytorch.models.BaseModel`` subclasses). A measurement
 therefore times the very operations training runs, in the same order, and a change to the step changes them all.
 
