@@ -24,6 +24,7 @@ class Row:
     code: str = ""           # the code fingerprint every run of the row was made by (never a mix)
     outdated: bool = False   # no run of the current code yet: the row shows the newest older revision
     capped: int = 0          # runs whose best epoch is the epoch cap (not shown to have converged)
+    capacity: dict = field(default_factory=dict)  # embedding_parameters, dense_parameters, train_flops_per_row
 
     @property
     def label(self) -> str:
@@ -111,7 +112,7 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
         rows_runs = {v.index: _row_runs(v, stored, by_config) for v in plan.variants}
         shown = {rid for _, ids, _ in rows_runs.values() for rid in ids.values()}
         values_of = db.metrics_of(shown)
-        results_of = db.results_of(shown) if split == "test" else {}
+        results_of = db.results_of(shown)
         capped_runs = {r["run_id"] for r in db.list_runs(shown) if _at_cap(r)}
     finally:
         db.close()
@@ -136,9 +137,10 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
             code, run_ids, outdated = rows_runs[v.index]
             values = {c: {s: values_of[r].get(split, {}).get(c, float("nan")) for s, r in run_ids.items()}
                       for c in read}
-            evidence = {c: _evidence(c, values[c], run_ids, results_of) for c in read}
+            evidence = {c: _evidence(c, values[c], run_ids, results_of, split) for c in read}
             table.rows.append(Row(variant=v, run_ids=run_ids, values=values, evidence=evidence, code=code,
-                                  outdated=outdated, capped=sum(rid in capped_runs for rid in run_ids.values())))
+                                  outdated=outdated, capped=sum(rid in capped_runs for rid in run_ids.values()),
+                                  capacity=_capacity(run_ids, results_of)))
         table.reference = _reference_row(table, reference if reference is not None else lb.get("reference"))
         ref = None if table.reference is None else table.rows.index(table.reference)
         for c in table.columns:
@@ -167,12 +169,25 @@ def build_board(suite, store=None, config_dir=None, metrics=None, split=None, st
                  missing=missing, command=suite_command(suite, "run", config_dir, store, extra_overrides))
 
 
-def _evidence(col: str, values: dict, run_ids: dict, results_of: dict) -> Evidence:
-    """A cell's per-seed values with each run's test-split bootstrap replicates and the cell's counts."""
+def _capacity(run_ids: dict, results_of: dict) -> dict:
+    """The row's capacity (every seed of one config has the same), from the first run that stored it; ``{}`` for
+    runs made before capacities were stored."""
+    for run_id in run_ids.values():
+        capacity = (results_of.get(run_id) or {}).get("capacity")
+        if capacity:
+            return dict(capacity)
+    return {}
+
+
+def _evidence(col: str, values: dict, run_ids: dict, results_of: dict, split: str = "test") -> Evidence:
+    """A cell's per-seed values with each run's test-split bootstrap replicates and the cell's counts (test
+    split only: the validation split has none)."""
     from mdl_bench.model_zoo.core.bootstrap import decode
 
     domain = col.partition("@")[2] or "Overall"
     replicates, counts = {}, None
+    if split != "test":
+        return Evidence(values=values, replicates=replicates, counts=counts)
     for seed, run_id in run_ids.items():
         result = results_of.get(run_id) or {}
         cells = (result.get("test_bootstrap") or {}).get("cells") or {}
