@@ -64,6 +64,25 @@ def _models(models: dict) -> list[str]:
     return out
 
 
+def _library(library: dict) -> list[str]:
+    if "skipped" in library:
+        return ["", f"Public library: {library['skipped']}."]
+    out = ["", f"## Beside a public library: {library['library']} ({library['package']} at "
+               f"{(library.get('commit') or 'an unknown commit')[:12]})", "",
+           "| model | library class | this package real samples/s | this package bare | library bare samples/s | "
+           "real / library bare | parameters (ours / library) |", "|---|---|---|---|---|---|---|"]
+    for m in library["models"].values():
+        out.append(f"| {m['display_name']} | {m['theirs']} | {_fmt(m['real_sps'])} | {_fmt(m['bare_sps'])} | "
+                   f"{_fmt(m['theirs_bare_sps'])} | {m['real_over_theirs']:.2f} | {m['num_parameters']:,} / "
+                   f"{m['theirs_num_parameters']:,} |")
+    out += ["", "Library bare = its trainer's step (zero_grad, forward, BCE, backward, Adam) on our batches already "
+                "in memory, same process and threads; real = `make_loaders` + `fit`. Matched: " + "; ".join(
+                    f"{m['display_name']}: {m['how']}" for m in library["models"].values()) + "."]
+    if library.get("unmatched"):
+        out.append("Not matched: " + "; ".join(f"{n}: {why}" for n, why in library["unmatched"].items()) + ".")
+    return out
+
+
 def _matched(matched: dict, stock: dict) -> list[str]:
     out = ["", "## FuxiCTR's stock pipeline vs this package (matched architectures)", "",
            "| model | this package samples/s | FuxiCTR stock samples/s | speed-up | this package bare | "
@@ -177,6 +196,8 @@ def render_markdown(result: dict) -> str:
     out = _header(result) + _targets(result)
     if result.get("models"):
         out += _models(result["models"])
+    if result.get("library"):
+        out += _library(result["library"])
     if result.get("matched"):
         out += _matched(result["matched"], result.get("stock") or {})
     if result.get("covloss"):

@@ -20,6 +20,7 @@ from mdl_bench.model_zoo.core import allocator
 from mdl_bench.kernel.errors import UserError
 from mdl_bench.kernel.paths import bench_home
 from .measure import measure_build, measure_covloss, measure_gauc, measure_matched, measure_model, measure_stock
+from .library import SKIPPED, load_library, measure_library
 from .plot import plot_scaling
 from .proc import TreeSampler
 from .report import render_markdown
@@ -78,13 +79,19 @@ PROJECT_PHASES = ("models", "covloss", "matched", "scaling")
 
 
 def _measure_training(cfg: PerfConfig, names: list[str], work: Path, sampler: TreeSampler, say, result: dict):
-    """Models, CovLoss, the matched architectures and FuxiCTR's stock pipeline, each in its sampler phase."""
+    """Models, the public library beside them, CovLoss, the matched architectures and FuxiCTR's stock pipeline,
+    each in its sampler phase."""
     say("data: default dataset")
     result["models"] = {}
     with sampler.phase("models"):
         for name in names:
             say(f"models: {name}")
             result["models"][name] = measure_model(name, cfg, work)
+    if cfg.library_path:  # right after the models, so that both sides see the machine in the same state
+        with sampler.phase("library"):
+            result["library"] = measure_library(cfg.library_path, cfg, names, work, say)
+    else:
+        result["library"] = {"skipped": SKIPPED}
     if "Crocodile" in names:
         with sampler.phase("covloss"):
             say("covloss: Crocodile with all rows, 32 rows, none")
@@ -136,6 +143,10 @@ def run_perf(cfg: PerfConfig, out_path: str | os.PathLike | None = None, command
     out_path = Path(out_path) if out_path else default_out_path()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     names = _model_names(cfg)
+    if cfg.library_path:
+        load_library(cfg.library_path)  # a wrong path fails now, not after minutes of measurements
+    else:
+        say(SKIPPED)
     logging.getLogger().setLevel(logging.WARNING)
     started = time.perf_counter()
     tuned = allocator.keep_freed_memory()  # what this package's training path does (MultiDomainModel.fit)
