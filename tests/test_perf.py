@@ -63,6 +63,7 @@ def test_perf_model_sections_have_every_measure(perf_result):
     assert perf_result["build"]["project"]["seconds"] > 0 and "fuxictr" not in perf_result["build"]
     assert perf_result["ray"]["default_path"] == 0
     assert perf_result["memory"]["project_peak_rss_bytes"] > 0
+    assert "skipped" in perf_result["library"]  # no --library-path: the public library is not measured
 
 
 def test_perf_gauc_agrees_with_fuxictr(perf_result):

@@ -17,9 +17,12 @@ def cmd_perf(args) -> int:
     over = {}
     if args.models:
         over["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.library_path:
+        over["library_path"] = args.library_path
     cfg = quick_config(**over) if args.quick else PerfConfig(**over)
     command = "mdl-bench perf" + (f" --out {args.out}" if args.out else "") + (" --quick" if args.quick else "") + (
-        f" --models {args.models}" if args.models else "")
+        f" --models {args.models}" if args.models else "") + (
+        f" --library-path {args.library_path}" if args.library_path else "")
     if args.out and not str(args.out).endswith(".json"):
         raise UserError(f"--out {args.out}: give a .json path (the Markdown report and the PNG go next to it)")
     quiet = getattr(args, "quiet", False)
@@ -42,4 +45,7 @@ def add_parser(sub) -> None:
                         "comparing this package before and after a change")
     p.add_argument("--models", help="comma-separated registered models (default: all; --quick: "
                                     + ",".join(QUICK_MODELS) + ")")
+    p.add_argument("--library-path", metavar="DIR",
+                   help="a checkout of Scenario-Wise Rec (github.com/Xiaopengli1/Scenario-Wise-Rec): its models that "
+                        "match ours are timed beside this package's training (skipped when not given)")
     p.set_defaults(func=cmd_perf)

@@ -327,8 +327,9 @@ def _lazy_split(processor, files: list[str], cols: list[dict], label: dict) -> p
     return processor.preprocess(frame)
 
 
-def _build_parts(processor, params, files, cols, label, field, domains, meta_cols, block):
-    """Streamed build: fit on lazy scans, then encode and write ``block``-row parts. Returns (rows, part counts)."""
+def _fit_processor(processor, params, files, cols, label, meta_cols) -> None:
+    """Fit the processor on lazy scans of the raw files; a value that does not parse becomes a user error that
+    names the file, line and column."""
     try:
         meta = (pl.concat([_lazy_split(processor, files[s], cols, label).select(meta_cols) for s in SPLITS])
                 if meta_cols else None)
@@ -345,42 +346,53 @@ def _build_parts(processor, params, files, cols, label, field, domains, meta_col
                     raise error from None
         raise UserError(f"cannot read the raw files of dataset {params['dataset_id']!r} ({str(exc).splitlines()[0]}); "
                         f"fix the files or report this as a bug") from None
+
+
+def _write_split(processor, split: str, paths: list[str], cols, label, field, domains, block: int
+                 ) -> tuple[dict[str, int], int]:
+    """Encode one split's raw files and write them as ``block``-row parts. Returns (rows per domain, parts)."""
     wanted = wanted_columns(cols, label)
+    out_dir = Path(processor.data_dir) / split
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    pending: list[pl.DataFrame] = []
+    pending_rows = written = 0
+
+    def flush(final: bool) -> None:
+        nonlocal pending, pending_rows, written
+        while pending_rows >= block or (final and pending_rows):
+            joined = pl.concat(pending) if len(pending) > 1 else pending[0]
+            joined.head(block).write_parquet(out_dir / f"part-{written:06d}.parquet")
+            written += 1
+            rest = joined.slice(block)
+            pending, pending_rows = ([rest], rest.height) if rest.height else ([], 0)
+
+    for path in paths:
+        offset = 0
+        try:
+            for frame in scan_csv(path, wanted).collect_batches(chunk_size=block):
+                check_split(frame, label, field, domains, split, path, offset=offset)
+                offset += frame.height
+                processed = _preprocess(processor, frame, cols)
+                for key, value in _domain_counts(processed, field).items():
+                    counts[key] = counts.get(key, 0) + value
+                pending.append(encode(processor, processed))
+                pending_rows += frame.height
+                flush(final=False)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise read_error(split, path, wanted, cols, exc) from None
+    flush(final=True)
+    return counts, written
+
+
+def _build_parts(processor, params, files, cols, label, field, domains, meta_cols, block):
+    """Streamed build: fit on lazy scans, then encode and write ``block``-row parts. Returns (rows, part counts)."""
+    _fit_processor(processor, params, files, cols, label, meta_cols)
     rows, parts = {}, {}
     for split in SPLITS:
-        out_dir = Path(processor.data_dir) / split
-        out_dir.mkdir(parents=True, exist_ok=True)
-        counts: dict[str, int] = {}
-        pending: list[pl.DataFrame] = []
-        pending_rows = written = 0
-
-        def flush(final: bool) -> None:
-            nonlocal pending, pending_rows, written
-            while pending_rows >= block or (final and pending_rows):
-                joined = pl.concat(pending) if len(pending) > 1 else pending[0]
-                joined.head(block).write_parquet(out_dir / f"part-{written:06d}.parquet")
-                written += 1
-                rest = joined.slice(block)
-                pending, pending_rows = ([rest], rest.height) if rest.height else ([], 0)
-
-        for path in files[split]:
-            offset = 0
-            try:
-                batches = scan_csv(path, wanted).collect_batches(chunk_size=block)
-                for frame in batches:
-                    check_split(frame, label, field, domains, split, path, offset=offset)
-                    offset += frame.height
-                    processed = _preprocess(processor, frame, cols)
-                    for key, value in _domain_counts(processed, field).items():
-                        counts[key] = counts.get(key, 0) + value
-                    pending.append(encode(processor, processed))
-                    pending_rows += frame.height
-                    flush(final=False)
-            except UserError:
-                raise
-            except Exception as exc:
-                raise read_error(split, path, wanted, cols, exc) from None
-        flush(final=True)
+        counts, written = _write_split(processor, split, files[split], cols, label, field, domains, block)
         if split == "train":
             _check_train_domains(counts, field, domains)
         rows[split], parts[split] = counts, written

@@ -220,6 +220,26 @@ def _csv_cell(table: Table, board: Board, i: int, c: str) -> list:
             int(cell["thin"]), number(counts.get("rows")), number(counts.get("positives")), number(counts.get("users"))]
 
 
+def _lift_name(lift, metric: str) -> str:
+    return f"lift[{lift.base.label}] {column(metric, lift.spec['domain'])}"
+
+
+def _csv_lifts(board: Board, table, row) -> dict[str, tuple[str, str]]:
+    """``{lift column: (lift %, p)}`` of one row of ``table`` over every lift table drawn on it."""
+    extra = {}
+    for lift in board.lifts:
+        if lift.table is not table:
+            continue
+        for r, cells in lift.rows:
+            if r is not row:
+                continue
+            for metric in lift.spec["metrics"]:
+                _, pct, p = cells[metric]
+                extra[_lift_name(lift, metric)] = ("" if math.isnan(pct) else repr(pct),
+                                                   "" if math.isnan(p) else repr(p))
+    return extra
+
+
 def render_csv(board: Board) -> str:
     """One line per row and dataset: each column's mean and its marks (:data:`CSV_PARTS`: standard deviation over
     seeds, the 95 % interval, the Holm-adjusted p against the reference row and its direction, the rank interval,
@@ -228,12 +248,8 @@ def render_csv(board: Board) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     info_keys = list(dict.fromkeys(k for t in board.tables for k in t.info_keys))
     columns = list(dict.fromkeys(c for t in board.tables for c in t.columns))
-    lift_cols = []
-    for k, lift in enumerate(board.lifts):
-        for metric in lift.spec["metrics"]:
-            name = f"lift[{lift.base.label}] {column(metric, lift.spec['domain'])}"
-            if name not in lift_cols:
-                lift_cols.append(name)
+    lift_cols = list(dict.fromkeys(_lift_name(lift, metric) for lift in board.lifts
+                                   for metric in lift.spec["metrics"]))
     header = ["dataset", "group", "method", "expid", "config_hash", "code", "outdated", "at_epoch_cap",
               "seeds"] + info_keys
     for c in columns:
@@ -248,16 +264,7 @@ def render_csv(board: Board) -> str:
                                                                        for k in info_keys]
             for c in columns:
                 line += _csv_cell(table, board, i, c) if c in table.columns else [""] * (1 + len(CSV_PARTS))
-            extra = {}
-            for lift in board.lifts:
-                if lift.table is not table:
-                    continue
-                for r, cells in lift.rows:
-                    if r is row:
-                        for metric in lift.spec["metrics"]:
-                            _, pct, p = cells[metric]
-                            name = f"lift[{lift.base.label}] {column(metric, lift.spec['domain'])}"
-                            extra[name] = ("" if math.isnan(pct) else repr(pct), "" if math.isnan(p) else repr(p))
+            extra = _csv_lifts(board, table, row)
             for name in lift_cols:
                 line += list(extra.get(name, ("", "")))
             writer.writerow(line)
@@ -282,6 +289,79 @@ tr.first td{border-top:2px solid #999}td.group{vertical-align:top;font-weight:60
 """.strip()
 
 
+def _html_table(board: Board, table) -> list[str]:
+    """One dataset's leaderboard table, then its rank intervals and tie groups per column."""
+    e = html.escape
+    parts = []
+    parts.append(f"<h2>{e(table.dataset_id)} ({e(board.split)} split)</h2><table>")
+    parts.append("<thead><tr><th class='l' rowspan='2'>Group</th><th class='l' rowspan='2'>Method</th>" +
+                 "".join(f"<th class='l' rowspan='2'>{e(k)}</th>" for k in table.info_keys) +
+                 "".join(f"<th colspan='{len(table.domains)}'>{e(m)}</th>" for m in table.metrics) +
+                 "".join(f"<th rowspan='2'>{e(c)} rank</th><th rowspan='2'>{e(c)} group</th>"
+                         for c in _rank_columns(table)) +
+                 "<th rowspan='2'>seeds</th></tr><tr>" +
+                 "".join(f"<th>{e(d)}</th>" for _ in table.metrics for d in table.domains) + "</tr></thead><tbody>")
+    groups = [GROUP_TITLES.get(r.group, r.group) for r in table.rows]
+    for i, row in enumerate(table.rows):
+        first = i == 0 or groups[i] != groups[i - 1]
+        cells = []
+        if first:
+            span = 1
+            while i + span < len(groups) and groups[i + span] == groups[i]:
+                span += 1
+            cells.append(f"<td class='l group' rowspan='{span}'>{e(groups[i])}</td>")
+        cells.append(f"<td class='l'>{e(row.shown_label)}</td>")
+        cells += [f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in table.info_keys]
+        for col in table.columns:
+            cell = _cell(table, board, i, col)
+            text = f"<b class='best'>{e(cell['number'])}</b>" if cell["bold"] else e(cell["number"])
+            if cell["marks"]:
+                text += f" <span class='std'>{e(cell['marks'].lstrip())}</span>"
+            cells.append(f"<td>{text}</td>")
+        for col in _rank_columns(table):
+            cells += [f"<td>{e(_rank_text(table.marks[col], i))}</td>",
+                      f"<td>{e(table.marks[col].groups[i] or '-')}</td>"]
+        cells.append(f"<td>{e(_seeds_text(row))}</td>")
+        row_class = " class='first'" if first and i else ""
+        parts.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+    if table.oracle:
+        parts.append(f"<tr class='first oracle'><td class='l group'></td><td class='l'>{e(ORACLE_LABEL)}</td>" +
+                     "<td></td>" * len(table.info_keys) +
+                     "".join(f"<td>{e(_num(table.oracle[c], board.digits))}</td>" for c in table.columns) +
+                     "<td></td>" * (2 * len(_rank_columns(table))) + "<td></td></tr>")
+    parts.append("</tbody></table>")
+    header, lines = _domain_ranks(table)
+    parts.append(f"<h3>Rank intervals and tie groups per column ({e(table.dataset_id)})</h3><table><thead><tr>" +
+                 "".join(f"<th{' class=l' if k == 0 else ''}>{e(h)}</th>" for k, h in enumerate(header)) +
+                 "</tr></thead><tbody>" + "".join(
+                     "<tr>" + "".join(f"<td{' class=l' if k == 0 else ''}>{e(v)}</td>" for k, v in enumerate(line))
+                     + "</tr>" for line in lines) + "</tbody></table>")
+    return parts
+
+
+def _html_lift(board: Board, lift) -> list[str]:
+    """One lift table: each row's mean and lift over the base row, significance marked."""
+    e = html.escape
+    parts = []
+    parts.append(f"<h2>{e(lift.spec.get('title') or 'Lift over ' + lift.base.label)} "
+                 f"({e(lift.table.dataset_id)}, {e(lift.spec['domain'])})</h2><table><thead><tr>"
+                 f"<th class='l'>Method</th>" + "".join(f"<th class='l'>{e(k)}</th>" for k in lift.table.info_keys)
+                 + "".join(f"<th>{e(m)}</th><th>Lift (%)</th>" for m in lift.spec["metrics"]) +
+                 "</tr></thead><tbody>")
+    for row, cells in lift.rows:
+        line = f"<td class='l'>{e(row.shown_label)}</td>" + "".join(
+            f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in lift.table.info_keys)
+        for metric in lift.spec["metrics"]:
+            mean, pct, p = cells[metric]
+            line += f"<td>{e(_num(mean, board.digits))}{'*' if p < ALPHA else ''}</td>"
+            line += f"<td>{'-' if row is lift.base else e(_pct(pct))}</td>"
+        parts.append(f"<tr>{line}</tr>")
+    parts.append("</tbody></table><p class='note'>Lift = (row - base) / base; *: significantly different from "
+                 f"the base row (seeds and the test split's sampling error, Holm over the rows, "
+                 f"p &lt; {ALPHA}).</p>")
+    return parts
+
+
 def render_html(board: Board, images: dict | None = None) -> str:
     """One self-contained page: inline CSS, plots embedded as base64 ``data:`` URIs, no external resource."""
     e = html.escape
@@ -290,66 +370,9 @@ def render_html(board: Board, images: dict | None = None) -> str:
     if board.suite.description:
         parts.append(f"<p>{e(board.suite.description)}</p>")
     for table in board.tables:
-        parts.append(f"<h2>{e(table.dataset_id)} ({e(board.split)} split)</h2><table>")
-        parts.append("<thead><tr><th class='l' rowspan='2'>Group</th><th class='l' rowspan='2'>Method</th>" +
-                     "".join(f"<th class='l' rowspan='2'>{e(k)}</th>" for k in table.info_keys) +
-                     "".join(f"<th colspan='{len(table.domains)}'>{e(m)}</th>" for m in table.metrics) +
-                     "".join(f"<th rowspan='2'>{e(c)} rank</th><th rowspan='2'>{e(c)} group</th>"
-                             for c in _rank_columns(table)) +
-                     "<th rowspan='2'>seeds</th></tr><tr>" +
-                     "".join(f"<th>{e(d)}</th>" for _ in table.metrics for d in table.domains) + "</tr></thead><tbody>")
-        groups = [GROUP_TITLES.get(r.group, r.group) for r in table.rows]
-        for i, row in enumerate(table.rows):
-            first = i == 0 or groups[i] != groups[i - 1]
-            cells = []
-            if first:
-                span = 1
-                while i + span < len(groups) and groups[i + span] == groups[i]:
-                    span += 1
-                cells.append(f"<td class='l group' rowspan='{span}'>{e(groups[i])}</td>")
-            cells.append(f"<td class='l'>{e(row.shown_label)}</td>")
-            cells += [f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in table.info_keys]
-            for col in table.columns:
-                cell = _cell(table, board, i, col)
-                text = f"<b class='best'>{e(cell['number'])}</b>" if cell["bold"] else e(cell["number"])
-                if cell["marks"]:
-                    text += f" <span class='std'>{e(cell['marks'].lstrip())}</span>"
-                cells.append(f"<td>{text}</td>")
-            for col in _rank_columns(table):
-                cells += [f"<td>{e(_rank_text(table.marks[col], i))}</td>",
-                          f"<td>{e(table.marks[col].groups[i] or '-')}</td>"]
-            cells.append(f"<td>{e(_seeds_text(row))}</td>")
-            row_class = " class='first'" if first and i else ""
-            parts.append(f"<tr{row_class}>{''.join(cells)}</tr>")
-        if table.oracle:
-            parts.append(f"<tr class='first oracle'><td class='l group'></td><td class='l'>{e(ORACLE_LABEL)}</td>" +
-                         "<td></td>" * len(table.info_keys) +
-                         "".join(f"<td>{e(_num(table.oracle[c], board.digits))}</td>" for c in table.columns) +
-                         "<td></td>" * (2 * len(_rank_columns(table))) + "<td></td></tr>")
-        parts.append("</tbody></table>")
-        header, lines = _domain_ranks(table)
-        parts.append(f"<h3>Rank intervals and tie groups per column ({e(table.dataset_id)})</h3><table><thead><tr>" +
-                     "".join(f"<th{' class=l' if k == 0 else ''}>{e(h)}</th>" for k, h in enumerate(header)) +
-                     "</tr></thead><tbody>" + "".join(
-                         "<tr>" + "".join(f"<td{' class=l' if k == 0 else ''}>{e(v)}</td>" for k, v in enumerate(line))
-                         + "</tr>" for line in lines) + "</tbody></table>")
+        parts += _html_table(board, table)
     for lift in board.lifts:
-        parts.append(f"<h2>{e(lift.spec.get('title') or 'Lift over ' + lift.base.label)} "
-                     f"({e(lift.table.dataset_id)}, {e(lift.spec['domain'])})</h2><table><thead><tr>"
-                     f"<th class='l'>Method</th>" + "".join(f"<th class='l'>{e(k)}</th>" for k in lift.table.info_keys)
-                     + "".join(f"<th>{e(m)}</th><th>Lift (%)</th>" for m in lift.spec["metrics"]) +
-                     "</tr></thead><tbody>")
-        for row, cells in lift.rows:
-            line = f"<td class='l'>{e(row.shown_label)}</td>" + "".join(
-                f"<td class='l'>{e(str(row.variant.entry.info.get(k, '')))}</td>" for k in lift.table.info_keys)
-            for metric in lift.spec["metrics"]:
-                mean, pct, p = cells[metric]
-                line += f"<td>{e(_num(mean, board.digits))}{'*' if p < ALPHA else ''}</td>"
-                line += f"<td>{'-' if row is lift.base else e(_pct(pct))}</td>"
-            parts.append(f"<tr>{line}</tr>")
-        parts.append("</tbody></table><p class='note'>Lift = (row - base) / base; *: significantly different from "
-                     f"the base row (seeds and the test split's sampling error, Holm over the rows, "
-                     f"p &lt; {ALPHA}).</p>")
+        parts += _html_lift(board, lift)
     for name, path in (images or {}).items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         parts.append(f"<h2>{e(name)}</h2><img alt='{e(name)}' src='data:image/png;base64,{data}'>")

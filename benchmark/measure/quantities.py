@@ -175,51 +175,74 @@ def diversity_index(sd_norms: np.ndarray, expert_norms: np.ndarray, bound: Seque
         raise ValueError(f"{len(bound)} bindings for {expert_norms.shape[0]} experts")
     sd_tau = norm_thresholds(sd_norms, top, bottom, scope, absolute)
     sd_strong, sd_weak = sd_norms >= sd_tau[0][:, None], sd_norms <= sd_tau[1][:, None]
+    equation = 3 if any(b is not None for b in bound) else 2
+    if equation == 3:
+        strong, weak, has, tau_t, tau_b = _domain_group_strength(expert_norms, bound, K, top, bottom, scope,
+                                                                 absolute)
+
+        def hit(i, j):
+            return strong[i] & weak[j] if has[i] and has[j] else None
+    else:
+        any_pair, tau_t, tau_b = _any_expert_pair(expert_norms, top, bottom, scope, absolute)
+
+        def hit(i, j):
+            return any_pair
+    per_pair, sizes = _pair_fractions(sd_strong, sd_weak, hit)
+    rule = "absolute" if absolute else {"per_expert": "quantile", "pooled": "fixed"}[scope]
+    tau = {"levels": None if absolute else [float(top), float(bottom)],
+           "over": "domain expert groups" if equation == 3 else "experts",
+           "tau_t": _listed(tau_t), "tau_b": _listed(tau_b),
+           "single_domain_tau_t": _listed(sd_tau[0]), "single_domain_tau_b": _listed(sd_tau[1])}
+    return DiversityIndex(per_pair, sizes, equation, rule, tau)
+
+
+def _domain_group_strength(expert_norms: np.ndarray, bound: Sequence[int | None], K: int, top: float,
+                           bottom: float, scope: str, absolute: bool):
+    """Eq. (3)'s strong / weak masks (``K x N``) of each domain's expert group, which domains have experts
+    (``K``), and the groups' thresholds (NaN for a domain without experts)."""
+    grouped = domain_norms(expert_norms, bound, K)
+    has = np.isfinite(grouped).all(axis=1)
+    strong = np.zeros_like(grouped, dtype=bool)
+    weak = np.zeros_like(grouped, dtype=bool)
+    tau_t = np.full(K, np.nan)
+    tau_b = tau_t.copy()
+    if has.any():
+        tau_t[has], tau_b[has] = norm_thresholds(grouped[has], top, bottom, scope, absolute)
+        strong[has] = grouped[has] >= tau_t[has][:, None]
+        weak[has] = grouped[has] <= tau_b[has][:, None]
+    return strong, weak, has, tau_t, tau_b
+
+
+def _any_expert_pair(expert_norms: np.ndarray, top: float, bottom: float, scope: str, absolute: bool):
+    """Eq. (2)'s mask (``N``): rows where some expert is strong and another one weak; the experts' thresholds."""
+    tau_t, tau_b = norm_thresholds(expert_norms, top, bottom, scope, absolute)
+    strong, weak = expert_norms >= tau_t[:, None], expert_norms <= tau_b[:, None]
+    # some expert p strong and another expert q != p weak (one expert cannot be both unless tau_t <= tau_b)
+    n_weak = weak.sum(axis=0)
+    any_pair = (strong & (n_weak[None, :] - weak > 0)).any(axis=0)
+    return any_pair, tau_t, tau_b
+
+
+def _pair_fractions(sd_strong: np.ndarray, sd_weak: np.ndarray, hit) -> tuple[np.ndarray, np.ndarray]:
+    """``DI_(i,j)`` (NaN where undefined) and ``|D(i,j)|`` for every ordered pair of domains; ``hit(i, j)`` is
+    the mask of rows counted for the pair, or ``None`` where the pair has no value."""
+    K = sd_strong.shape[0]
     per_pair = np.full((K, K), np.nan)
     sizes = np.zeros((K, K), dtype=np.int64)
-    equation = 3 if any(b is not None for b in bound) else 2
-    tau_t = np.full(K if equation == 3 else len(bound), np.nan)
-    tau_b = tau_t.copy()
-    if equation == 3:
-        grouped = domain_norms(expert_norms, bound, K)
-        has = np.isfinite(grouped).all(axis=1)
-        strong = np.zeros_like(grouped, dtype=bool)
-        weak = np.zeros_like(grouped, dtype=bool)
-        if has.any():
-            tau_t[has], tau_b[has] = norm_thresholds(grouped[has], top, bottom, scope, absolute)
-            strong[has] = grouped[has] >= tau_t[has][:, None]
-            weak[has] = grouped[has] <= tau_b[has][:, None]
-    else:
-        tau_t, tau_b = norm_thresholds(expert_norms, top, bottom, scope, absolute)
-        strong, weak = expert_norms >= tau_t[:, None], expert_norms <= tau_b[:, None]
-        # some expert p strong and another expert q != p weak (one expert cannot be both unless tau_t <= tau_b)
-        n_weak = weak.sum(axis=0)
-        any_pair = (strong & (n_weak[None, :] - weak > 0)).any(axis=0)
     for i in range(K):
         for j in range(K):
             if i == j:
                 continue
             members = sd_strong[i] & sd_weak[j]
             sizes[i, j] = int(members.sum())
-            if sizes[i, j] == 0:
-                continue
-            if equation == 3:
-                if not (has[i] and has[j]):
-                    continue
-                hit = strong[i] & weak[j]
-            else:
-                hit = any_pair
-            per_pair[i, j] = float(hit[members].mean())
-    rule = "absolute" if absolute else {"per_expert": "quantile", "pooled": "fixed"}[scope]
+            mask = hit(i, j) if sizes[i, j] else None
+            if mask is not None:
+                per_pair[i, j] = float(mask[members].mean())
+    return per_pair, sizes
 
-    def listed(values):
-        return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, dtype=np.float64)]
 
-    tau = {"levels": None if absolute else [float(top), float(bottom)],
-           "over": "domain expert groups" if equation == 3 else "experts",
-           "tau_t": listed(tau_t), "tau_b": listed(tau_b),
-           "single_domain_tau_t": listed(sd_tau[0]), "single_domain_tau_b": listed(sd_tau[1])}
-    return DiversityIndex(per_pair, sizes, equation, rule, tau)
+def _listed(values) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, dtype=np.float64)]
 
 
 class OutputMoments:

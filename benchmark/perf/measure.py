@@ -98,6 +98,18 @@ def measure_training(model, params: dict, paths: dict, batches: int | None, epoc
             "loaders": (train, valid, test), "in_memory": in_memory}
 
 
+def num_tables(model) -> int | None:
+    """The number of tables of the model's main multi-embedding ``self.embedding`` (the tables that
+    ``embedding_table_domains`` describes); ``None`` for a model without a multi-embedding."""
+    from mdl_bench.model_zoo.layers.embedding import MultiEmbedding
+
+    declared = model.embedding_table_domains
+    if declared is not None:
+        return len(declared)
+    embedding = getattr(model, "embedding", None)
+    return embedding.num_tables if isinstance(embedding, MultiEmbedding) else None
+
+
 def measure_model(name: str, cfg: PerfConfig, work: Path) -> dict:
     """Real vs bare throughput, step split, evaluation speed of one registered model."""
     params, model_class, paths, feature_map = prepare(name + cfg.expid_suffix, base_overrides(cfg, work))
@@ -119,7 +131,7 @@ def measure_model(name: str, cfg: PerfConfig, work: Path) -> dict:
     out.update({"display_name": display, "expid": name + cfg.expid_suffix, "batch_size": train.batch_size,
                 "repeats": cfg.repeats, "eval_sps": median(eval_sps),
                 "real_over_bare": out["real_sps"] / out["bare_sps"], "num_parameters": model.num_parameters(),
-                "num_tables": getattr(model, "num_experts", None)})
+                "num_tables": num_tables(model)})
     return out
 
 

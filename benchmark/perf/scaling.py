@@ -9,7 +9,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from .measure import base_overrides, new_model, prepare
+from .measure import base_overrides, new_model, num_tables, prepare
 from .settings import PerfConfig
 from .timing import bare_loop, batch_rows, component_times, split_steps
 
@@ -46,7 +46,7 @@ def _scale_point(name: str, overrides: dict, cfg: PerfConfig, work: Path) -> dic
     components = component_times(model, batches[1], max(2, cfg.scaling_steps))
     return {"step_ms": split.pop("step"), **{f"{k}_ms": v for k, v in split.items()},
             "components_ms": components, "num_parameters": model.num_parameters(),
-            "num_tables": getattr(model, "num_experts", None), "num_domains": model.num_domains,
+            "num_tables": num_tables(model), "num_domains": model.num_domains,
             "batch_size": batch_rows(batches[1])}
 
 

@@ -31,6 +31,8 @@ class PerfConfig:
         scaling_fixed_tables: M of the K curve.
         scaling_steps: measured steps per scaling point.
         scaling_rows: training rows of each K-domain synthetic dataset.
+        library_path: a checkout of Scenario-Wise Rec to measure beside this package (:mod:`.library`);
+            ``None``: that comparison is skipped.
         quick: recorded in the output (set by :func:`quick_config`).
     """
 
@@ -55,6 +57,7 @@ class PerfConfig:
     scaling_fixed_tables: int = 4
     scaling_steps: int = 8
     scaling_rows: int = 40_000
+    library_path: str | None = None
     quick: bool = False
 
 

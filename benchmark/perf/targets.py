@@ -31,6 +31,11 @@ def evaluate_targets(result: dict) -> list[dict]:
         worst = min(models.items(), key=lambda kv: kv[1]["real_over_bare"])
         rows.append(_target_here(f"training / bare loop, worst model ({worst[0]})", worst[1]["real_over_bare"],
                                  0.9, True, "{:.2f}", phases=["models"]))
+    library = (result.get("library") or {}).get("models") or {}
+    if library:
+        worst = min(library.items(), key=lambda kv: kv[1]["real_over_theirs"])
+        rows.append(_target_here(f"training / Scenario-Wise Rec's bare loop, worst matched model ({worst[0]})",
+                                 worst[1]["real_over_theirs"], 1.0, True, "{:.2f}", phases=["library"]))
     stock = result.get("stock") or {}
     matched = result.get("matched") or {}
     for name in ("DNN", "MMoE"):

@@ -252,6 +252,31 @@ def _worker_main(worker_id: int, tasks, results, store_file: str, suite_name: st
         db.close()
 
 
+def _apply_message(message: tuple, claims: ClaimQueue, in_flight: dict, busy: dict) -> None:
+    """One message from a worker: its run started, took a step, finished or failed."""
+    kind, wid, key, payload = message
+    if kind == "start":
+        busy[wid] = key
+        claims.progress.started(key)
+    elif kind == "step":
+        claims.progress.step(key, payload)
+    elif kind == "done":
+        busy.pop(wid, None)
+        claims.finished(in_flight.pop(key), *payload)
+    elif kind == "error":
+        busy.pop(wid, None)
+        claims.failed(in_flight.pop(key), payload)
+
+
+def _reap_dead_workers(workers: dict, claims: ClaimQueue, in_flight: dict, busy: dict) -> None:
+    """A worker that died (killed, out of memory) leaves the pool and fails the run it held."""
+    for wid, proc in list(workers.items()):
+        if not proc.is_alive():
+            workers.pop(wid)
+            if wid in busy:
+                claims.failed(in_flight.pop(busy.pop(wid)), f"worker process exited with code {proc.exitcode}")
+
+
 def _run_workers(claims: ClaimQueue, suite_name: str, jobs: int, poll_seconds: float) -> None:
     """``jobs`` worker processes (fresh interpreters), each storing its own runs; this process claims, dispatches
     and draws the bar. Each worker gets ``cores // jobs`` torch threads."""
@@ -260,7 +285,7 @@ def _run_workers(claims: ClaimQueue, suite_name: str, jobs: int, poll_seconds: f
 
     import torch
 
-    db, progress = claims.db, claims.progress
+    db = claims.db
     ctx = mp.get_context("spawn")
     threads = max(1, torch.get_num_threads() // jobs)
     tasks, results = ctx.Queue(), ctx.Queue()
@@ -287,25 +312,12 @@ def _run_workers(claims: ClaimQueue, suite_name: str, jobs: int, poll_seconds: f
         dispatch()
         while in_flight or claims.pending:
             try:
-                kind, wid, key, payload = results.get(timeout=1.0)
+                message = results.get(timeout=1.0)
             except queue_lib.Empty:
-                kind = None
-            if kind == "start":
-                busy[wid] = key
-                progress.started(key)
-            elif kind == "step":
-                progress.step(key, payload)
-            elif kind == "done":
-                busy.pop(wid, None)
-                claims.finished(in_flight.pop(key), *payload)
-            elif kind == "error":
-                busy.pop(wid, None)
-                claims.failed(in_flight.pop(key), payload)
-            for wid, proc in list(workers.items()):  # a worker that died (killed, out of memory) fails its run
-                if not proc.is_alive():
-                    workers.pop(wid)
-                    if wid in busy:
-                        claims.failed(in_flight.pop(busy.pop(wid)), f"worker process exited with code {proc.exitcode}")
+                message = None
+            if message is not None:
+                _apply_message(message, claims, in_flight, busy)
+            _reap_dead_workers(workers, claims, in_flight, busy)
             if not workers and (claims.queued or in_flight):
                 for key in list(in_flight):
                     claims.failed(in_flight.pop(key), "no worker process left")
