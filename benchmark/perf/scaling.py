@@ -53,20 +53,42 @@ def _scale_point(name: str, overrides: dict, cfg: PerfConfig, work: Path) -> dic
 SCALING_MODELS = ("Crocodile", "ME_MMoE")
 
 
+def measure_domain_curve(cfg: PerfConfig, work: Path, models=SCALING_MODELS,
+                         progress=None) -> dict:
+    """The K curve alone: ``{"values": K values, "fixed_tables": M, model: [point per K]}`` (see
+    :func:`_scale_point`), on synthetic data with ``cfg.scaling_domains`` domains and ``M`` fixed."""
+    out: dict[str, Any] = {"values": list(cfg.scaling_domains), "fixed_tables": cfg.scaling_fixed_tables}
+    for name in models:
+        out[name] = []
+        for K in cfg.scaling_domains:
+            if progress:
+                progress(f"scaling: {name}, K = {K}")
+            out[name].append(_scale_point(name, {**_k_domain_data(K, cfg, work),
+                                                 "num_embeddings": cfg.scaling_fixed_tables}, cfg, work))
+    return out
+
+
+def domain_curve_table(curve: dict, models=SCALING_MODELS) -> str:
+    """Markdown table of a K curve: per model and K, the step, the towers' forward+backward and the rest (ms)."""
+    lines = ["| model | K | step ms | towers ms | rest ms |", "|---|---:|---:|---:|---:|"]
+    for name in models:
+        for K, point in zip(curve["values"], curve.get(name) or []):
+            towers = (point["components_ms"] or {}).get("towers")
+            rest = point["step_ms"] - towers if towers is not None else None
+            cell = lambda v: "-" if v is None else f"{v:.1f}"
+            lines.append(f"| {name} | {K} | {cell(point['step_ms'])} | {cell(towers)} | {cell(rest)} |")
+    return "\n".join(lines)
+
+
 def measure_scaling(cfg: PerfConfig, work: Path) -> dict:
     from mdl_bench.model_zoo import get_model
 
     out: dict[str, Any] = {"models": list(SCALING_MODELS),
                            "display": {n: get_model(n).display_name or n for n in SCALING_MODELS},
-                           "tables": {"values": list(cfg.scaling_tables)},
-                           "domains": {"values": list(cfg.scaling_domains),
-                                       "fixed_tables": cfg.scaling_fixed_tables}}
+                           "tables": {"values": list(cfg.scaling_tables)}}
     for name in SCALING_MODELS:
         out["tables"][name] = [_scale_point(name, {"num_embeddings": M}, cfg, work) for M in cfg.scaling_tables]
-    for name in SCALING_MODELS:
-        out["domains"][name] = [
-            _scale_point(name, {**_k_domain_data(K, cfg, work), "num_embeddings": cfg.scaling_fixed_tables},
-                         cfg, work) for K in cfg.scaling_domains]
+    out["domains"] = measure_domain_curve(cfg, work)
     out["explanation"] = explain_scaling(out)
     return out
 
