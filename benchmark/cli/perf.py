@@ -18,7 +18,7 @@ def cmd_perf(args) -> int:
     if args.models:
         over["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.scaling:  # the whole K list also under --quick (which otherwise keeps three points)
-        over["scaling_domains"] = PerfConfig.scaling_domains
+        over.update(scaling_domains=PerfConfig.scaling_domains, scaling_steps=12 if not args.quick else 6)
     cfg = quick_config(**over) if args.quick else PerfConfig(**over)
     command = "mdl-bench perf" + (f" --out {args.out}" if args.out else "") + (" --quick" if args.quick else "") + (
         f" --models {args.models}" if args.models else "") + (" --scaling" if args.scaling else "")
