@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .base import MultiDomainModel
-from .layers import DomainTowers, MultiEmbedding, gather_domain
+from .layers import DomainGroups, DomainTowers, MultiEmbedding
 from .layers.extraction import ExtractionNetwork, split_levels
 
 
@@ -79,4 +79,4 @@ class PLE(MultiDomainModel):
 
     def logits(self, X, domain):
         mixtures, _ = self.extraction(self.embedding.flat(X)[0])  # K x B x H, domain s's on every row
-        return gather_domain(self.towers(mixtures), domain), {}  # tower s on mixture s, own domain kept
+        return self.towers(mixtures, DomainGroups(domain, self.num_domains)), {}  # tower s: mixture s, rows of s

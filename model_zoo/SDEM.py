@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .base import MultiDomainModel
-from .layers import DomainTowers, MultiEmbedding, gather_domain
+from .layers import DomainGroups, DomainTowers, MultiEmbedding
 from .layers.extraction import ExtractionNetwork, split_levels
 
 
@@ -85,4 +85,4 @@ class SDEM(MultiDomainModel):
 
     def logits(self, X, domain):
         mixtures, _ = self.extraction(self.embedding.flat(X))  # K x B x H
-        return gather_domain(self.towers(mixtures), domain), {}
+        return self.towers(mixtures, DomainGroups(domain, self.num_domains)), {}  # tower s: mixture s, rows of s

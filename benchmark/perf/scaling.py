@@ -108,9 +108,9 @@ REASONS = {
     "gate": "ME-MMoE's gate reads all M tables (M*F*D inputs); Crocodile's PEG maps the prior embedding to "
             "M x d weights per domain: both grow with M; per row only its own domain's gate is computed "
             "(DomainGroups), so K adds K small matmuls, not K times the work",
-    "towers": "every domain's tower runs on every row and each row keeps its own domain's logit (so that DDP "
-              "sees every parameter, and batch norm in a tower sees the whole batch): compute grows linearly in "
-              "K; routing rows to their own tower would make it flat in K",
+    "towers": "rows are routed: tower s runs on the rows of domain s only (one matmul per domain and layer on "
+              "its block of rows sorted by domain, batch norm with each domain's own statistics), so the work "
+              "is one tower's on B rows whatever K is; K adds K small matmuls and a sort",
     "cov": "CovLoss's Gram over the sampled rows is (M*d)^2: quadratic in M but tiny on 32 rows",
     "optimizer": "Adam, clipping and the embedding L2 term touch every parameter every step: they grow with the "
                  "parameter count (embedding tables x M; gates and towers x K)",

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from fuxictr.pytorch.torch_utils import get_activation
 
-from .norms import RowSafeBatchNorm1d
+from .norms import RowSafeBatchNorm1d, domain_batch_norm
+from .routing import DomainGroups
 
 
 class BatchedMLP(nn.Module):
@@ -28,6 +29,7 @@ class BatchedMLP(nn.Module):
 
     Shapes:
         ``forward(x)``: ``B x I`` or ``E x B x I`` -> ``E x B x H_last`` (``H_last = output_dim`` if given).
+        ``routed(x, groups)`` (one MLP per domain, ``E = K``): ``B x I`` or ``K x B x I`` -> ``B x H_last``.
     """
 
     def __init__(self, num_mlps: int, input_dim: int, hidden_units: Sequence[int] = (),
@@ -62,6 +64,41 @@ class BatchedMLP(nn.Module):
             out = x @ weight.permute(1, 0, 2).reshape(d_in, E * d_out)  # B x (E*d_out)
             return out.view(x.shape[0], E, d_out).transpose(0, 1) + bias
         return torch.baddbmm(bias, x, weight)
+
+    def routed(self, x: torch.Tensor, groups: DomainGroups, sorted_rows: bool = False) -> torch.Tensor:
+        """MLP ``s`` on the rows of domain ``s`` only (``E = K``): row ``b`` goes through MLP ``domain[b]``.
+
+        Each MLP sees exactly what it would see if called alone on its domain's rows, batch-norm statistics
+        included (:func:`~model_zoo.layers.norms.domain_batch_norm`: train-mode statistics and running-statistics
+        updates from the domain's own rows; a domain with one row in a training batch uses its running
+        statistics). Per layer: one matmul per domain on its block of sorted rows, the rest vectorised over the
+        batch, so the cost is that of one MLP on ``B`` rows whatever ``K`` is. Every MLP's weights stay in the
+        graph when its domain has no rows (zero gradient), as data-parallel training needs.
+
+        Args:
+            x: ``B x I`` (row ``b``'s input) or ``K x B x I`` (slot ``s`` = domain ``s``'s input of every row;
+                row ``b`` reads slot ``domain[b]``).
+            groups: the batch's rows grouped by domain (``K`` = ``num_mlps``).
+            sorted_rows: ``x`` (``B x I``) and the output are already in ``groups``' sorted order.
+
+        Returns:
+            ``B x H_last``, in batch order (sorted order with ``sorted_rows``).
+        """
+        if groups.num_domains != self.num_mlps:
+            raise ValueError(f"routed: {self.num_mlps} MLPs for {groups.num_domains} domains")
+        if x.dim() == 3:
+            x = groups.own(x)  # sorted
+        elif not sorted_rows:
+            x = groups.sort(x)
+        for layer in range(len(self.weights)):
+            x = groups.sorted_linear(x, self.weights[layer], self.biases[layer])  # B x d, sorted
+            if layer < self.num_hidden:
+                if self.norms:
+                    x = domain_batch_norm(self.norms[layer], x, groups.sorted_domain, groups.counts)
+                x = self.activations[layer](x)
+                if self.dropout is not None:
+                    x = self.dropout(x)
+        return x if sorted_rows else groups.unsort(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in range(len(self.weights)):
