@@ -42,7 +42,7 @@ def _scale_point(name: str, overrides: dict, cfg: PerfConfig, work: Path) -> dic
     batches = list(itertools.islice(iter(train), cfg.scaling_steps + 1))
     batches = list(itertools.islice(itertools.cycle(batches), cfg.scaling_steps + 1))  # a small dataset: again
     bare_loop(model, batches[:1], model.max_gradient_norm)
-    split = split_steps(model, batches[1:], cfg.scaling_steps, model.max_gradient_norm)
+    split = split_steps(model, batches[1:], cfg.scaling_steps, model.max_gradient_norm, with_min=True)
     split.pop("data", None)
     step_min = split.pop("step_min", None)
     calls = component_times(model, batches[1], max(2, cfg.scaling_steps), stat=list)

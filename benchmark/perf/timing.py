@@ -67,10 +67,11 @@ def bare_loop(model, batches: list[dict], max_norm: float = DEFAULT_MAX_NORM) ->
     return times
 
 
-def split_steps(model, batch_source: Iterable[dict], n: int, max_norm: float = DEFAULT_MAX_NORM) -> dict[str, float]:
+def split_steps(model, batch_source: Iterable[dict], n: int, max_norm: float = DEFAULT_MAX_NORM,
+                with_min: bool = False) -> dict[str, float]:
     """Median milliseconds of data (next batch), forward (+ loss), backward and optimiser (zero_grad, clip, step)
     over ``n`` steps, and of the whole ``step``; ``batch_source`` is a loader (data time measured) or a list of
-    in-memory batches."""
+    in-memory batches. ``with_min``: also ``step_min``, the fastest step (the least disturbed on a shared machine)."""
     parts: dict[str, list[float]] = defaultdict(list)
     iterator = iter(batch_source)
     model.train()
@@ -93,8 +94,8 @@ def split_steps(model, batch_source: Iterable[dict], n: int, max_norm: float = D
         parts["optimizer"].append((ends[0] - ticks["data"]) + (ends[3] - ends[2]))
         parts["step"].append(ends[3] - start)
     out = {k: 1000 * median(v) for k, v in parts.items()}
-    if parts["step"]:
-        out["step_min"] = 1000 * min(parts["step"])  # the least disturbed step, for a shared machine
+    if with_min and parts["step"]:
+        out["step_min"] = 1000 * min(parts["step"])
     return out
 
 
