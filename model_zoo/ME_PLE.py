@@ -80,5 +80,6 @@ class ME_PLE(MultiDomainModel):
         return self.extraction(self.embedding.flat(X))[1], list(self.extraction.bound)
 
     def logits(self, X, domain):
-        mixtures, _ = self.extraction(self.embedding.flat(X))  # streams = tables
-        return self.towers(mixtures, DomainGroups(domain, self.num_domains)), {}  # tower s: mixture s, rows of s
+        groups = DomainGroups(domain, self.num_domains)
+        mixture = self.extraction.own(self.embedding.flat(X), groups)  # streams = tables; B x H, own domain's
+        return self.towers(mixture, groups), {}  # tower s on the rows of domain s

@@ -78,5 +78,6 @@ class PLE(MultiDomainModel):
         return self.extraction(self.embedding.flat(X)[0])[1], list(self.extraction.bound)
 
     def logits(self, X, domain):
-        mixtures, _ = self.extraction(self.embedding.flat(X)[0])  # K x B x H, domain s's on every row
-        return self.towers(mixtures, DomainGroups(domain, self.num_domains)), {}  # tower s: mixture s, rows of s
+        groups = DomainGroups(domain, self.num_domains)
+        mixture = self.extraction.own(self.embedding.flat(X)[0], groups)  # B x H, the row's own domain's
+        return self.towers(mixture, groups), {}  # tower s on the rows of domain s

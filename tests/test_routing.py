@@ -183,3 +183,50 @@ def test_a_rows_tower_output_ignores_other_domains_rows(tiny, tiny_batch, expid)
     assert int(own.sum()) >= 2
     torch.testing.assert_close(logit2[own], logit[own])
     assert not torch.allclose(logit2[~own], logit[~own]), "the change should reach the other domains' rows"
+
+
+# ---------------------------------------------------------------- extraction levels
+@pytest.mark.parametrize("scope,gate_input,streams", [("own", "stream", False), ("own", "stream", True),
+                                                      ("all", "stream+shared", True), ("all", "stream", False)])
+def test_extraction_own_mixture_in_evaluation_is_the_rows_domain_slot(scope, gate_input, streams):
+    from mdl_bench.model_zoo.layers.extraction import ExtractionNetwork
+
+    torch.manual_seed(2)
+    net = ExtractionNetwork(K, I, [[6], [5, 4]], num_specific=2, num_shared=2, gate_scope=scope,
+                            gate_input=gate_input, batch_norm=True).eval()
+    x, domain = batch(5)
+    if streams:
+        x = torch.randn(K + 1, len(domain), I)
+    mixtures, _ = net(x)
+    torch.testing.assert_close(net.own(x, DomainGroups(domain, K)), gather_domain(mixtures, domain))
+
+
+def test_extraction_own_scope_runs_a_domains_experts_on_its_rows_only():
+    """Training mode with batch norm: domain s's specific experts of the last level see domain s's rows alone
+    (reference: the experts called on those rows), the shared experts every row."""
+    from mdl_bench.model_zoo.layers.extraction import ExtractionLayer
+
+    torch.manual_seed(3)
+    n = 2
+    layer = ExtractionLayer(K, I, [6, 5], num_specific=n, num_shared=1, gate_scope="own", batch_norm=True)
+    x, domain = batch(6)
+    streams = torch.randn(K + 1, len(domain), I)
+    routed = copy.deepcopy(layer).train()
+    out = routed.own(streams, DomainGroups(domain, K))
+    shared_ref = copy.deepcopy(layer).train()
+    shared_out = shared_ref.experts(streams[K])[K * n:]  # shared experts: every row
+    for s in range(K):
+        rows = (domain == s).nonzero().view(-1)
+        ref = copy.deepcopy(layer).train()
+        own_out = ref.experts(streams[s, rows])[s * n:(s + 1) * n]  # domain s's experts on its rows alone
+        g = torch.softmax(ref.domain_gates(streams[s, rows])[s], dim=-1)  # n_s x (n + 1)
+        expected = torch.einsum("be,ebh->bh", g, torch.cat([own_out, shared_out[:, rows]]))
+        torch.testing.assert_close(out[rows], expected, msg=f"domain {s}")
+        for norm, ref_norm in zip(routed.experts.norms, ref.experts.norms):
+            H = norm.num_features // layer.num_experts
+            cols = slice(s * n * H, (s + 1) * n * H)
+            torch.testing.assert_close(norm.running_mean[cols], ref_norm.running_mean[cols])
+            torch.testing.assert_close(norm.running_var[cols], ref_norm.running_var[cols])
+    for norm, ref_norm in zip(routed.experts.norms, shared_ref.experts.norms):
+        H = norm.num_features // layer.num_experts
+        torch.testing.assert_close(norm.running_mean[K * n * H:], ref_norm.running_mean[K * n * H:])

@@ -26,41 +26,45 @@ class RowSafeBatchNorm1d(nn.BatchNorm1d):
         return super().forward(x)
 
 
-def domain_batch_norm(norm: nn.BatchNorm1d, x: torch.Tensor, sorted_domain: torch.Tensor,
-                      counts: list[int]) -> torch.Tensor:
-    """``K`` batch norms in one, each on its own domain's rows: what ``K`` separate ``nn.BatchNorm1d(H)`` would
+def domain_batch_norm(norm: nn.BatchNorm1d, x: torch.Tensor, sorted_domain: torch.Tensor, counts: list[int],
+                      first: int = 0) -> torch.Tensor:
+    """Batch norms of per-domain MLPs, each on its own domain's rows: what separate ``nn.BatchNorm1d(H)`` would
     give, each called on its domain's block of rows.
 
-    ``norm`` holds the ``K`` norms side by side (``K*H`` features: domain ``s``'s are ``s*H .. s*H+H-1``, the
-    layout of :class:`~model_zoo.layers.BatchedMLP`'s norms), so the state dict is that of one
-    ``BatchNorm1d(K*H)``. In training, domain ``s``'s rows are normalised with their own batch mean and (biased)
-    variance, and only domain ``s``'s running statistics move (by ``momentum``, unbiased variance, as
-    ``nn.BatchNorm1d``). A domain with fewer than 2 rows in a training batch has no usable variance: its rows are
-    normalised with its running statistics, which are left unchanged (as :class:`RowSafeBatchNorm1d`; whole-batch
-    statistics would mix domains). A domain with no rows contributes nothing. In evaluation every row uses its
-    domain's running statistics.
+    ``norm`` holds the norms of a :class:`~model_zoo.layers.BatchedMLP`'s MLPs side by side (``E*H`` features: MLP
+    ``m``'s are ``m*H .. m*H+H-1``), so the state dict is that of one ``BatchNorm1d(E*H)``. Here MLPs
+    ``first + s*n + j`` (``j < n``) belong to domain ``s``. In training, domain ``s``'s rows are normalised with
+    their own batch mean and (biased) variance, and only domain ``s``'s running statistics move (by ``momentum``,
+    unbiased variance, as ``nn.BatchNorm1d``). A domain with fewer than 2 rows in a training batch has no usable
+    variance: its rows are normalised with its running statistics, which are left unchanged (as
+    :class:`RowSafeBatchNorm1d`; whole-batch statistics would mix domains). A domain with no rows contributes
+    nothing. In evaluation every row uses its domain's running statistics.
 
     Args:
-        norm: a ``BatchNorm1d(K*H)`` (affine, with running statistics, float ``momentum``).
-        x: ``B x H``, rows sorted by domain.
+        norm: a ``BatchNorm1d(E*H)`` (affine, with running statistics, float ``momentum``), ``E >= first + K*n``.
+        x: ``B x H`` (``n = 1``) or ``n x B x H`` (the domain's ``n`` MLPs), rows sorted by domain.
         sorted_domain: the domain of each row, ``B``.
         counts: rows of each domain, ``K``.
+        first: index of domain 0's first MLP.
 
     Returns:
-        ``B x H``, sorted as ``x``.
+        the shape of ``x``, rows sorted as ``x``.
     """
-    K, H = len(counts), x.shape[1]
-    running_mean, running_var = norm.running_mean.view(K, H), norm.running_var.view(K, H)
+    xs = x if x.dim() == 3 else x.unsqueeze(0)  # n x B x H
+    n, K, H = xs.shape[0], len(counts), xs.shape[2]
+    cols = slice(first * H, (first + K * n) * H)
+    per_mlp = lambda t: t[cols].view(K, n, H).transpose(0, 1)  # n x K x H views of domain s's MLP j
+    running_mean, running_var = per_mlp(norm.running_mean), per_mlp(norm.running_var)
     if norm.training:
-        n = torch.tensor(counts, dtype=x.dtype, device=x.device)
-        denom = n.clamp(min=1.0).unsqueeze(1)  # K x 1
-        mean = x.new_zeros(K, H).index_add(0, sorted_domain, x) / denom
-        centred = x - mean.index_select(0, sorted_domain)
-        var = x.new_zeros(K, H).index_add(0, sorted_domain, centred * centred) / denom
-        usable = (n >= 2).unsqueeze(1)  # K x 1
+        c = torch.tensor(counts, dtype=x.dtype, device=x.device)
+        denom = c.clamp(min=1.0).view(1, K, 1)
+        mean = xs.new_zeros(n, K, H).index_add(1, sorted_domain, xs) / denom
+        centred = xs - mean.index_select(1, sorted_domain)
+        var = xs.new_zeros(n, K, H).index_add(1, sorted_domain, centred * centred) / denom
+        usable = (c >= 2).view(1, K, 1)
         with torch.no_grad():
             m = float(norm.momentum)
-            unbiased = var * (n / (n - 1).clamp(min=1.0)).unsqueeze(1)
+            unbiased = var * (c / (c - 1).clamp(min=1.0)).view(1, K, 1)
             running_mean.copy_(torch.where(usable, (1 - m) * running_mean + m * mean, running_mean))
             running_var.copy_(torch.where(usable, (1 - m) * running_var + m * unbiased, running_var))
             norm.num_batches_tracked.add_(1)
@@ -68,6 +72,23 @@ def domain_batch_norm(norm: nn.BatchNorm1d, x: torch.Tensor, sorted_domain: torc
         var = torch.where(usable, var, running_var)
     else:
         mean, var = running_mean, running_var
-    scale = torch.rsqrt(var + norm.eps) * norm.weight.view(K, H)  # K x H
-    shift = norm.bias.view(K, H) - mean * scale
-    return x * scale.index_select(0, sorted_domain) + shift.index_select(0, sorted_domain)
+    scale = torch.rsqrt(var + norm.eps) * per_mlp(norm.weight)  # n x K x H
+    shift = per_mlp(norm.bias) - mean * scale
+    out = xs * scale.index_select(1, sorted_domain) + shift.index_select(1, sorted_domain)
+    return out if x.dim() == 3 else out.squeeze(0)
+
+
+def subset_batch_norm(norm: nn.BatchNorm1d, x: torch.Tensor, first: int) -> torch.Tensor:
+    """The batch norms of MLPs ``first .. first+n-1`` of a :class:`~model_zoo.layers.BatchedMLP` (layout as in
+    :func:`domain_batch_norm`) on all rows, ``x`` ``n x B x H`` -> ``n x B x H``; as :class:`RowSafeBatchNorm1d`
+    (fewer than 2 rows in training: running statistics, left unchanged)."""
+    n, B, H = x.shape
+    cols = slice(first * H, (first + n) * H)
+    training = norm.training and B >= 2
+    flat = x.transpose(0, 1).reshape(B, n * H)
+    out = F.batch_norm(flat, norm.running_mean[cols], norm.running_var[cols], norm.weight[cols], norm.bias[cols],
+                       training, float(norm.momentum) if training else 0.0, norm.eps)
+    if training:
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(1)
+    return out.view(B, n, H).transpose(0, 1)
