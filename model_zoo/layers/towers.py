@@ -1,6 +1,6 @@
 """Domain towers: one MLP per domain, each run on its own domain's rows only.
 
-Rows are routed (:meth:`BatchedMLP.routed <model_zoo.layers.BatchedMLP.routed>`): tower ``s`` sees exactly the
+Rows are routed (:meth:`~model_zoo.layers.BatchedMLP.routed`): tower ``s`` sees exactly the
 rows of domain ``s``, so its batch-norm statistics are its own domain's and its cost does not grow with ``K``
 (running every tower on every row and keeping each row's own logit would cost ``K`` times more and normalise each
 tower with every domain's rows). Every tower's weights stay in the graph of every step (an empty block of rows
