@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from fuxictr.pytorch.torch_utils import get_activation
 
-from .norms import RowSafeBatchNorm1d, domain_batch_norm, subset_batch_norm
+from .norms import RowSafeBatchNorm1d
 from .routing import DomainGroups
 
 
@@ -107,7 +107,7 @@ class BatchedMLP(nn.Module):
             x = torch.cat(parts, dim=1)  # n x B x d_out, sorted
             if layer < self.num_hidden:
                 if self.norms:
-                    x = domain_batch_norm(self.norms[layer], x, groups.sorted_domain, groups.counts, first)
+                    x = self.norms[layer](x, groups.sorted_domain, groups.counts, first)  # each domain's rows
                 x = self.activations[layer](x)
                 if self.dropout is not None:
                     x = self.dropout(x)
@@ -124,7 +124,7 @@ class BatchedMLP(nn.Module):
             x = torch.baddbmm(bias, x.unsqueeze(0).expand(count, -1, -1) if x.dim() == 2 else x, weight)
             if layer < self.num_hidden:
                 if self.norms:
-                    x = subset_batch_norm(self.norms[layer], x, first)
+                    x = self.norms[layer](x, first=first)
                 x = self.activations[layer](x)
                 if self.dropout is not None:
                     x = self.dropout(x)

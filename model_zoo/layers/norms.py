@@ -16,11 +16,24 @@ class RowSafeBatchNorm1d(nn.BatchNorm1d):
     fewer than 2 rows with its running statistics and leaves them unchanged, as in evaluation, instead of
     failing. With 2 or more rows it is exactly ``nn.BatchNorm1d``.
 
+    As the norm of a :class:`~model_zoo.layers.BatchedMLP`'s layer (``C = E*H``: MLP ``m``'s channels are
+    ``m*H .. m*H+H-1``) it also normalises some of the MLPs alone: ``forward(x, first=f)`` with ``x``
+    ``n x B x H`` the channels of MLPs ``f .. f+n-1`` on every row (:func:`subset_batch_norm`), and
+    ``forward(x, domain, counts, first)`` each domain's MLPs on that domain's rows only
+    (:func:`domain_batch_norm`).
+
     Shapes:
-        ``forward(x)``: ``N x C`` -> ``N x C`` (``N`` may be 0 or 1).
+        ``forward(x)``: ``N x C`` -> ``N x C`` (``N`` may be 0 or 1); ``forward(x, first=f)``: ``n x B x H`` ->
+        ``n x B x H``; ``forward(x, domain, counts, first)``: ``B x H`` or ``n x B x H`` (rows sorted by domain,
+        ``domain`` their ``B`` domains, ``counts`` the ``K`` domain sizes) -> the same shape.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, domain: torch.Tensor | None = None, counts: list[int] | None = None,
+                first: int = 0) -> torch.Tensor:
+        if domain is not None:
+            return domain_batch_norm(self, x, domain, counts, first)
+        if x.dim() == 3:
+            return subset_batch_norm(self, x, first)
         if self.training and x.shape[0] < 2:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         return super().forward(x)
