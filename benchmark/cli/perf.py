@@ -19,6 +19,7 @@ def cmd_perf(args) -> int:
         over["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.scaling:  # the whole K list also under --quick (which otherwise keeps three points)
         over.update(scaling_domains=PerfConfig.scaling_domains, scaling_steps=12 if not args.quick else 6)
+        over.setdefault("models", None)  # not --quick's four: the K curve's own models unless --models names some
     cfg = quick_config(**over) if args.quick else PerfConfig(**over)
     command = "mdl-bench perf" + (f" --out {args.out}" if args.out else "") + (" --quick" if args.quick else "") + (
         f" --models {args.models}" if args.models else "") + (" --scaling" if args.scaling else "")
@@ -26,8 +27,6 @@ def cmd_perf(args) -> int:
         raise UserError(f"--out {args.out}: give a .json path (the Markdown report and the PNG go next to it)")
     quiet = getattr(args, "quiet", False)
     if args.scaling:
-        if args.models:
-            raise UserError("--scaling measures the K curve of its own models; drop --models")
         result = run_domain_scaling(cfg, args.out, command=command,
                                     progress=None if quiet else (lambda message: print(
                                         f"[perf {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)))
@@ -53,8 +52,8 @@ def add_parser(sub) -> None:
                         "comparing this package before and after a change")
     p.add_argument("--scaling", action="store_true",
                    help="only the step time as the number of domains K grows (synthetic data; K from "
-                        "scaling_domains: 2 to 64), split into the towers and the rest; minutes (--quick: fewer "
-                        "rows and steps)")
+                        "scaling_domains: 2 to 64), split into the towers and the rest; Crocodile and ME-MMoE "
+                        "unless --models names others; minutes (--quick: fewer rows and steps)")
     p.add_argument("--models", help="comma-separated registered models (default: all; --quick: "
                                     + ",".join(QUICK_MODELS) + ")")
     p.set_defaults(func=cmd_perf)

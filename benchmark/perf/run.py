@@ -50,8 +50,9 @@ def default_out_path() -> Path:
 def run_domain_scaling(cfg: PerfConfig, out_path: str | os.PathLike | None = None,
                        command: str = "mdl-bench perf --scaling",
                        progress: Callable[[str], None] | None = None) -> dict:
-    """Only the K curve (:func:`.scaling.measure_domain_curve`, ``cfg.scaling_domains``): writes the JSON result
-    and a Markdown table (step, towers, rest per model and K) next to it; returns the result dict."""
+    """Only the K curve (:func:`.scaling.measure_domain_curve`, ``cfg.scaling_domains``) of ``cfg.models``
+    (default Crocodile and ME-MMoE): writes the JSON result and a Markdown table (step, towers, rest per model and
+    K) next to it; returns the result dict."""
     import torch
 
     out_path = Path(out_path) if out_path else bench_home() / "perf" / (
@@ -65,15 +66,16 @@ def run_domain_scaling(cfg: PerfConfig, out_path: str | os.PathLike | None = Non
             "load_start": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
             "config": dataclasses.asdict(cfg)}
     work = Path(tempfile.mkdtemp(prefix="perf-", dir=bench_home() if bench_home().exists() else None))
+    models = tuple(cfg.models or SCALING_MODELS)
     try:
-        curve = measure_domain_curve(cfg, work, progress=progress)
+        curve = measure_domain_curve(cfg, work, models=models, progress=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta["load_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["seconds"] = time.perf_counter() - started
-    table = domain_curve_table(curve)
+    table = domain_curve_table(curve, models)
     md_path = out_path.with_suffix(".md")
-    result = _jsonable({"meta": meta, "models": list(SCALING_MODELS), "domains": curve,
+    result = _jsonable({"meta": meta, "models": list(models), "domains": curve,
                         "files": {"json": str(out_path), "markdown": str(md_path)}})
     out_path.write_text(json.dumps(result, indent=2))
     md_path.write_text(f"# K scaling\n\n`{command}`, load {meta['load_start']} -> {meta['load_end']}, "

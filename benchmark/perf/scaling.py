@@ -60,15 +60,21 @@ SCALING_MODELS = ("Crocodile", "ME_MMoE")
 def measure_domain_curve(cfg: PerfConfig, work: Path, models=SCALING_MODELS,
                          progress=None) -> dict:
     """The K curve alone: ``{"values": K values, "fixed_tables": M, model: [point per K]}`` (see
-    :func:`_scale_point`), on synthetic data with ``cfg.scaling_domains`` domains and ``M`` fixed."""
+    :func:`_scale_point`), on synthetic data with ``cfg.scaling_domains`` domains and ``M`` fixed (for the models
+    that have ``num_embeddings``; any registered model can be measured)."""
+    import inspect
+
+    from mdl_bench.model_zoo import get_model
+
     out: dict[str, Any] = {"values": list(cfg.scaling_domains), "fixed_tables": cfg.scaling_fixed_tables}
     for name in models:
+        tables = ({"num_embeddings": cfg.scaling_fixed_tables}
+                  if "num_embeddings" in inspect.signature(get_model(name).__init__).parameters else {})
         out[name] = []
         for K in cfg.scaling_domains:
             if progress:
                 progress(f"scaling: {name}, K = {K}")
-            out[name].append(_scale_point(name, {**_k_domain_data(K, cfg, work),
-                                                 "num_embeddings": cfg.scaling_fixed_tables}, cfg, work))
+            out[name].append(_scale_point(name, {**_k_domain_data(K, cfg, work), **tables}, cfg, work))
     return out
 
 
