@@ -28,7 +28,7 @@ import torch
 from mdl_bench.kernel.errors import UserError
 from .base import MultiDomainModel
 from .layers import (BatchedMLP, DomainGroups, DomainTowers, ElementwiseGate, FieldSelection, MultiEmbedding,
-                     SoftmaxGate, check_fields, gather_domain, make_disentangle_loss, mix_own,
+                     SoftmaxGate, check_fields, make_disentangle_loss, mix_own,
                      mixture_step_components)
 
 
@@ -116,14 +116,15 @@ class Crocodile(MultiDomainModel):
         """Expert outputs ``M x B x d`` from the flat embeddings ``tables x B x (F*D)``."""
         return self.experts(emb if self.embedding_mode == "ME" else emb[0])  # M x B x FD, or one B x FD for all
 
-    def _gate_weights(self, X: dict[str, torch.Tensor], emb: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    def _gate_weights(self, X: dict[str, torch.Tensor], emb: torch.Tensor, domain: torch.Tensor,
+                      groups: DomainGroups | None = None) -> torch.Tensor:
         """Each row's own-domain weights ``B x M [x d]``. The gate reads all tables side by side,
         ``B x (tables*F*D)`` (``mmoe``), or the prior embedding ``r``, ``B x l`` (``pg``, ``peg``)."""
         if self.gating == "mmoe":
             gate_in = emb.permute(1, 0, 2).reshape(emb.shape[1], -1)
         else:
             gate_in = self.prior(self.prior_embedding(X)[0]).flatten(1)
-        return self.gate.own(gate_in, DomainGroups(domain, self.num_domains))
+        return self.gate.own(gate_in, groups or DomainGroups(domain, self.num_domains))
 
     def expert_outputs(self, X: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(O, e)``: expert outputs ``M x B x d`` and the flat embeddings ``tables x B x (F*D)``."""
@@ -150,10 +151,11 @@ class Crocodile(MultiDomainModel):
                                        lambda e: self._gate_weights(X, e, domain), self.towers, domain, aux)
 
     def logits(self, X, domain):
+        groups = DomainGroups(domain, self.num_domains)
         expert_out, emb = self.expert_outputs(X)  # M x B x d
-        weights = self._gate_weights(X, emb, domain)  # B x M [x d], own domain
+        weights = self._gate_weights(X, emb, domain, groups)  # B x M [x d], own domain
         tower_in = mix_own(expert_out, weights)  # B x d
-        logit = gather_domain(self.towers(tower_in), domain)  # every tower on every row, own one kept
+        logit = self.towers(tower_in, groups)  # B: tower s on the rows of domain s
         aux = {}
         if self.aux_loss_fn is not None and self.training:
             aux[self.aux_name] = self.aux_alpha * self.aux_loss_fn(expert_out, weights)

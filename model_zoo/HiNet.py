@@ -124,4 +124,4 @@ class HiNet(MultiDomainModel):
             weights = self.task_gates[s](rows)  # n_s x 1 x n
             parts.append(mix(experts, weights)[0])
         task_out = groups.merge(parts)  # B x H2
-        return gather_domain(self.towers(task_out), domain), {}
+        return self.towers(task_out, groups), {}  # tower s on the rows of scenario s

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from .base import MultiDomainModel
-from .layers import (BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, gather_domain, mix_own,
+from .layers import (BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, mix_own,
                      mixture_step_components)
 
 
@@ -65,10 +65,10 @@ class ME_MMoE(MultiDomainModel):
     def expert_outputs_for_analysis(self, X):
         return self.experts(self.embedding.flat(X)), [None] * self.num_experts
 
-    def _gate_weights(self, emb: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    def _gate_weights(self, emb: torch.Tensor, domain: torch.Tensor, groups: DomainGroups | None = None) -> torch.Tensor:
         """Each row's own-domain weights ``B x M`` from all ``M`` tables side by side (``B x (M*F*D)``)."""
         gate_in = emb.permute(1, 0, 2).reshape(emb.shape[1], -1)  # B x (M*F*D)
-        return self.gate.own(gate_in, DomainGroups(domain, self.num_domains))
+        return self.gate.own(gate_in, groups or DomainGroups(domain, self.num_domains))
 
     def step_components(self, X, domain) -> dict[str, Callable[[], torch.Tensor]]:
         """Embedding lookup, experts, gate and mixing, towers."""
@@ -79,7 +79,8 @@ class ME_MMoE(MultiDomainModel):
                                        lambda e: self._gate_weights(e, domain), self.towers, domain)
 
     def logits(self, X, domain):
+        groups = DomainGroups(domain, self.num_domains)
         emb = self.embedding.flat(X)  # M x B x F*D
         expert_out = self.experts(emb)  # M x B x H: expert p on table p
-        weights = self._gate_weights(emb, domain)  # B x M
-        return gather_domain(self.towers(mix_own(expert_out, weights)), domain), {}
+        weights = self._gate_weights(emb, domain, groups)  # B x M
+        return self.towers(mix_own(expert_out, weights), groups), {}  # tower s on the rows of domain s

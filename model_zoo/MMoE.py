@@ -3,7 +3,7 @@
     fields --embedding (one shared table)--> x                          (B x F*D)
     x --expert MLP e, e = 1..E-------------> O^e                        (B x H)
     gate s: g^s = softmax(x W_s)            (one scalar per expert)     (B x E)
-    t^s = sum_e g^s_e O^e --> tower s ----> logit of domain s; a row reads its own domain's gate and tower
+    t^s = sum_e g^s_e O^e --> tower s ----> logit of domain s; a row goes through its own domain's gate and tower
 
 Choices where the paper is open: the number of experts ``num_experts`` defaults to one per domain (the size
 rule of the configs, E = K); a gate is one linear map and a softmax as in the paper (``gate_hidden_units`` can
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .base import MultiDomainModel
-from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, gather_domain, mix_own
+from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, mix_own
 
 
 class MMoE(MultiDomainModel):
@@ -56,6 +56,7 @@ class MMoE(MultiDomainModel):
 
     def logits(self, X, domain):
         x = self.embedding.flat(X)[0]  # B x F*D
-        weights = self.gate.own(x, DomainGroups(domain, self.num_domains))  # B x E, own domain's gate
+        groups = DomainGroups(domain, self.num_domains)
+        weights = self.gate.own(x, groups)  # B x E, own domain's gate
         tower_in = mix_own(self.experts(x), weights)  # B x H
-        return gather_domain(self.towers(tower_in), domain), {}
+        return self.towers(tower_in, groups), {}  # tower s on the rows of domain s

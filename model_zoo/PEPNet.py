@@ -24,7 +24,8 @@ Choices where the paper is open (each with its reason):
 * PEPNet personalises multi-*task* towers; the benchmark has one task (click), so PPNet gates one DNN: shared
   hidden layers [256, 128] and, on top, the per-domain towers [64] that every model here has (the size rule).
   A tower hidden layer's gate emits one factor vector per domain tower (the paper splits the gate output per
-  task tower the same way); a row reads its own domain's tower. Gates act on the hidden units (the abstract:
+  task tower the same way); each domain's tower (and its block of gate factors) runs on its own
+  domain's rows only. Gates act on the hidden units (the abstract:
   "scales the bottom-level Embedding and top-level DNN hidden units"), not on the DNN input, which EPNet
   already scales.
 * ``expert_outputs_for_analysis`` (Diversity Index, covariance heatmaps): one expert per domain, its gated tower
@@ -43,7 +44,7 @@ from mdl_bench.model_zoo.core.fuxictr_api import get_activation
 
 from mdl_bench.kernel.errors import UserError
 from .base import MultiDomainModel
-from .layers import BatchedMLP, FieldSelection, MultiEmbedding, check_fields, gather_domain
+from .layers import BatchedMLP, DomainGroups, FieldSelection, MultiEmbedding, check_fields
 from .layers.gate_nu import GateNU
 
 
@@ -136,9 +137,13 @@ class PEPNet(MultiDomainModel):
         pp_in = torch.cat([self.ppnet_prior(prior).flatten(1), self._gate_input(o_ep)], dim=1)
         return [delta] + [gate(pp_in) for gate in list(self.dnn_gates) + list(self.tower_gates)]
 
-    def tower_hidden(self, X) -> torch.Tensor:
-        """The input of the towers' logit layer: ``K x B x H`` (every domain's gated tower on every row), or the
-        shared ``B x H`` when ``tower_hidden_units`` is empty."""
+    def tower_hidden(self, X, groups: DomainGroups | None = None) -> torch.Tensor:
+        """The input of the towers' logit layer.
+
+        With ``groups``: ``B x H`` in ``groups``' sorted order, each row through its own domain's gated tower
+        only (tower ``s`` and its batch norm see the rows of domain ``s``). Without: ``K x B x H``, every domain's
+        gated tower on every row (for the analyses), or the shared ``B x H`` when ``tower_hidden_units`` is
+        empty."""
         o_ep, _, prior = self.epnet(X)
         pp_in = torch.cat([self.ppnet_prior(prior).flatten(1), self._gate_input(o_ep)], dim=1)
         h = o_ep  # the tower consumes the un-detached personalised embedding
@@ -149,10 +154,17 @@ class PEPNet(MultiDomainModel):
             h = act(h) * gate(pp_in)
             if self.dropout is not None:
                 h = self.dropout(h)
+        if groups is not None:
+            h, pp_in = groups.sort(h), groups.sort(pp_in)
+            own = groups.sorted_domain.view(-1, 1, 1)
         for layer, gate in zip(self.tower_layers, self.tower_gates):
-            t = layer(h)  # K x B x H (every tower on every row; each row keeps its own below)
-            delta = gate(pp_in).view(t.shape[1], self.num_domains, t.shape[2]).transpose(0, 1)  # K x B x H
-            h = t * delta
+            if groups is not None:  # tower s on the rows of s; the gate's own-domain block of factors
+                t = layer.routed(h, groups, sorted_rows=True)  # B x H
+                factors = gate(pp_in).view(t.shape[0], self.num_domains, t.shape[1])
+                h = t * factors.gather(1, own.expand(-1, 1, t.shape[1])).squeeze(1)
+            else:
+                t = layer(h)  # K x B x H, every tower on every row
+                h = t * gate(pp_in).view(t.shape[1], self.num_domains, t.shape[2]).transpose(0, 1)  # K x B x H
             if self.dropout is not None:
                 h = self.dropout(h)
         return h
@@ -169,5 +181,6 @@ class PEPNet(MultiDomainModel):
         return self.tower_hidden(X), list(range(self.num_domains))
 
     def logits(self, X, domain):
-        logit = self.tower_output(self.tower_hidden(X)).squeeze(-1)  # K x B
-        return gather_domain(logit, domain), {}
+        groups = DomainGroups(domain, self.num_domains)
+        hidden = self.tower_hidden(X, groups)  # B x H, sorted by domain
+        return groups.unsort(self.tower_output.routed(hidden, groups, sorted_rows=True).squeeze(-1)), {}

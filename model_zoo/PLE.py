@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .base import MultiDomainModel
-from .layers import DomainTowers, MultiEmbedding, gather_domain
+from .layers import DomainGroups, DomainTowers, MultiEmbedding
 from .layers.extraction import ExtractionNetwork, split_levels
 
 
@@ -78,5 +78,6 @@ class PLE(MultiDomainModel):
         return self.extraction(self.embedding.flat(X)[0])[1], list(self.extraction.bound)
 
     def logits(self, X, domain):
-        mixtures, _ = self.extraction(self.embedding.flat(X)[0])  # K x B x H, domain s's on every row
-        return gather_domain(self.towers(mixtures), domain), {}  # tower s on mixture s, own domain kept
+        groups = DomainGroups(domain, self.num_domains)
+        mixture = self.extraction.own(self.embedding.flat(X)[0], groups)  # B x H, the row's own domain's
+        return self.towers(mixture, groups), {}  # tower s on the rows of domain s

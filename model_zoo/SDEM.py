@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .base import MultiDomainModel
-from .layers import DomainTowers, MultiEmbedding, gather_domain
+from .layers import DomainGroups, DomainTowers, MultiEmbedding
 from .layers.extraction import ExtractionNetwork, split_levels
 
 
@@ -84,5 +84,6 @@ class SDEM(MultiDomainModel):
         return self.extraction(self.embedding.flat(X))[1], list(self.extraction.bound)
 
     def logits(self, X, domain):
-        mixtures, _ = self.extraction(self.embedding.flat(X))  # K x B x H
-        return gather_domain(self.towers(mixtures), domain), {}
+        groups = DomainGroups(domain, self.num_domains)
+        mixture = self.extraction.own(self.embedding.flat(X), groups)  # B x H, the row's own domain's
+        return self.towers(mixture, groups), {}  # tower s on the rows of domain s

@@ -2,17 +2,17 @@
 
     fields --embedding (one shared table)--> x                 (B x F*D)
     x --shared bottom MLP-------------------> h                 (B x H)
-    h --tower s (one per domain)-----------> logit of domain s; a row reads its own domain's tower
+    h --tower s (one per domain)-----------> logit of domain s; tower s runs on the rows of domain s only
 
-The only domain-specific parameters are the towers; a row's loss reaches only its own domain's tower (the logits
-are gathered by domain before the loss), while the bottom and the embeddings learn from every domain.
+The only domain-specific parameters are the towers; a row's loss reaches only its own domain's tower (rows are
+routed to their domain's tower), while the bottom and the embeddings learn from every domain.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from .base import MultiDomainModel
-from .layers import BatchedMLP, DomainTowers, MultiEmbedding, gather_domain
+from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding
 
 
 class SharedBottom(MultiDomainModel):
@@ -46,4 +46,4 @@ class SharedBottom(MultiDomainModel):
 
     def logits(self, X, domain):
         h = self.bottom(self.embedding.flat(X)[0])[0]  # B x H
-        return gather_domain(self.towers(h), domain), {}
+        return self.towers(h, DomainGroups(domain, self.num_domains)), {}  # tower s on the rows of domain s

@@ -13,8 +13,8 @@ Choices where the paper is open (each with its reason):
 
 * One model object for the K DNNs, so that Single Domain runs, checkpoints and reports like every other row;
   the tables of the K domains are the slices of one multi-embedding (one lookup per field).
-* Rows are routed (:class:`~model_zoo.layers.DomainGroups`): DNN_s runs only on domain s's rows, instead of
-  every DNN on every row as the towers do elsewhere (K times the compute for the same result).
+* Rows are routed (:class:`~model_zoo.layers.DomainGroups`): DNN_s runs only on domain s's rows, as every
+  per-domain tower does (every DNN on every row would cost K times the compute for the same result).
 * DNN widths ``dnn_hidden_units: [256, 128, 64]`` = the size rule's bottom [256, 128] plus its tower [64], as
   for the other single-network rows. ``batch_norm: true`` normalises every hidden layer of DNN_s with the
   statistics of domain s's rows in the batch (the DNNs are separate models); a small domain with one row (or

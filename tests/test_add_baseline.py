@@ -260,7 +260,7 @@ def test_check_model_reports_a_dead_parameter_and_a_missing_config(tiny, tmp_pat
     write_model(tmp_path, "DeadWeight", textwrap.dedent('''
         from torch import nn
         from mdl_bench.model_zoo import MultiDomainModel
-        from mdl_bench.model_zoo.layers import DomainTowers, MultiEmbedding, gather_domain
+        from mdl_bench.model_zoo.layers import DomainGroups, DomainTowers, MultiEmbedding
 
 
         class DeadWeight(MultiDomainModel):
@@ -276,7 +276,7 @@ def test_check_model_reports_a_dead_parameter_and_a_missing_config(tiny, tmp_pat
                 self.model_to_device()
 
             def logits(self, X, domain):
-                return gather_domain(self.towers(self.embedding.flat(X)[0]), domain), {}
+                return self.towers(self.embedding.flat(X)[0], DomainGroups(domain, self.num_domains)), {}
     '''))
     write_model(tmp_path, "NoConfig")
     (tmp_path / "model_config.yaml").write_text("DeadWeight_test: {model: DeadWeight, dataset_id: tiny_synth, "

@@ -340,9 +340,11 @@ def tiny_runs(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis_runs")
     common = {"verbose": 0, "model_root": str(root), "epochs": 2}
     sd = run_expid("SingleDomain_test", overrides=common, quiet=True)
-    croc = run_expid("Crocodile_test", overrides={**common, "record_ia": True}, quiet=True)
+    # no early stop: a stop at a mid-epoch evaluation would end an epoch without its end-of-epoch snapshot
+    recorded = {**common, "record_ia": True, "early_stop_patience": 100}
+    croc = run_expid("Crocodile_test", overrides=recorded, quiet=True)
     # its twin without CovLoss: same structure and seed (its own folder: the checkpoint is named by the expid)
-    twin = run_expid("Crocodile_test", overrides={**common, "record_ia": True, "aux_loss": "none",
+    twin = run_expid("Crocodile_test", overrides={**recorded, "aux_loss": "none",
                                                   "model_root": str(root / "no_cov")}, quiet=True)
     return SimpleNamespace(sd=sd, croc=croc, twin=twin)
 

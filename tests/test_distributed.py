@@ -32,13 +32,13 @@ def _digest(model) -> str:
     return h.hexdigest()
 
 
-def _build(expid: str):
+def _build(expid: str, **overrides):
     from fuxictr.pytorch.torch_utils import seed_everything
 
     from mdl_bench.benchmark.data.build import ensure_dataset
     from mdl_bench.benchmark.runner import load_feature_map, resolve
 
-    params, model_class, _ = resolve(expid, None, {"verbose": 0})
+    params, model_class, _ = resolve(expid, None, {"verbose": 0, **overrides})
     paths = ensure_dataset(params)
     feature_map = load_feature_map(params)
     seed_everything(int(params.get("seed") or 0))
@@ -66,6 +66,51 @@ def ranks_train_every_model(expids: list[str]) -> dict:
         digests: list = [None] * info.world_size
         dist.all_gather_object(digests, (before, _digest(model)))
         out[expid] = digests
+    return out
+
+
+def _parameter_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def ranks_train_with_a_domain_missing_on_rank_1(expids: list[str]) -> dict:
+    """On every rank: a model of each expid (towers with batch norm) in DDP, three steps on batches of its own;
+    rank 1's batches have no row of domain 0, so domain 0's tower (and every per-domain module of domain 0) sees
+    an empty block of rows there. Rank 0 returns, per expid, every rank's parameter digest before and after and
+    whether it saw domain 0."""
+    import itertools
+
+    import torch.distributed as dist
+
+    from mdl_bench.benchmark import distributed as d
+
+    d.init({})
+    info = d.current()
+    out = {}
+    for expid in expids:
+        model, feature_map, paths = _build(expid, batch_norm=True)
+        d.wrap(model)
+        before = _parameter_digest(model)
+        loader = InMemoryLoader(feature_map, paths["train"], batch_size=512, shuffle=True, seed=5,
+                                rank=info.rank, world_size=info.world_size)
+        model.train()
+        saw_domain_0 = False
+        for batch in itertools.islice(iter(loader), 3):
+            domain = model.domain_of(model.get_inputs(batch))
+            if info.rank == 1:
+                keep = domain != 0
+                batch = {key: value[keep] for key, value in batch.items()}
+                domain = domain[keep]
+            saw_domain_0 |= bool((domain == 0).any())
+            loss = model.train_step(batch)
+            assert torch.isfinite(loss)
+        states: list = [None] * info.world_size
+        dist.all_gather_object(states, (before, _parameter_digest(model), saw_domain_0))
+        out[expid] = states
     return out
 
 
@@ -124,6 +169,19 @@ def test_every_registered_model_ends_with_identical_weights_on_every_rank(tiny):
         (before0, after0), (before1, after1) = per_rank
         assert before0 == before1, f"{expid}: ranks started from different weights"
         assert after0 == after1, f"{expid}: ranks diverged during DDP training"
+        assert after0 != before0, f"{expid}: training changed nothing"
+
+
+def test_a_domain_missing_from_one_ranks_batches_trains_and_the_ranks_stay_equal(tiny):
+    """Rows routed to their own domain's modules: a domain with no row on a rank still takes part in the gradient
+    all-reduce (its modules run on an empty block), so DDP neither errors nor hangs and the ranks stay equal."""
+    expids = ["Crocodile_test", "MMoE_test", "PEPNet_test", "HiNet_test", "SingleDomain_test", "STAR_test",
+              "PLE_test"]
+    result = distributed.launch(ranks_train_with_a_domain_missing_on_rank_1, (expids,), nproc=2, threads=1)
+    for expid, ((before0, after0, saw0), (before1, after1, saw1)) in result.items():
+        assert saw0 and not saw1, f"{expid}: rank 0 should see domain 0 and rank 1 not"
+        assert before0 == before1, f"{expid}: ranks started from different weights"
+        assert after0 == after1, f"{expid}: ranks diverged"
         assert after0 != before0, f"{expid}: training changed nothing"
 
 

@@ -88,10 +88,11 @@ def test_towers_and_gather():
     torch.manual_seed(4)
     towers = DomainTowers(3, 4, [5])
     x = torch.randn(6, 4)
-    logits = towers(x)
+    logits = towers.all_domains(x)
     assert logits.shape == (3, 6)
     domain = torch.tensor([0, 1, 2, 2, 1, 0])
     torch.testing.assert_close(gather_domain(logits, domain), logits[domain, torch.arange(6)])
+    torch.testing.assert_close(towers(x, DomainGroups(domain, 3)), logits[domain, torch.arange(6)])  # routed
 
 
 def reference_cov(O: torch.Tensor, pairs: str, normalization: str) -> torch.Tensor:

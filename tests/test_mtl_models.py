@@ -225,19 +225,22 @@ def test_mmoe_gates_sum_to_one_and_mix_every_expert(tiny, tiny_batch):
         O = model.experts(x)
         own = g[torch.arange(B), domain]  # B x E
         t = sum(own[:, [e]] * O[e] for e in range(E))
-        ref = model.towers(t)[domain, torch.arange(B)]
+        ref = model.towers.all_domains(t)[domain, torch.arange(B)]
         logit, _ = model.logits(X, domain)
     torch.testing.assert_close(logit, ref)
 
 
-def test_mmoe_gate_of_a_domain_learns_only_from_its_rows(tiny, tiny_batch):
-    # without batch norm: in training, batch statistics over the whole batch let every row's loss reach every
-    # domain's gate (through the towers' normalisation of the other rows' mixtures), by design of batch norm
-    model = build_model(tiny, "MMoE_test", batch_norm=False)
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_mmoe_gate_and_tower_of_a_domain_learn_only_from_its_rows(tiny, tiny_batch, batch_norm):
+    # with batch norm too: a tower normalises with its own domain's rows only, so another domain's rows never
+    # reach domain 0's loss through domain 1's gate and tower
+    model = build_model(tiny, "MMoE_test", batch_norm=batch_norm)
     domain_loss(model, tiny_batch, 0)
     W = [m for m in model.gate.modules() if isinstance(m, torch.nn.Linear)][-1]  # outputs K*E logits
     grad = W.weight.grad.view(model.num_domains, model.num_experts, -1).abs().sum(dim=(1, 2))
     assert grad[0] > 0 and torch.all(grad[1:] == 0)
+    tower = model.towers.mlp.weights[0].grad.abs().sum(dim=(1, 2))
+    assert tower[0] > 0 and torch.all(tower[1:] == 0)
     assert torch.all(expert_grads(model.experts) > 0)  # every expert is shared
 
 

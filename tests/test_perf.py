@@ -8,12 +8,12 @@ import pytest
 
 from mdl_bench.benchmark import cli
 from mdl_bench.model_zoo.core.metrics import gauc_score
-from mdl_bench.benchmark.perf.run import run_perf
+from mdl_bench.benchmark.perf.run import run_domain_scaling, run_perf
 from mdl_bench.benchmark.perf.measure import gauc_data
 from mdl_bench.benchmark.perf.plot import plot_scaling
 from mdl_bench.benchmark.perf.proc import is_ray_process, tree_usage
 from mdl_bench.benchmark.perf.report import render_markdown
-from mdl_bench.benchmark.perf.scaling import explain_scaling
+from mdl_bench.benchmark.perf.scaling import domain_curve_table, explain_scaling
 from mdl_bench.benchmark.perf.settings import PerfConfig
 from mdl_bench.benchmark.perf.targets import evaluate_targets
 from mdl_bench.benchmark.perf.timing import FirstBatches, component_times
@@ -82,6 +82,22 @@ def test_perf_scaling_has_every_point(perf_result):
             assert all({"embedding", "experts", "gate", "towers"} <= set(p["components_ms"]) for p in points)
     assert "cov" in scaling["tables"]["Crocodile"][0]["components_ms"]
     assert "Why:" in scaling["explanation"]
+
+
+def test_the_k_curve_alone_splits_the_step_into_towers_and_the_rest(tiny, tmp_path):
+    result = run_domain_scaling(tiny_config(scaling_domains=(2, 4)), tmp_path / "k.json", command="test")
+    assert json.loads(open(result["files"]["json"]).read()) == result
+    curve = result["domains"]
+    assert curve["values"] == [2, 4]
+    for name in ("Crocodile", "ME_MMoE"):
+        assert [p["num_domains"] for p in curve[name]] == [2, 4]
+        for point in curve[name]:
+            assert point["step_min_ms"] <= point["step_ms"]
+            assert point["components_min_ms"]["towers"] <= point["components_ms"]["towers"]
+    rows = [line for line in domain_curve_table(curve).splitlines() if line.startswith("| ME_MMoE | 4 |")]
+    step, towers, rest = (float(cell) for cell in rows[0].split("|")[3:6])
+    assert step == pytest.approx(towers + rest, abs=0.11)
+    assert domain_curve_table(curve) in open(result["files"]["markdown"]).read()
 
 
 def test_a_model_that_does_not_split_its_step_is_reported_whole(perf_result, tiny, tiny_batch, tmp_path):

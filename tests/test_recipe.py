@@ -127,8 +127,9 @@ def test_every_model_takes_every_recipe_switch(name):
 def test_batch_norm_normalises_every_hidden_layer_it_adds(tiny, tiny_batch, name):
     """``batch_norm: true`` adds normalisation that runs in the forward pass: at initialisation (scale 1,
     shift 0) each one's training output has, per channel over the rows it normalises (per domain for STAR's
-    partitioned norm), mean 0 and variance ``v / (v + eps)`` for an input variance ``v``; without it, only what
-    a model has by design (STAR's input PN) remains."""
+    partitioned norm and for the norms of per-domain MLPs run on their domain's rows), mean 0 and variance
+    ``v / (v + eps)`` for an input variance ``v``; without it, only what a model has by design (STAR's input PN)
+    remains."""
     from mdl_bench.model_zoo.layers.partitioned_norm import PartitionedNorm
 
     plain = build_model(tiny, f"{name}_test", batch_norm=False)
@@ -146,6 +147,12 @@ def test_batch_norm_normalises_every_hidden_layer_it_adds(tiny, tiny_batch, name
         x = args[0]
         if isinstance(module, PartitionedNorm):
             groups = [(x[args[1] == s], out[args[1] == s]) for s in range(model.num_domains)]
+        elif len(args) > 1:  # a BatchedMLP's norm, each domain's MLPs on that domain's (sorted) rows
+            xs, outs, rows_domain = (x, out, args[1]) if x.dim() == 3 else (x[None], out[None], args[1])
+            groups = [(xs[j][rows_domain == s], outs[j][rows_domain == s])
+                      for j in range(xs.shape[0]) for s in range(len(args[2]))]
+        elif x.dim() == 3:  # a BatchedMLP's norm, some of its MLPs on every row
+            groups = [(x[j], out[j]) for j in range(x.shape[0])]
         else:
             groups = [(x, out)]
         for rows_in, rows in groups:

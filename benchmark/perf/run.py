@@ -24,7 +24,7 @@ from .library import SKIPPED, load_library, measure_library
 from .plot import plot_scaling
 from .proc import TreeSampler
 from .report import render_markdown
-from .scaling import measure_scaling
+from .scaling import SCALING_MODELS, domain_curve_table, measure_domain_curve, measure_scaling
 from .settings import PerfConfig
 from .targets import evaluate_targets
 
@@ -46,6 +46,42 @@ def _jsonable(value):
 def default_out_path() -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return bench_home() / "perf" / f"perf-{stamp}.json"
+
+
+def run_domain_scaling(cfg: PerfConfig, out_path: str | os.PathLike | None = None,
+                       command: str = "mdl-bench perf --scaling",
+                       progress: Callable[[str], None] | None = None) -> dict:
+    """Only the K curve (:func:`.scaling.measure_domain_curve`, ``cfg.scaling_domains``) of ``cfg.models``
+    (default Crocodile and ME-MMoE): writes the JSON result and a Markdown table (step, towers, rest per model and
+    K) next to it; returns the result dict."""
+    import torch
+
+    out_path = Path(out_path) if out_path else bench_home() / "perf" / (
+        "scaling-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ".json")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger().setLevel(logging.WARNING)
+    started = time.perf_counter()
+    allocator.keep_freed_memory()
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_start": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
+            "config": dataclasses.asdict(cfg)}
+    work = Path(tempfile.mkdtemp(prefix="perf-", dir=bench_home() if bench_home().exists() else None))
+    models = tuple(cfg.models or SCALING_MODELS)
+    try:
+        curve = measure_domain_curve(cfg, work, models=models, progress=progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    meta["seconds"] = time.perf_counter() - started
+    table = domain_curve_table(curve, models)
+    md_path = out_path.with_suffix(".md")
+    result = _jsonable({"meta": meta, "models": list(models), "domains": curve,
+                        "files": {"json": str(out_path), "markdown": str(md_path)}})
+    out_path.write_text(json.dumps(result, indent=2))
+    md_path.write_text(f"# K scaling\n\n`{command}`, load {meta['load_start']} -> {meta['load_end']}, "
+                       f"{meta['seconds']:.0f} s\n\n{table}\n")
+    return result
 
 
 def _model_names(cfg: PerfConfig) -> list[str]:

@@ -53,7 +53,7 @@ class PerfConfig:
     build_rows: int = 1_000_000
     build_fuxictr: bool = True
     scaling_tables: Sequence[int] = (1, 2, 4, 8)
-    scaling_domains: Sequence[int] = (2, 4, 8, 16)
+    scaling_domains: Sequence[int] = (2, 4, 8, 16, 32, 64)
     scaling_fixed_tables: int = 4
     scaling_steps: int = 8
     scaling_rows: int = 40_000
@@ -69,7 +69,7 @@ def quick_config(**overrides) -> PerfConfig:
     values = dict(models=list(QUICK_MODELS), batches=4, repeats=2, min_epoch_seconds=0.8, eval_batches=4,
                   cov_repeats=5,
                   matched_batches=4, matched_epochs=2, stock=False, gauc_rows=300_000, gauc_users=3_000,
-                  build_rows=100_000, build_fuxictr=False, scaling_tables=(1, 4, 8), scaling_domains=(2, 8, 16),
+                  build_rows=100_000, build_fuxictr=False, scaling_tables=(1, 4, 8), scaling_domains=(2, 8, 64),
                   scaling_steps=3, scaling_rows=20_000, quick=True)
     values.update(overrides)
     return PerfConfig(**values)

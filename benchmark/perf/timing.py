@@ -67,10 +67,11 @@ def bare_loop(model, batches: list[dict], max_norm: float = DEFAULT_MAX_NORM) ->
     return times
 
 
-def split_steps(model, batch_source: Iterable[dict], n: int, max_norm: float = DEFAULT_MAX_NORM) -> dict[str, float]:
+def split_steps(model, batch_source: Iterable[dict], n: int, max_norm: float = DEFAULT_MAX_NORM,
+                with_min: bool = False) -> dict[str, float]:
     """Median milliseconds of data (next batch), forward (+ loss), backward and optimiser (zero_grad, clip, step)
     over ``n`` steps, and of the whole ``step``; ``batch_source`` is a loader (data time measured) or a list of
-    in-memory batches."""
+    in-memory batches. ``with_min``: also ``step_min``, the fastest step (the least disturbed on a shared machine)."""
     parts: dict[str, list[float]] = defaultdict(list)
     iterator = iter(batch_source)
     model.train()
@@ -92,11 +93,14 @@ def split_steps(model, batch_source: Iterable[dict], n: int, max_norm: float = D
         parts["backward"].append(ends[2] - ends[1])
         parts["optimizer"].append((ends[0] - ticks["data"]) + (ends[3] - ends[2]))
         parts["step"].append(ends[3] - start)
-    return {k: 1000 * median(v) for k, v in parts.items()}
+    out = {k: 1000 * median(v) for k, v in parts.items()}
+    if with_min and parts["step"]:
+        out["step_min"] = 1000 * min(parts["step"])
+    return out
 
 
-def time_closures(parts: dict[str, Callable], device, repeats: int) -> dict[str, float]:
-    """Median forward+backward milliseconds of each closure (a scalar's ``backward()``) over ``repeats`` calls,
+def closure_times(parts: dict[str, Callable], device, repeats: int) -> dict[str, list[float]]:
+    """Forward+backward milliseconds of each closure (a scalar's ``backward()``), every one of ``repeats`` calls
     after one untimed call."""
     out = {}
     for name, closure in parts.items():
@@ -104,19 +108,24 @@ def time_closures(parts: dict[str, Callable], device, repeats: int) -> dict[str,
         for _ in range(repeats + 1):
             tick = now(device)
             closure().backward()
-            times.append(now(device) - tick)
-        out[name] = 1000 * median(times[1:])
+            times.append(1000 * (now(device) - tick))
+        out[name] = times[1:]
     return out
 
 
-def component_times(model, batch: dict, repeats: int) -> dict[str, float] | None:
+def time_closures(parts: dict[str, Callable], device, repeats: int) -> dict[str, float]:
+    """Median forward+backward milliseconds of each closure over ``repeats`` calls (:func:`closure_times`)."""
+    return {name: median(times) for name, times in closure_times(parts, device, repeats).items()}
+
+
+def component_times(model, batch: dict, repeats: int, stat: Callable = median) -> dict[str, float] | None:
     """Forward+backward milliseconds of each part of a step that the model names
-    (:meth:`MultiDomainModel.step_components`, e.g. embedding, experts, gate, towers, auxiliary loss), or ``None``
-    for a model that does not split its step."""
+    (:meth:`MultiDomainModel.step_components`, e.g. embedding, experts, gate, towers, auxiliary loss), the
+    ``stat`` (median, or e.g. ``min``) of ``repeats`` calls, or ``None`` for a model that does not split its step."""
     X = model.get_inputs(batch)
     parts = model.step_components(X, model.domain_of(X))
     if parts is None:
         return None
-    out = time_closures(parts, model.device, repeats)
+    out = {name: stat(times) for name, times in closure_times(parts, model.device, repeats).items()}
     model.zero_grad(set_to_none=True)
     return out

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .gates import mix_own
-from .towers import gather_domain
+from .routing import DomainGroups
 
 
 def mixture_step_components(embed: Callable[[], torch.Tensor], emb: torch.Tensor,
@@ -31,7 +31,7 @@ def mixture_step_components(embed: Callable[[], torch.Tensor], emb: torch.Tensor
         expert_out: their output, computed once without gradients (``E x B x H``).
         gate: each row's own-domain weights from (a leaf of) ``emb``, ``-> B x E`` or ``B x E x H``; whatever
             else the gate reads (e.g. a prior embedding) it looks up itself.
-        towers: the domain towers, ``B x H -> K x B``.
+        towers: the domain towers, ``B x H`` and the rows' domain groups -> logits ``B``.
         domain: tower index of every row, ``B``.
         aux: auxiliary losses on (a leaf of) ``expert_out``, each returning a scalar, by name.
     """
@@ -42,7 +42,7 @@ def mixture_step_components(embed: Callable[[], torch.Tensor], emb: torch.Tensor
         "embedding": lambda: embed().sum(),
         "experts": lambda: experts(leaf_emb).sum(),
         "gate": lambda: mix_own(leaf_out, gate(leaf_emb)).sum(),
-        "towers": lambda: gather_domain(towers(leaf_mix), domain).sum(),
+        "towers": lambda: towers(leaf_mix, DomainGroups(domain, towers.mlp.num_mlps)).sum(),
     }
     for name, loss in (aux or {}).items():
         parts[name] = lambda loss=loss: loss(leaf_out)

@@ -9,6 +9,7 @@ from torch import nn
 from mdl_bench.model_zoo.core.fuxictr_api import get_activation
 
 from .norms import RowSafeBatchNorm1d
+from .routing import DomainGroups
 
 
 class BatchedMLP(nn.Module):
@@ -28,6 +29,7 @@ class BatchedMLP(nn.Module):
 
     Shapes:
         ``forward(x)``: ``B x I`` or ``E x B x I`` -> ``E x B x H_last`` (``H_last = output_dim`` if given).
+        ``routed(x, groups)`` (one MLP per domain, ``E = K``): ``B x I`` or ``K x B x I`` -> ``B x H_last``.
     """
 
     def __init__(self, num_mlps: int, input_dim: int, hidden_units: Sequence[int] = (),
@@ -62,6 +64,71 @@ class BatchedMLP(nn.Module):
             out = x @ weight.permute(1, 0, 2).reshape(d_in, E * d_out)  # B x (E*d_out)
             return out.view(x.shape[0], E, d_out).transpose(0, 1) + bias
         return torch.baddbmm(bias, x, weight)
+
+    def routed(self, x: torch.Tensor, groups: DomainGroups, sorted_rows: bool = False, per_domain: int | None = None,
+               first: int = 0) -> torch.Tensor:
+        """MLP ``s`` on the rows of domain ``s`` only (``E = K``): row ``b`` goes through MLP ``domain[b]``.
+
+        Each MLP sees exactly what it would see if called alone on its domain's rows, batch-norm statistics
+        included (:func:`~model_zoo.layers.norms.domain_batch_norm`: train-mode statistics and running-statistics
+        updates from the domain's own rows; a domain with one row in a training batch uses its running
+        statistics). Per layer: one matmul per domain on its block of sorted rows, the rest vectorised over the
+        batch, so the cost is that of one MLP on ``B`` rows whatever ``K`` is. Every MLP's weights stay in the
+        graph when its domain has no rows (zero gradient), as data-parallel training needs.
+
+        Args:
+            x: ``B x I`` (row ``b``'s input) or ``K x B x I`` (slot ``s`` = domain ``s``'s input of every row;
+                row ``b`` reads slot ``domain[b]``).
+            groups: the batch's rows grouped by domain.
+            sorted_rows: ``x`` (``B x I``) and the output are in ``groups``' sorted order.
+            per_domain: ``n``, MLPs per domain: domain ``s`` owns MLPs ``first + s*n .. first + s*n + n-1``, each
+                run on the rows of ``s`` (``None``: one MLP per domain, ``E = K``).
+            first: index of domain 0's first MLP (with ``per_domain``).
+
+        Returns:
+            ``B x H_last`` (``n x B x H_last`` with ``per_domain``), in batch order (sorted with ``sorted_rows``).
+        """
+        K, n = groups.num_domains, per_domain or 1
+        if per_domain is None and self.num_mlps != K:
+            raise ValueError(f"routed: {self.num_mlps} MLPs for {K} domains")
+        if x.dim() == 3:
+            x = groups.own(x)  # sorted
+        elif not sorted_rows:
+            x = groups.sort(x)
+        x = x.unsqueeze(0)  # 1 x B x I: the n MLPs of a domain read the same rows
+        mlps = slice(first, first + K * n)
+        for layer in range(len(self.weights)):
+            weight, bias = self.weights[layer][mlps], self.biases[layer][mlps]  # (K*n) x d_in x d_out, (K*n) x 1 x d
+            d_in, d_out = weight.shape[1:]
+            blocks = torch.split(x, groups.counts, dim=1)
+            weights = weight.view(K, n, d_in, d_out).unbind(0)  # unbind: one stacked gradient in the backward
+            biases = bias.view(K, n, 1, d_out).unbind(0)
+            parts = [torch.baddbmm(biases[s], block.expand(n, -1, -1), weights[s]) for s, block in enumerate(blocks)]
+            x = torch.cat(parts, dim=1)  # n x B x d_out, sorted
+            if layer < self.num_hidden:
+                if self.norms:
+                    x = self.norms[layer](x, groups.sorted_domain, groups.counts, first)  # each domain's rows
+                x = self.activations[layer](x)
+                if self.dropout is not None:
+                    x = self.dropout(x)
+        if not sorted_rows:
+            x = x.index_select(1, groups.inverse)
+        return x if per_domain is not None else x.squeeze(0)
+
+    def subset(self, x: torch.Tensor, first: int, count: int) -> torch.Tensor:
+        """MLPs ``first .. first+count-1`` alone on every row (as :meth:`forward` computes them, without the others):
+        ``B x I`` or ``count x B x I`` -> ``count x B x H_last``."""
+        mlps = slice(first, first + count)
+        for layer in range(len(self.weights)):
+            weight, bias = self.weights[layer][mlps], self.biases[layer][mlps]
+            x = torch.baddbmm(bias, x.unsqueeze(0).expand(count, -1, -1) if x.dim() == 2 else x, weight)
+            if layer < self.num_hidden:
+                if self.norms:
+                    x = self.norms[layer](x, first=first)
+                x = self.activations[layer](x)
+                if self.dropout is not None:
+                    x = self.dropout(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in range(len(self.weights)):

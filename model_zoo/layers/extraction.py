@@ -19,11 +19,20 @@ Gates (softmax over experts; ``g`` a gate's weights, ``O^e`` expert outputs):
 * shared gate (``shared_gate=True``; PLE's non-final levels): mixes every expert (no detach) on the shared
   stream and gives the next level its shared stream.
 
+Rows routed to their own domain (``own``): a row's prediction needs only its own domain's mixture of the last
+level, so there the domain gates run on their own domain's rows only, and each row mixes only the experts its
+gate sees. With ``gate_scope="own"`` the last level's domain-specific experts feed nothing but their domain's
+mixture, so they too run on their own domain's rows only (batch-norm statistics included, as the towers); with
+``"all"`` every gate reads every expert, so the experts run on every row. Earlier levels run in full: their shared
+gate mixes every expert on every row, and the next level's experts of domain ``s`` read domain ``s``'s stream.
+
 Shapes (``B`` batch, ``I`` input width, ``H`` expert output width, ``K`` domains, ``E`` experts):
     ``ExtractionLayer.forward(x)``: ``x`` ``(K+1) x B x I`` or ``B x I`` -> ``(K+1) x B x H`` with the shared
     gate, else ``K x B x H`` (row ``s`` = domain ``s``'s mixture, for every row of the batch).
+    ``ExtractionLayer.own(x, groups)`` (a level without shared gate): -> ``B x H``, each row's own domain's
+    mixture.
     ``ExtractionNetwork.forward(x)``: -> ``(K x B x H_last, E x B x H_last)``, the last level's domain mixtures
-    and its expert outputs.
+    and its expert outputs; ``ExtractionNetwork.own(x, groups)``: -> ``B x H_last``.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ from torch import nn
 
 from mdl_bench.kernel.errors import UserError
 from .experts import BatchedMLP
+from .routing import DomainGroups
 
 GATE_SCOPES = ("own", "all")
 GATE_INPUTS = ("stream", "stream+shared")
@@ -128,6 +138,33 @@ class ExtractionLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine(self.expert_outputs(x), x)
 
+    def own(self, x: torch.Tensor, groups: DomainGroups) -> torch.Tensor:
+        """Each row's own domain's mixture, ``B x H`` in batch order: what ``forward(x)[domain[b], b]`` gives in
+        evaluation mode, with domain ``s``'s gate (and, under ``gate_scope="own"``, its specific experts) run on
+        the rows of ``s`` only. For the last level (no shared gate)."""
+        if self.has_shared_gate:
+            raise ValueError("own: a level with a shared gate feeds every stream of the next level; use forward")
+        K, n = self.num_domains, self.num_specific
+        if x.dim() == 2:
+            own_in = shared_in = groups.sort(x)
+        else:
+            own_in, shared_in = groups.own(x[:K]), groups.sort(x[K])  # sorted rows
+        gate_in = own_in + shared_in if x.dim() == 3 and self.gate_input == "stream+shared" else own_in
+        g = torch.softmax(self.domain_gates.routed(gate_in, groups, sorted_rows=True), dim=-1)  # B x E_visible
+        if self.gate_scope == "own":  # visible: own specific experts (n), then the shared ones, in expert order
+            parts = []
+            if n:
+                parts.append(self.experts.routed(own_in, groups, sorted_rows=True, per_domain=n))  # n x B x H
+            if self.num_shared:
+                parts.append(self.experts.subset(shared_in, K * n, self.num_shared))  # n_shared x B x H
+            out = torch.einsum("be,ebh->bh", g, torch.cat(parts, dim=0))
+        else:  # every expert, every row: other domains' experts forward their values, send no gradient
+            expert_out = self.expert_outputs(x).index_select(1, groups.order)  # E x B x H, sorted
+            live = self.live.index_select(0, groups.sorted_domain)  # B x E
+            out = (torch.einsum("be,ebh->bh", g * live, expert_out)
+                   + torch.einsum("be,ebh->bh", g * (1.0 - live), expert_out.detach()))
+        return groups.unsort(out)
+
 
 def split_levels(hidden_units: Sequence[int], num_levels: int, model: str) -> list[list[int]]:
     """Split one expert stack into ``num_levels`` consecutive, equally deep levels: ``[256, 128]`` over 2
@@ -173,3 +210,9 @@ class ExtractionNetwork(nn.Module):
         last = self.levels[-1]
         expert_out = last.expert_outputs(x)
         return last.combine(expert_out, x), expert_out
+
+    def own(self, x: torch.Tensor, groups: DomainGroups) -> torch.Tensor:
+        """Each row's own domain's last-level mixture, ``B x H_last`` (see :meth:`ExtractionLayer.own`)."""
+        for level in self.levels[:-1]:
+            x = level(x)
+        return self.levels[-1].own(x, groups)

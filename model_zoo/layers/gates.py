@@ -36,9 +36,17 @@ class SoftmaxGate(nn.Module):
         return torch.softmax(self.net(x).view(-1, self.num_domains, self.num_experts), dim=-1)
 
     def own(self, x: torch.Tensor, groups: DomainGroups) -> torch.Tensor:
-        logits = self.net(x).view(-1, self.num_domains, self.num_experts)
-        index = groups.domain.view(-1, 1, 1).expand(-1, 1, self.num_experts)
-        return torch.softmax(logits.gather(1, index).squeeze(1), dim=-1)
+        """Only the row's own domain's ``E`` logits: the hidden layers (shared by the domains) run on every row, the
+        output layer's block of domain ``s`` on the rows of ``s`` (``E`` outputs per row instead of ``K*E``)."""
+        *hidden, out = self.net.mlp  # MLP_Block without output activation: the last module is the output Linear
+        h = x
+        for module in hidden:
+            h = module(h)
+        I = out.in_features
+        # nn.Linear's K*E output rows, domain-major (as forward's view), as K x I x E
+        weight = out.weight.view(self.num_domains, self.num_experts, I).transpose(1, 2)
+        bias = out.bias.view(self.num_domains, self.num_experts)
+        return torch.softmax(groups.linear(h, weight, bias), dim=-1)
 
 
 class ElementwiseGate(nn.Module):
