@@ -160,6 +160,12 @@ def test_leaderboard_of_the_run_suite(two, tmp_path, capsys):
         assert float(r["AUC ci_low"]) < float(r["AUC"]) < float(r["AUC ci_high"])
         assert 1 <= int(r["AUC rank_low"]) <= int(r["AUC rank_high"]) <= 2 and r["AUC group"]
         assert int(r["AUC rows"]) > 0 and int(r["gAUC users"]) > 0
+    # capacity: both rows are one architecture (CovLoss adds no parameter) on the same tables
+    assert rows[0]["embedding_parameters"] == rows[1]["embedding_parameters"] and int(rows[0]["dense_parameters"]) > 0
+    assert float(rows[0]["train_flops_per_row"]) > 0
+    code = main(["leaderboard", "--suite", str(suite.path), "--store", str(store), "--out", str(tmp_path / "b.md")])
+    text = (tmp_path / "b.md").read_text()
+    assert code == 0 and "#### Capacity" in text and "train MFLOP/row" in text and "size rule" in text
 
 
 # ---------------------------------------------------------------------------------------------- leaderboard

@@ -123,6 +123,26 @@ def _domain_ranks(table: Table) -> tuple[list[str], list[list[str]]]:
     return header, lines
 
 
+CAPACITY_KEYS = ("embedding_parameters", "dense_parameters", "train_flops_per_row")
+SIZE_RULE = ("Capacity: trainable parameters of the embedding tables and of the dense layers, and the FLOPs of one "
+             "training step per row (forward, loss and backward; matrix products counted, a multiply-add = 2), "
+             "measured on one batch of each row's first run. The size rule of the packaged configs equalises the "
+             "widths (embedding dimension per table, every expert / bottom MLP, every tower; one expert per domain "
+             "in the mixtures), not these totals: methods with more tables or experts per row have more.")
+
+
+def _capacity_lines(table: Table) -> list[list[str]]:
+    """The capacity table of ``table`` (header first), or ``[]`` when no row's runs stored one."""
+    if not any(row.capacity for row in table.rows):
+        return []
+    lines = [["Method", "embedding params", "dense params", "train MFLOP/row"]]
+    for row in table.rows:
+        cap = row.capacity
+        lines.append([row.shown_label] + ([f"{cap['embedding_parameters']:,}", f"{cap['dense_parameters']:,}",
+                                           f"{cap['train_flops_per_row'] / 1e6:.2f}"] if cap else ["-"] * 3))
+    return lines
+
+
 def render_md(board: Board, images: dict | None = None) -> str:
     out = [f"## {board.title}", ""]
     if board.suite.description:
@@ -155,6 +175,9 @@ def render_md(board: Board, images: dict | None = None) -> str:
         out += [f"#### Rank intervals and tie groups per column ({table.dataset_id})", ""]
         out += md_table([header] + lines, right_from=1)
         out.append("")
+        capacity = _capacity_lines(table)
+        if capacity:
+            out += [f"#### Capacity ({table.dataset_id})", ""] + md_table(capacity, right_from=1) + ["", SIZE_RULE, ""]
     for lift in board.lifts:
         out.append(f"### {lift.spec.get('title') or 'Lift over ' + lift.base.label} ({lift.table.dataset_id}, "
                    f"{lift.spec['domain']})")
@@ -251,7 +274,7 @@ def render_csv(board: Board) -> str:
     lift_cols = list(dict.fromkeys(_lift_name(lift, metric) for lift in board.lifts
                                    for metric in lift.spec["metrics"]))
     header = ["dataset", "group", "method", "expid", "config_hash", "code", "outdated", "at_epoch_cap",
-              "seeds"] + info_keys
+              "seeds"] + list(CAPACITY_KEYS) + info_keys
     for c in columns:
         header += [c] + [f"{c} {part}" for part in CSV_PARTS]
     for name in lift_cols:
@@ -260,7 +283,8 @@ def render_csv(board: Board) -> str:
     for table in board.tables:
         for i, row in enumerate(table.rows):
             line = [table.dataset_id, row.group, row.label, row.variant.expid, row.variant.config_hash, row.code,
-                    int(row.outdated), row.capped, len(row.run_ids)] + [row.variant.entry.info.get(k, "")
+                    int(row.outdated), row.capped, len(row.run_ids)]
+            line += [row.capacity.get(k, "") for k in CAPACITY_KEYS] + [row.variant.entry.info.get(k, "")
                                                                        for k in info_keys]
             for c in columns:
                 line += _csv_cell(table, board, i, c) if c in table.columns else [""] * (1 + len(CSV_PARTS))
@@ -269,7 +293,8 @@ def render_csv(board: Board) -> str:
                 line += list(extra.get(name, ("", "")))
             writer.writerow(line)
         if table.oracle:
-            line = [table.dataset_id, "Oracle", ORACLE_LABEL, "", "", "", "", "", ""] + [""] * len(info_keys)
+            line = [table.dataset_id, "Oracle", ORACLE_LABEL, "", "", "", "", "", ""] + [""] * len(CAPACITY_KEYS) + \
+                [""] * len(info_keys)
             for c in columns:
                 value = table.oracle.get(c, float("nan"))
                 line += ["" if math.isnan(value) else repr(value)] + [""] * len(CSV_PARTS)
@@ -336,6 +361,13 @@ def _html_table(board: Board, table) -> list[str]:
                  "</tr></thead><tbody>" + "".join(
                      "<tr>" + "".join(f"<td{' class=l' if k == 0 else ''}>{e(v)}</td>" for k, v in enumerate(line))
                      + "</tr>" for line in lines) + "</tbody></table>")
+    capacity = _capacity_lines(table)
+    if capacity:
+        parts.append(f"<h3>Capacity ({e(table.dataset_id)})</h3><table><thead><tr>" +
+                     "".join(f"<th{' class=l' if k == 0 else ''}>{e(h)}</th>" for k, h in enumerate(capacity[0])) +
+                     "</tr></thead><tbody>" + "".join(
+                         "<tr>" + "".join(f"<td{' class=l' if k == 0 else ''}>{e(v)}</td>" for k, v in enumerate(line))
+                         + "</tr>" for line in capacity[1:]) + f"</tbody></table><p class='note'>{e(SIZE_RULE)}</p>")
     return parts
 
 
