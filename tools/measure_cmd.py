@@ -49,7 +49,8 @@ def main() -> int:
               "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
               "peak_tree_rss_mb": round(peak / 2**20), "maxrss_mb": round(usage.ru_maxrss / 1024),
               "others_cpu_share": round(others, 3), "load_avg_1m_start": round(load0, 2),
-              "load_avg_1m_end": round(os.getloadavg()[0], 2), "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "load_avg_1m_end": round(os.getloadavg()[0], 2),
+              "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with open(args.out, "a") as fh:
         fh.write(json.dumps(record) + "\n")
     print(json.dumps(record))

@@ -262,7 +262,8 @@ def _aliccp_skeleton(path: Path, rng, split: str, lines: int, indices: int, firs
         domain = rng.choice(len(ALI_DOMAINS), n, p=ALI_DOMAIN_SHARE)
         frames = [_feature_items(rng, line, f, base[f]) for f in ALI_SKELETON_FIELDS]
         item = frames[0]["item"].str.extract(r"\x02(\d+)\x03").cast(pl.Int64).to_numpy()
-        frames.append(pl.DataFrame({"line": line, "item": [f"301\x02{d}\x031.0" for d in np.array(ALI_DOMAINS)[domain]]}))
+        frames.append(pl.DataFrame({"line": line, "id": np.array(ALI_DOMAINS)[domain]}).select(
+            "line", pl.format("301\x02{}\x031.0", "id").alias("item")))
         lists = _feature_lists(frames)
         logit = -3.4 + item_bias[item % 1024] + 0.3 * (domain == 1) + 0.4 * ((index * 31) % 5 == 0)
         click = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
