@@ -170,6 +170,16 @@ def cmd_data_aliccp(args) -> int:
     return 0
 
 
+def cmd_data_rehearse(args) -> int:
+    from ..data import rehearse
+
+    options = {"fraction": args.fraction, "seed": args.seed}
+    if args.block_rows:
+        options["block_rows"] = args.block_rows
+    rehearse.WRITERS[args.dataset](args.out, **options)
+    return 0
+
+
 def cmd_data_movielens(args) -> int:
     from ..data import movielens
 
@@ -275,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: all, ascending)")
     p.add_argument("--dataset-id", dest="dataset_id", default="aliccp", help="id of the written config block")
     p.set_defaults(func=cmd_data_aliccp)
+    p = data.add_parser("rehearse", help="write random raw files in KuaiRand-1K's or AliCCP's published format, at "
+                                         "their real sizes or a fraction (to rehearse conversion and training)")
+    p.add_argument("dataset", choices=["kuairand", "aliccp"])
+    p.add_argument("--out", required=True, help="folder for the raw files (then: mdl-bench data DATASET --raw-dir)")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="share of the real row counts, in (0, 1] (default 1: KuaiRand-1K 11.7M log rows, 4.4M "
+                        "videos; AliCCP 85.3M skeleton lines, about 47 GB)")
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--block-rows", dest="block_rows", type=int, help="rows drawn and written at a time")
+    p.set_defaults(func=cmd_data_rehearse)
     p = data.add_parser("movielens", help="convert MovieLens-1M raw files (ratings/users/movies.dat) into three "
                                           "domains by age")
     add_convert_options(p, "MovieLens-1M")

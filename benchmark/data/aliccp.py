@@ -244,64 +244,92 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
     out = rd.check_out_dir(out_dir or rd.default_out(dataset_id), log)
     log(f"Converting AliCCP from {Path(raw_dir).expanduser()} -> {out}"
         + (f" (at most {max_rows:,} lines of each skeleton file)" if max_rows else ""))
-    lines = {"read": 0}  # raw lines read, common-feature files included
-    counters = {c: rd.ValueCounter() for c in FEATURES}
-    domain_rows: dict[int, int] = {}
-    dropped: dict[int, int] = {}
-    rows = {s: {} for s in rd.SPLITS}
-    clicks = {s: 0 for s in rd.SPLITS}
+    read = {"max_rows": max_rows, "max_malformed": max_malformed, "block_bytes": block_bytes, "timer": timer,
+            "log": log, "lines": {"read": 0}}  # raw lines read, common-feature files included
+    tally = {"rows": {s: {} for s in rd.SPLITS}, "clicks": {s: 0 for s in rd.SPLITS},
+             "rare": {"user_id": 0, "item_id": 0}, "dropped": {}}
     with rd.ConversionFiles(out) as temporary:
-        spool = temporary.spool
-        # ---- train: parse, count values, spool
-        for frame, bad in _joined_frames(files["train"], False, max_rows, max_malformed, block_bytes, timer, log,
-                                         lines):
-            frame = _domain_filter(frame, wanted_domains, bad, dropped)
-            for value, n in frame.group_by("domain").len().iter_rows():
-                domain_rows[value] = domain_rows.get(value, 0) + n
-            for column, counter in counters.items():
-                counter.add(frame[column])
-            spool.append(frame.drop("__line", "__split"))
-        mapping = _domain_mapping(domain_rows, wanted_domains, dropped)
+        domain_rows, kept = _spool_train(files["train"], temporary.spool, wanted_domains, min_count, tally, read)
+        mapping = _domain_mapping(domain_rows, wanted_domains, tally["dropped"])
         log("  field 301 (raw id -> domain, training rows): "
             + ", ".join(f"{raw} -> {d} ({domain_rows.get(raw, 0):,})" for raw, d in mapping.items()))
-        if dropped:
-            log("  rows of other field-301 values dropped: " + ", ".join(f"{k}: {v:,}" for k, v in dropped.items()))
-        kept = {c: counter.kept(min_count) for c, counter in counters.items()}
-        del counters
-        remap = pl.col("domain").replace_strict(list(mapping), list(mapping.values()), default=None)
-
-        def finish(frame):
-            frame = frame.with_columns([rd.replace_rare(c, kept[c], rd.RARE_INT) for c in FEATURES] + [remap])
-            return frame.filter(pl.col("domain").is_not_null())
-
+        if tally["dropped"]:
+            log("  rows of other field-301 values dropped: "
+                + ", ".join(f"{k}: {v:,}" for k, v in tally["dropped"].items()))
+        finish = _finisher(kept, mapping)
         writer = temporary.open_writer(output_columns())
-        rare = {"user_id": 0, "item_id": 0}
-        for frame in spool:
+        for frame in temporary.spool:
             frame = finish(frame)
-            _tally(frame, "train", rows, clicks, rare)
+            _tally(frame, "train", tally["rows"], tally["clicks"], tally["rare"])
             writer.write("train", frame)
-        spool.remove()
-        # ---- test: parse, split in half, write
-        for frame, bad in _joined_frames(files["test"], True, max_rows, max_malformed, block_bytes, timer, log, lines):
-            frame = finish(_domain_filter(frame, list(mapping), bad, dropped))
-            for code, name in ((0, "valid"), (1, "test")):
-                part = frame.filter(pl.col("__split") == code)
-                _tally(part, name, rows, clicks, rare)
-                writer.write(name, part)
+        temporary.spool.remove()
+        _write_test(files["test"], writer, finish, list(mapping), tally, read)
         paths = temporary.close()
-    seconds, lines_read = timer.seconds, lines["read"]
+    stats = _stats(dataset_id, mapping, kept, tally, min_count, max_rows, read, paths)
+    _write_config(out, dataset_id, mapping, min_count)
+    rd.write_json(out / "stats.json", stats)
+    rd.print_table1(stats, log)
+    log(f"Wrote {out}/{{train,valid,test}}.csv and {out / 'dataset_config.yaml'}: {stats['lines_read']:,} raw lines "
+        f"in {stats['seconds']:.1f}s = {stats['lines_per_second']:,} lines/s; peak memory {stats['peak_rss_mb']:.0f} "
+        f"MB (max RSS of this process)")
+    return stats
+
+
+def _spool_train(pair, spool, wanted_domains, min_count: int, tally: dict, read: dict):
+    """The training skeleton parsed, joined and spooled; returns its rows per raw field-301 id and, per feature,
+    the values seen at least ``min_count`` times."""
+    counters = {c: rd.ValueCounter() for c in FEATURES}
+    domain_rows: dict[int, int] = {}
+    for frame, bad in _joined_frames(pair, False, **read):
+        frame = _domain_filter(frame, wanted_domains, bad, tally["dropped"])
+        for value, n in frame.group_by("domain").len().iter_rows():
+            domain_rows[value] = domain_rows.get(value, 0) + n
+        for column, counter in counters.items():
+            counter.add(frame[column])
+        spool.append(frame.drop("__line", "__split"))
+    return domain_rows, {c: counter.kept(min_count) for c, counter in counters.items()}
+
+
+def _finisher(kept: dict, mapping: dict[int, int]) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """Rare values -> the default, raw field-301 ids -> domains 1..K (rows of other ids dropped)."""
+    remap = pl.col("domain").replace_strict(list(mapping), list(mapping.values()), default=None)
+
+    def finish(frame):
+        frame = frame.with_columns([rd.replace_rare(c, kept[c], rd.RARE_INT) for c in FEATURES] + [remap])
+        return frame.filter(pl.col("domain").is_not_null())
+
+    return finish
+
+
+def _write_test(pair, writer, finish, domains: list[int], tally: dict, read: dict) -> None:
+    """The official test file, parsed and joined, halved into valid (even CRC-32) and test (odd)."""
+    for frame, bad in _joined_frames(pair, True, **read):
+        frame = finish(_domain_filter(frame, domains, bad, tally["dropped"]))
+        for code, name in ((0, "valid"), (1, "test")):
+            part = frame.filter(pl.col("__split") == code)
+            _tally(part, name, tally["rows"], tally["clicks"], tally["rare"])
+            writer.write(name, part)
+
+
+def _stats(dataset_id, mapping, kept, tally, min_count, max_rows, read, paths) -> dict:
+    seconds, lines_read = read["timer"].seconds, read["lines"]["read"]
+    rows = tally["rows"]
+    return {"dataset_id": dataset_id, "domains": list(mapping.values()),
+            "domain_mapping": {str(k): v for k, v in mapping.items()},
+            "rows": rows, "clicks": tally["clicks"], "samples": sum(sum(r.values()) for r in rows.values()),
+            "users": int(kept["user_id"].len()), "items": int(kept["item_id"].len()),
+            "rare_user_rows": tally["rare"]["user_id"], "rare_item_rows": tally["rare"]["item_id"],
+            "min_count": min_count,
+            "split": {"method": "official train; official test halved by CRC-32 of sample_id (even: valid, odd: "
+                                "test)"},
+            "max_rows": max_rows, "lines_read": lines_read, "seconds": round(seconds, 1),
+            "lines_per_second": round(lines_read / max(seconds, 1e-9)), "peak_rss_mb": round(rd.peak_rss_mb(), 1),
+            "dropped_other_domains": {str(k): v for k, v in tally["dropped"].items()},
+            "files": {s: str(p) for s, p in paths.items()}}
+
+
+def _write_config(out: Path, dataset_id: str, mapping: dict[int, int], min_count: int) -> None:
     domains_out = list(mapping.values())
-    stats = {"dataset_id": dataset_id, "domains": domains_out,
-             "domain_mapping": {str(k): v for k, v in mapping.items()},
-             "rows": rows, "clicks": clicks, "samples": sum(sum(r.values()) for r in rows.values()),
-             "users": int(kept["user_id"].len()), "items": int(kept["item_id"].len()),
-             "rare_user_rows": rare["user_id"], "rare_item_rows": rare["item_id"], "min_count": min_count,
-             "split": {"method": "official train; official test halved by CRC-32 of sample_id (even: valid, odd: "
-                                 "test)"},
-             "max_rows": max_rows, "lines_read": lines_read, "seconds": round(seconds, 1),
-             "lines_per_second": round(lines_read / max(seconds, 1e-9)), "peak_rss_mb": round(rd.peak_rss_mb(), 1),
-             "dropped_other_domains": {str(k): v for k, v in dropped.items()},
-             "files": {s: str(p) for s, p in paths.items()}}
     block = rd.dataset_block(dataset_id=dataset_id, out_dir=out, domain_field="domain", domains=domains_out,
                              feature_cols=feature_cols(), label=LABEL,
                              roles={"user": "user_id", "item": "item_id", "author": "f207"}, domain_names="S{}",
@@ -311,12 +339,6 @@ def convert(raw_dir, out_dir=None, *, max_rows: int | None = None, domains=None,
                f"times in train -> -1; missing -> {rd.MISSING_INT}). Use it from a config folder's "
                "dataset_config.yaml;\nthe packaged config's `aliccp` block is this block for the default conversion.")
     (out / "dataset_config.yaml").write_text(rd.dataset_config_text(dataset_id, block, comment))
-    rd.write_json(out / "stats.json", stats)
-    rd.print_table1(stats, log)
-    log(f"Wrote {out}/{{train,valid,test}}.csv and {out / 'dataset_config.yaml'}: {lines_read:,} raw lines in "
-        f"{seconds:.1f}s = {stats['lines_per_second']:,} lines/s; peak memory {stats['peak_rss_mb']:.0f} MB "
-        f"(max RSS of this process)")
-    return stats
 
 
 def _parse_domains(domains) -> list[int] | None:

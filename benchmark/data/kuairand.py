@@ -172,6 +172,47 @@ def convert(raw_dir, out_dir=None, *, release: str = "1k", domains=None, num_dom
 
     Returns the statistics (table 1 plus the split) that it prints.
     """
+    _check_options(release, split, min_count, max_malformed, num_domains, valid_days, test_days, valid_frac,
+                   test_frac)
+    rel = RELEASES[release]
+    dataset_id = dataset_id or rel.dataset_id
+    timer = rd.Timer()
+    files = _files(raw_dir, rel)
+    out = rd.check_out_dir(out_dir or rd.default_out(dataset_id), log)
+    log(f"Converting {rel.name} from {Path(raw_dir).expanduser()} -> {out}")
+    _check_log_headers(files["logs"])
+    read = {"max_malformed": max_malformed, "block_bytes": block_bytes, "log": log}
+    with rd.ConversionFiles(out) as temporary:
+        spool = temporary.spool
+        tab_rows, dates = _spool_logs(files["logs"], spool, timer, **read)
+        if not spool.rows:
+            raise UserError(f"the {rel.name} logs in {raw_dir} have no valid rows; check the files")
+        chosen = _choose_domains(tab_rows, domains, num_domains)
+        log("  tabs by rows: " + ", ".join(f"{t}: {n:,}" for t, n in sorted(tab_rows.items(), key=lambda kv: -kv[1]))
+            + f"; domains: {', '.join(map(str, chosen))}")
+        assign, split_info = _splitter(split, dates, valid_days, test_days, valid_frac, test_frac, seed)
+        log(f"  split: {split_info['text']}")
+        counts = _count_rows(spool, chosen, assign, split_info)
+        users, videos, kept_users, kept_videos = _feature_tables(files, counts, min_count, timer, **read)
+        rare_rows = _write_joined(spool, temporary.open_writer(output_columns()), chosen, assign, users, videos,
+                                  kept_users, kept_videos)
+        paths = temporary.close()
+    stats = {"dataset_id": dataset_id, "release": rel.name, "domains": chosen, "rows": counts["rows"],
+             "clicks": counts["clicks"], "samples": sum(sum(r.values()) for r in counts["rows"].values()),
+             "users": int(kept_users.len()), "items": int(kept_videos.len()), "rare_user_rows": rare_rows[0],
+             "rare_item_rows": rare_rows[1], "min_count": min_count, "split": split_info,
+             "tab_rows": {str(k): v for k, v in tab_rows.items()}, "seconds": round(timer.seconds, 1),
+             "peak_rss_mb": round(rd.peak_rss_mb(), 1), "files": {s: str(p) for s, p in paths.items()}}
+    _write_config(out, dataset_id, rel, chosen, stats)
+    rd.write_json(out / "stats.json", stats)
+    rd.print_table1(stats, log)
+    log(f"Wrote {out}/{{train,valid,test}}.csv and {out / 'dataset_config.yaml'} in {timer.seconds:.0f}s "
+        f"(peak memory {stats['peak_rss_mb']:.0f} MB)")
+    return stats
+
+
+def _check_options(release, split, min_count, max_malformed, num_domains, valid_days, test_days, valid_frac,
+                   test_frac) -> None:
     if release not in RELEASES:
         raise UserError(f"unknown KuaiRand release {release!r}; use one of {', '.join(RELEASES)}")
     if split not in ("time", "random"):
@@ -187,103 +228,93 @@ def convert(raw_dir, out_dir=None, *, release: str = "1k", domains=None, num_dom
         rd.check_range("--valid-frac", valid_frac, 0, 1, high_open=True)
         rd.check_range("--test-frac", test_frac, 0, 1, high_open=True)
         rd.check_range("--valid-frac + --test-frac", valid_frac + test_frac, 0, 1, high_open=True)
-    rel = RELEASES[release]
-    dataset_id = dataset_id or rel.dataset_id
-    timer = rd.Timer()
-    files = _files(raw_dir, rel)
-    out = rd.check_out_dir(out_dir or rd.default_out(dataset_id), log)
-    log(f"Converting {rel.name} from {Path(raw_dir).expanduser()} -> {out}")
+
+
+def _check_log_headers(paths: list[Path]) -> None:
     expected_log = "a KuaiRand log file: " + ", ".join(LOG_COLUMNS)
-    for path, header in zip(files["logs"], _headers(files["logs"], USER_KEY)):
+    for path, header in zip(paths, _headers(paths, USER_KEY)):
         names = header or rawfiles.read_header(path)
         missing = [c for c in LOG_KINDS if c not in names]
         if missing:
             raise UserError(f"{path} has no column {missing[0]!r} (its header: {', '.join(names[:12])}), so it is "
                             f"not a KuaiRand log file ({expected_log}); check --raw-dir and the file")
-    with rd.ConversionFiles(out) as temporary:
-        spool = temporary.spool
-        # ---- pass A: the logs' five used columns into the spool, tab volumes and the date range
-        tab_rows: dict[int, int] = {}
-        dates = [None, None]
-        for path, header in zip(files["logs"], _headers(files["logs"], USER_KEY)):
-            bad = rawfiles.BadLines(path, max_malformed)
-            for frame in rawfiles.read_csv_blocks(path, LOG_KINDS, bad, header=header, block_bytes=block_bytes,
-                                            what="a KuaiRand log file", expected=", ".join(LOG_COLUMNS)):
-                frame = frame.with_columns(pl.col("tab").cast(pl.Int32), pl.col("is_click").cast(pl.Int8),
-                                           pl.col("date").cast(pl.Int32))
-                for tab, n in frame.group_by("tab").len().iter_rows():
-                    tab_rows[tab] = tab_rows.get(tab, 0) + n
-                lo, hi = frame["date"].min(), frame["date"].max()
-                dates = [lo if dates[0] is None else min(dates[0], lo), hi if dates[1] is None else max(dates[1], hi)]
-                spool.append(frame)
-            bad.finish(log)
-            log(f"  read {path.name}: {bad.lines:,} lines ({timer.seconds:.0f}s)")
-        if not spool.rows:
-            raise UserError(f"the {rel.name} logs in {raw_dir} have no valid rows; check the files")
-        chosen = _choose_domains(tab_rows, domains, num_domains)
-        log("  tabs by rows: " + ", ".join(f"{t}: {n:,}" for t, n in sorted(tab_rows.items(), key=lambda kv: -kv[1]))
-            + f"; domains: {', '.join(map(str, chosen))}")
-        assign, split_info = _splitter(split, dates, valid_days, test_days, valid_frac, test_frac, seed)
-        log(f"  split: {split_info['text']}")
 
-        # ---- pass B: rows per split/domain, training counts of users and videos, the videos to keep
-        rows = {s: {} for s in rd.SPLITS}
-        clicks = {s: 0 for s in rd.SPLITS}
-        user_train, video_train, video_all = rd.ValueCounter(), rd.ValueCounter(), rd.ValueCounter()
-        offset = 0
-        for frame in spool:
-            frame, offset = _select(frame, chosen, assign, offset)
-            for s_code, tab, n, c in frame.group_by("split", "tab").agg(pl.len(), pl.col(LABEL).cast(pl.Int64)
-                                                                        .sum()).iter_rows():
-                name = rd.SPLITS[s_code]
-                rows[name][str(tab)] = rows[name].get(str(tab), 0) + n
-                clicks[name] += c
-            train = frame.filter(pl.col("split") == 0)
-            user_train.add(train[USER_KEY])
-            video_train.add(train[VIDEO_KEY])
-            video_all.add(frame[VIDEO_KEY])
-        for tab in chosen:
-            if not rows["train"].get(str(tab)):
-                raise UserError(f"domain tab={tab} has no training rows with this split ({split_info['text']}); drop "
-                                f"it from --domains or use --split random")
-        # ---- features: users, and the kept videos' basic and statistic features
-        users = _read_users(files["user"], max_malformed, block_bytes, log)
-        videos = _read_videos(files["basic"], files["stats"], video_all.counts()["value"], max_malformed,
-                              block_bytes, log)
-        log(f"  features: {users.height:,} users, {videos.height:,} videos ({timer.seconds:.0f}s)")
-        kept_users = user_train.kept(min_count)
-        kept_videos = video_train.kept(min_count)
-        users = _replace_rare_in_table(users, "__user", user_train.counts(), min_count, USER_FEATURES, log)
-        videos = _replace_rare_in_table(videos, "__video", video_train.counts(), min_count, VIDEO_FEATURES, log)
 
-        # ---- pass C: join and write
-        writer = temporary.open_writer(output_columns())
-        rare_user_rows = rare_item_rows = 0
-        offset = 0
-        for frame in spool:
-            frame, offset = _select(frame, chosen, assign, offset)
-            frame = frame.with_columns(pl.col(USER_KEY).alias("__user"), pl.col(VIDEO_KEY).alias("__video"),
-                                       pl.col(USER_KEY).alias("group_id"))
-            frame = frame.with_columns(rd.replace_rare(USER_KEY, kept_users, rd.RARE_INT),
-                                       rd.replace_rare(VIDEO_KEY, kept_videos, rd.RARE_INT))
-            rare_user_rows += int((frame[USER_KEY] == rd.RARE_INT).sum())
-            rare_item_rows += int((frame[VIDEO_KEY] == rd.RARE_INT).sum())
-            frame = frame.join(users, on="__user", how="left").join(videos, on="__video", how="left")
-            for code, name in enumerate(rd.SPLITS):
-                writer.write(name, frame.filter(pl.col("split") == code))
-        paths = temporary.close()
-    stats = {"dataset_id": dataset_id, "release": rel.name, "domains": chosen, "rows": rows, "clicks": clicks,
-             "samples": sum(sum(r.values()) for r in rows.values()), "users": int(kept_users.len()),
-             "items": int(kept_videos.len()), "rare_user_rows": rare_user_rows, "rare_item_rows": rare_item_rows,
-             "min_count": min_count, "split": split_info, "tab_rows": {str(k): v for k, v in tab_rows.items()},
-             "seconds": round(timer.seconds, 1), "peak_rss_mb": round(rd.peak_rss_mb(), 1),
-             "files": {s: str(p) for s, p in paths.items()}}
-    _write_config(out, dataset_id, rel, chosen, stats)
-    rd.write_json(out / "stats.json", stats)
-    rd.print_table1(stats, log)
-    log(f"Wrote {out}/{{train,valid,test}}.csv and {out / 'dataset_config.yaml'} in {timer.seconds:.0f}s "
-        f"(peak memory {stats['peak_rss_mb']:.0f} MB)")
-    return stats
+def _spool_logs(paths, spool, timer, *, max_malformed, block_bytes, log) -> tuple[dict[int, int], list]:
+    """Pass A: the logs' five used columns into the spool; returns the rows per tab and the date range."""
+    tab_rows: dict[int, int] = {}
+    dates = [None, None]
+    for path, header in zip(paths, _headers(paths, USER_KEY)):
+        bad = rawfiles.BadLines(path, max_malformed)
+        for frame in rawfiles.read_csv_blocks(path, LOG_KINDS, bad, header=header, block_bytes=block_bytes,
+                                              what="a KuaiRand log file", expected=", ".join(LOG_COLUMNS)):
+            frame = frame.with_columns(pl.col("tab").cast(pl.Int32), pl.col("is_click").cast(pl.Int8),
+                                       pl.col("date").cast(pl.Int32))
+            for tab, n in frame.group_by("tab").len().iter_rows():
+                tab_rows[tab] = tab_rows.get(tab, 0) + n
+            lo, hi = frame["date"].min(), frame["date"].max()
+            dates = [lo if dates[0] is None else min(dates[0], lo), hi if dates[1] is None else max(dates[1], hi)]
+            spool.append(frame)
+        bad.finish(log)
+        log(f"  read {path.name}: {bad.lines:,} lines ({timer.seconds:.0f}s)")
+    return tab_rows, dates
+
+
+def _count_rows(spool, chosen: list[int], assign, split_info: dict) -> dict:
+    """Pass B: rows and clicks per split and domain, training counts of users and videos, every kept video."""
+    rows = {s: {} for s in rd.SPLITS}
+    clicks = {s: 0 for s in rd.SPLITS}
+    user_train, video_train, video_all = rd.ValueCounter(), rd.ValueCounter(), rd.ValueCounter()
+    offset = 0
+    for frame in spool:
+        frame, offset = _select(frame, chosen, assign, offset)
+        for s_code, tab, n, c in frame.group_by("split", "tab").agg(pl.len(), pl.col(LABEL).cast(pl.Int64)
+                                                                    .sum()).iter_rows():
+            name = rd.SPLITS[s_code]
+            rows[name][str(tab)] = rows[name].get(str(tab), 0) + n
+            clicks[name] += c
+        train = frame.filter(pl.col("split") == 0)
+        user_train.add(train[USER_KEY])
+        video_train.add(train[VIDEO_KEY])
+        video_all.add(frame[VIDEO_KEY])
+    for tab in chosen:
+        if not rows["train"].get(str(tab)):
+            raise UserError(f"domain tab={tab} has no training rows with this split ({split_info['text']}); drop "
+                            f"it from --domains or use --split random")
+    return {"rows": rows, "clicks": clicks, "user_train": user_train, "video_train": video_train,
+            "video_all": video_all}
+
+
+def _feature_tables(files, counts: dict, min_count: int, timer, *, max_malformed, block_bytes, log):
+    """The user table and the kept videos' basic and statistic features, rare values replaced; the kept ids."""
+    users = _read_users(files["user"], max_malformed, block_bytes, log)
+    videos = _read_videos(files["basic"], files["stats"], counts["video_all"].counts()["value"], max_malformed,
+                          block_bytes, log)
+    log(f"  features: {users.height:,} users, {videos.height:,} videos ({timer.seconds:.0f}s)")
+    user_train, video_train = counts["user_train"], counts["video_train"]
+    kept_users, kept_videos = user_train.kept(min_count), video_train.kept(min_count)
+    users = _replace_rare_in_table(users, "__user", user_train.counts(), min_count, USER_FEATURES, log)
+    videos = _replace_rare_in_table(videos, "__video", video_train.counts(), min_count, VIDEO_FEATURES, log)
+    return users, videos, kept_users, kept_videos
+
+
+def _write_joined(spool, writer, chosen, assign, users, videos, kept_users, kept_videos) -> tuple[int, int]:
+    """Pass C: each spooled block joined with the user and video features, written to its split; returns the
+    rows whose user / video id became the rare default."""
+    rare_user_rows = rare_item_rows = 0
+    offset = 0
+    for frame in spool:
+        frame, offset = _select(frame, chosen, assign, offset)
+        frame = frame.with_columns(pl.col(USER_KEY).alias("__user"), pl.col(VIDEO_KEY).alias("__video"),
+                                   pl.col(USER_KEY).alias("group_id"))
+        frame = frame.with_columns(rd.replace_rare(USER_KEY, kept_users, rd.RARE_INT),
+                                   rd.replace_rare(VIDEO_KEY, kept_videos, rd.RARE_INT))
+        rare_user_rows += int((frame[USER_KEY] == rd.RARE_INT).sum())
+        rare_item_rows += int((frame[VIDEO_KEY] == rd.RARE_INT).sum())
+        frame = frame.join(users, on="__user", how="left").join(videos, on="__video", how="left")
+        for code, name in enumerate(rd.SPLITS):
+            writer.write(name, frame.filter(pl.col("split") == code))
+    return rare_user_rows, rare_item_rows
 
 
 def _choose_domains(tab_rows: dict[int, int], domains, num_domains: int) -> list[int]:
