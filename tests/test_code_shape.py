@@ -17,13 +17,6 @@ PACKAGE_DIRS = ("benchmark", "model_zoo", "kernel")
 MAX_LINES = 80
 MAX_DEPTH = 4
 
-#: functions over the limits, in files that are being changed elsewhere at the time of writing: ``{(file, function):
-#: (lines, depth)}`` as they measure now; each may not grow, and an entry is removed once its function is split
-OVER_THE_LIMITS_FOR_NOW: dict[tuple[str, str], tuple[int, int]] = {
-    ("benchmark/data/kuairand.py", "convert"): (120, 4),
-    ("benchmark/data/aliccp.py", "convert"): (91, 3),
-}
-
 COMPOUND = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, ast.Match) + (
     (ast.TryStar,) if hasattr(ast, "TryStar") else ())
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
@@ -66,19 +59,11 @@ def package_shapes() -> dict[tuple[str, str], list[tuple[int, int, int]]]:
 def test_no_function_is_too_long_or_too_deep():
     problems = []
     for (rel, name), found in package_shapes().items():
-        lines_cap, depth_cap = OVER_THE_LIMITS_FOR_NOW.get((rel, name), (MAX_LINES, MAX_DEPTH))
         for line, lines, depth in found:
-            if lines > lines_cap or depth > depth_cap:
+            if lines > MAX_LINES or depth > MAX_DEPTH:
                 problems.append(f"{rel}:{line} {name}: {lines} lines, nesting {depth} "
-                                f"(at most {lines_cap} lines, nesting {depth_cap})")
+                                f"(at most {MAX_LINES} lines, nesting {MAX_DEPTH})")
     assert not problems, "split these functions:\n" + "\n".join(problems)
-
-
-def test_the_list_of_functions_over_the_limits_is_current():
-    shapes = package_shapes()
-    stale = [f"{rel} {name}" for rel, name in OVER_THE_LIMITS_FOR_NOW
-             if all(lines <= MAX_LINES and depth <= MAX_DEPTH for _, lines, depth in shapes.get((rel, name), []))]
-    assert not stale, "within the limits now; remove from OVER_THE_LIMITS_FOR_NOW: " + ", ".join(stale)
 
 
 @pytest.mark.parametrize("source, lines, depth", [

@@ -233,23 +233,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (YAML value)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mdl-bench", description="Multi-domain CTR benchmark on FuxiCTR.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("models", help="list registered models")
-    p.set_defaults(func=cmd_models)
-    p = sub.add_parser("expids", help="list the experiment ids of a config folder")
-    p.add_argument("--config", help="config folder (default: the packaged config/)")
-    p.set_defaults(func=cmd_expids)
-    p = sub.add_parser("check-model", help="run the model contract (shapes, gradients, one step, checkpoint) on "
-                                           "tiny data; exit 1 if a check fails")
-    p.add_argument("name", help="model name (class name), e.g. one from --models-from")
-    p.add_argument("--config", help="config folder holding <NAME>_test (layered over the packaged config/)")
-    p.set_defaults(func=cmd_check_model)
-    p = sub.add_parser("run-expid", help="train and evaluate one experiment id")
-    p.add_argument("--expid", required=True, help="experiment id in model_config.yaml")
-    add_run_options(p)
-    p.set_defaults(func=cmd_run_expid)
+def _add_data_parsers(sub) -> None:
+    """``mdl-bench data synth|kuairand|aliccp|rehearse|movielens``."""
     data = sub.add_parser("data", help="generate or convert datasets").add_subparsers(dest="data_command",
                                                                                         required=True,
                                                                                         metavar="SOURCE")
@@ -303,6 +288,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random split only (default 2024)")
     p.add_argument("--dataset-id", dest="dataset_id", default="movielens1m", help="id of the written config block")
     p.set_defaults(func=cmd_data_movielens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mdl-bench", description="Multi-domain CTR benchmark on FuxiCTR.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("models", help="list registered models")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("expids", help="list the experiment ids of a config folder")
+    p.add_argument("--config", help="config folder (default: the packaged config/)")
+    p.set_defaults(func=cmd_expids)
+    p = sub.add_parser("check-model", help="run the model contract (shapes, gradients, one step, checkpoint) on "
+                                           "tiny data; exit 1 if a check fails")
+    p.add_argument("name", help="model name (class name), e.g. one from --models-from")
+    p.add_argument("--config", help="config folder holding <NAME>_test (layered over the packaged config/)")
+    p.set_defaults(func=cmd_check_model)
+    p = sub.add_parser("run-expid", help="train and evaluate one experiment id")
+    p.add_argument("--expid", required=True, help="experiment id in model_config.yaml")
+    add_run_options(p)
+    p.set_defaults(func=cmd_run_expid)
+    _add_data_parsers(sub)
     from .analysis import add_parser as add_analyze_parser
 
     add_analyze_parser(sub)  # `mdl-bench analyze`
