@@ -21,7 +21,7 @@ from mdl_bench.kernel.errors import UserError
 from mdl_bench.kernel.paths import bench_home
 from .measure import measure_build, measure_covloss, measure_gauc, measure_matched, measure_model, measure_stock
 from .library import SKIPPED, load_library, measure_library
-from .plot import plot_scaling
+from .plot import plot_domain_curve, plot_scaling
 from .proc import TreeSampler
 from .report import render_markdown
 from .scaling import SCALING_MODELS, domain_curve_table, measure_domain_curve, measure_scaling
@@ -76,8 +76,10 @@ def run_domain_scaling(cfg: PerfConfig, out_path: str | os.PathLike | None = Non
     meta["seconds"] = time.perf_counter() - started
     table = domain_curve_table(curve, models)
     md_path = out_path.with_suffix(".md")
+    png = plot_domain_curve(curve, models, out_path.with_suffix(".png"),
+                            f"{command} (load {meta['load_start'][0]:.1f})")
     result = _jsonable({"meta": meta, "models": list(models), "domains": curve,
-                        "files": {"json": str(out_path), "markdown": str(md_path)}})
+                        "files": {"json": str(out_path), "markdown": str(md_path), "png": png}})
     out_path.write_text(json.dumps(result, indent=2))
     md_path.write_text(f"# K scaling\n\n`{command}`, load {meta['load_start']} -> {meta['load_end']}, "
                        f"{meta['seconds']:.0f} s\n\n{table}\n")
