@@ -149,7 +149,8 @@ def test_fit_keeps_its_state_in_the_models_own_fields(tiny, tmp_path):
     model.fit(train, validation_data=valid, **params)
     assert model.state.epochs_run == 2 and model.best_epoch in (1, 2)
     assert sorted({e["epoch"] for e in model.valid_history}) == [1, 2] and model.checkpoint_written
-    assert model.valid_history[-1]["epoch_end"] and model.state.at_epoch_end
+    last = model.valid_history[-1]  # the epoch's end, unless early stopping ended training at a mid-epoch validation
+    assert last["epoch_end"] == model.state.at_epoch_end and (last["epoch_end"] or model.state.stop)
     assert model.data_parallel is None
     marker = torch.nn.Linear(1, 1)
     model.attach_data_parallel(marker)
