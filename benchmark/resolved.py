@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from mdl_bench.kernel.errors import UserError
 from . import schema
@@ -73,12 +73,6 @@ class ResolvedRun:
 
     def __reduce__(self):
         return (_rebuild, (self.expid, self.params, self.config_hash, self.code))
-
-    def with_code(self) -> "ResolvedRun":
-        """This run with the fingerprint of its model's code taken now."""
-        from .codeid import code_fingerprint
-
-        return replace(self, code=code_fingerprint(self.model, self.params.get("models_from")).digest)
 
     @property
     def model(self) -> str:

@@ -22,7 +22,7 @@ from .data.build import ensure_dataset, file_lock, load_feature_map
 from mdl_bench.kernel.errors import UserError
 from mdl_bench.kernel.paths import check_writable_dir
 from .report import domain_table
-from .resolved import ResolvedRun, check_device, resolve, resolve_run  # noqa: F401 (resolve: the runner's API)
+from .resolved import ResolvedRun, resolve, resolve_run  # noqa: F401 (resolve: the runner's API)
 
 RESULT_SUFFIX = ".result.json"
 

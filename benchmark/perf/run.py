@@ -54,18 +54,12 @@ def run_domain_scaling(cfg: PerfConfig, out_path: str | os.PathLike | None = Non
     """Only the K curve (:func:`.scaling.measure_domain_curve`, ``cfg.scaling_domains``) of ``cfg.models``
     (default Crocodile and ME-MMoE): writes the JSON result and a Markdown table (step, towers, rest per model and
     K) next to it; returns the result dict."""
-    import torch
-
     out_path = Path(out_path) if out_path else bench_home() / "perf" / (
         "scaling-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ".json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger().setLevel(logging.WARNING)
     started = time.perf_counter()
-    allocator.keep_freed_memory()
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_start": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
-            "config": dataclasses.asdict(cfg)}
+    meta = _meta(cfg, command, allocator.keep_freed_memory())
     work = Path(tempfile.mkdtemp(prefix="perf-", dir=bench_home() if bench_home().exists() else None))
     models = tuple(cfg.models or SCALING_MODELS)
     try:

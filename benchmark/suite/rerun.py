@@ -26,14 +26,13 @@ def rerun(run_id: int, store: str | None = None, out=print, progress_stream=None
         db.close()
     params = local_config(run["config"])
     params["model_root"] = str(bench_home() / "reruns" / f"run{run_id}")
-    resolved = ResolvedRun.of(run["expid"], params)  # the stored config as it is: nothing resolved again
+    code = code_fingerprint(run["model"], params.get("models_from"))
+    resolved = ResolvedRun.of(run["expid"], params, code=code.digest)  # the stored config as it is: nothing resolved
     if resolved.config_hash != run["config_hash"]:
         raise UserError(f"run {run_id}: its stored config does not hash to its stored hash; the store was edited")
     out(f"Rerunning run {run_id}: {run['expid']} ({run['model']}) on {run['dataset_id']}, seed {run['seed']}, "
         f"config {run['config_hash'][:8]}, {run['torch_threads']} torch threads; stored with commit "
         f"{(run['git_commit'] or 'unknown')[:12]}, now {(git_state()['commit'] or 'unknown')[:12]}")
-    resolved = resolved.with_code()
-    code = code_fingerprint(run["model"], params.get("models_from"))
     if code.digest == run.get("code_fingerprint"):
         out(f"  code: the same as the run's (fingerprint {code.digest[:8]}): the values should match exactly")
     else:
