@@ -130,7 +130,7 @@ REGULARIZER_TEXT = "a number >= 0, or l1(x), l2(x), l1_l2(x, y)"
 
 # ---------------------------------------------------------------------------------------------- declared keys
 # Keys read by the trainer and the run script (FuxiCTR's BaseModel, this package's runner, loaders, DDP;
-# record_ia: benchmark/measure/epochs.py; evaluate_test: false = a tuning trial, the test split is never read; models_from: where a model outside the package is found, set by
+# record_ia: benchmark/measure/epochs.py; evaluate_test: false = a tuning trial, the test split is never read; tuning_trial: a trial's stage and number in its row's search; models_from: where a model outside the package is found, set by
 # runner.resolve). config.RUN_KEYS is this table's keys.
 TRAINER_TYPES: dict[str, tuple[Any, Range | None]] = {
     "model": (str, None), "dataset_id": (str, None), "model_id": (str, None), "loss": (str, None),
@@ -146,7 +146,7 @@ TRAINER_TYPES: dict[str, tuple[Any, Range | None]] = {
     "use_features": (Any, None), "feature_specs": (Any, None), "group_id": (str | None, None),
     "embedding_dim": (int, POSITIVE_INT), "shuffle_buffer": (int, POSITIVE_INT), "dist_timeout": (float, POSITIVE),
     "nproc": (int | None, POSITIVE_INT), "record_ia": (Union[bool, list[str]], None), "models_from": (Any, None),
-    "evaluate_test": (bool, None),
+    "evaluate_test": (bool, None), "tuning_trial": (str | None, None),
 }
 # Keys of a dataset block (FuxiCTR's, plus the multi-domain ones of this package).
 DATASET_TYPES: dict[str, tuple[Any, Range | None]] = {

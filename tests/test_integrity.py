@@ -90,19 +90,16 @@ def test_a_suite_that_lists_one_row_twice_is_an_error():
     assert len(distinct.plan().variants) == 2
 
 
-def test_a_tuning_suite_whose_trials_repeat_a_config_is_an_error():
-    no_space = Suite({"name": "tune", "tuner": {"trials": 2}, "expids": ["MMoE_test"]})
-    with pytest.raises(UserError, match=r"^suite 'tune', expid MMoE_test: tuner trial #2 of 2 resolves to the config "
-                                        r"of trial #1 \(one stored run, reported twice\); a tuning suite needs a "
-                                        r"`tuner_space` with the values to try"):
-        no_space.plan()
-    small = Suite({"name": "tune", "tuner": {"trials": 3}, "tuner_space": {"learning_rate": [1.0e-3, 1.0e-2]},
-                   "expids": ["MMoE_test"]})
-    with pytest.raises(UserError, match=r"tuner trial #3 of 3 resolves to the config of trial #\d .*lower tuner "
-                                        r"`trials` to 2 or add values to `tuner_space`"):
-        small.plan()
-    assert len(Suite({"name": "tune", "tuner": {"trials": 2}, "tuner_space": {"learning_rate": [1.0e-3, 1.0e-2]},
-                      "expids": ["MMoE_test"]}).plan().variants) == 2
+def test_a_tuning_budget_that_leaves_no_search_trial_is_an_error():
+    tight = Suite({"name": "tune", "tuner": {"budget": 4, "converged_epochs": 5, "first_rung": 2},
+                   "tuner_space": {"learning_rate": {"low": 1.0e-4, "high": 1.0e-2, "log": True}},
+                   "expids": [{"expid": "MMoE_test", "tuner_space": {"num_experts": [None, 2]}}]})
+    with pytest.raises(UserError, match=r"^suite 'tune', expid MMoE_test: the tuner's budget of 4 epochs leaves no "
+                                        r"room for a search trial after stage 2's reserve \(10 epochs for 2 trials\); "
+                                        r"raise `budget` or drop own values$"):
+        tight.plan()
+    nothing_to_search = Suite({"name": "tune", "tuner": {"budget": 10}, "expids": ["MMoE_test"]}).plan()
+    assert len(nothing_to_search.variants) == 1 and nothing_to_search.variants[0].trial.spec.stage == "sweep"
 
 
 def test_a_generator_option_without_effect_is_an_error():

@@ -365,10 +365,14 @@ def test_shipped_suites_plan_against_the_registry():
         assert plan.runs, name
     quick = load_suite("quick")
     # the main job: every row trained to convergence (no epoch override: the expids' cap, never reached)
-    assert len(quick.entries) == 12 and quick.seeds == [2024] and "epochs" not in quick.overrides
+    assert len(quick.entries) == 13 and quick.seeds == [2024] and "epochs" not in quick.overrides
     assert len(load_suite("main").seeds) >= 5 and load_suite("main").seeds[0] == 2024  # the paper ran six
     tune = load_suite("tune")
-    assert tune.tuner.trials == 12 and {e.expid for e in tune.entries} == {e.expid for e in quick.entries}
+    assert tune.tuner.budget >= 30 and {e.expid for e in tune.entries} == {e.expid for e in quick.entries}
+    # both Crocodile rows, each labelled, in the tuning and in the main table
+    for suite in (tune, quick, load_suite("main")):
+        labels = {e.expid: e.label for e in suite.entries}
+        assert labels["Crocodile_default"] == "Crocodile (tuned)" and labels["Crocodile_paper"] == "Crocodile (paper)"
     known = {e.expid.rsplit("_", 1)[0] for e in quick.entries}
     if known <= set(registry()):  # every model of table 2 registered: the quick suite resolves strictly
         assert {v.group for v in quick.plan().variants} == {"Single Domain", "MTL (SE)", "MTL (ME)", "MDL",

@@ -1,4 +1,4 @@
-"""Tuning suites: the draw, the pruner and the selection against hand-computed cases, and a tiny
+"""Tuning suites: the space, the pruner, the two stages and the budget against hand-computed cases, and a tiny
 tuning suite run twice from its config alone into two stores: the same trials pruned, the same values chosen,
 and no test metric anywhere."""
 from __future__ import annotations
@@ -16,7 +16,8 @@ import yaml
 from mdl_bench.benchmark.cli import main
 from mdl_bench.kernel.errors import UserError
 from mdl_bench.benchmark.suite import load_suite, run_suite, tuner_points
-from mdl_bench.benchmark.suite.tuning import Pruner, Tuner, rung_value, select, trial_points
+from mdl_bench.benchmark.suite.tuning import (RowSearch, Tuner, TrialSpec, converged, epoch_values, round_value,
+                                              search_space)
 
 
 def _h(*values):
@@ -24,7 +25,12 @@ def _h(*values):
     return [{"epoch": e + 1, "batch": 10, "epoch_end": True, "monitor": v} for e, v in enumerate(values)]
 
 
-# ---------------------------------------------------------------------------------------------- the draw
+def _result(*values, pruned=False):
+    return {"valid_history": _h(*values), "epochs_run": len(values), "best_epoch": 1 + int(np.argmax(values)),
+            **({"stopped_by": "pruned at epoch 1"} if pruned else {})}
+
+
+# ---------------------------------------------------------------------------------------------- the space
 def test_joint_axes_set_several_keys_together():
     space = {"lr": [1, 2], "reg": [{"r": 0}, {"r": 1, "scope": "batch"}]}
     assert tuner_points(space) == [{"lr": 1, "r": 0}, {"lr": 1, "r": 1, "scope": "batch"},
@@ -33,73 +39,142 @@ def test_joint_axes_set_several_keys_together():
         tuner_points({"reg": [{"r": 0}, 3]})
 
 
-def test_every_row_meets_the_same_recipes_and_each_point_once_before_twice():
-    shared = tuner_points({"a": [1, 2, 3], "b": [True, False]})  # 6 points
-    own = tuner_points({"x": [10, 20]})
-    tuner = Tuner(trials=8, seed=7)
-    one, two = trial_points(shared, own, tuner, "A@d"), trial_points(shared, own, tuner, "B@d")
-    strip = lambda points: [{k: p[k] for k in ("a", "b")} for p in points]
-    assert strip(one) == strip(two)  # trial i of every row: the same shared point
-    first = strip(one)[:6]
-    assert sorted(map(str, first)) == sorted(map(str, shared))  # all 6 before any repeats
-    assert [p["x"] for p in one[:2]] and sorted(p["x"] for p in one[:2]) == [10, 20]
-    assert trial_points(shared, own, tuner, "A@d") == one  # seeded: the same draw every time
-    assert trial_points(shared, own, Tuner(trials=8, seed=8), "A@d") != one
-    assert len(trial_points(shared, own, Tuner(), "A@d")) == 12  # no `trials`: the whole grid
+def test_search_space_ranges_choices_fixed_keys_and_own_keys():
+    shared = {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "batch_norm": [True, False],
+              "loss_weighting": ["domain", "batch"], "embedding_dim": 8,
+              "reg": [{"embedding_regularizer": 0}, {"embedding_regularizer": 0.01, "embedding_regularizer_scope": "x"}]}
+    axes, constants = search_space(shared, {"num_experts": [None, 8]}, fixed={"loss_weighting"}, where="w")
+    assert [a.name for a in axes] == ["learning_rate", "batch_norm", "reg", "num_experts"]
+    assert constants == {"embedding_dim": 8}
+    assert axes[0].log and (axes[0].low, axes[0].high) == (1e-4, 1e-2) and not axes[0].own
+    assert axes[2].config(1) == {"embedding_regularizer": 0.01, "embedding_regularizer_scope": "x"}
+    assert axes[3].own and axes[3].config(0) == {"num_experts": None}
+    with pytest.raises(UserError, match="must list its values"):
+        search_space({}, {"cov_alpha": {"low": 1e-6, "high": 1e-2}}, set(), "w")
+    with pytest.raises(UserError, match="at most 3 of its own keys"):
+        search_space({}, {"a": [1, 2], "b": [1, 2], "c": [1, 2], "d": [1, 2]}, set(), "w")
+    with pytest.raises(UserError, match="a < b"):
+        search_space({"learning_rate": {"low": 1e-2, "high": 1e-4}}, {}, set(), "w")
+    with pytest.raises(UserError, match="a > 0 on a log scale"):
+        search_space({"learning_rate": {"low": 0, "high": 1e-2, "log": True}}, {}, set(), "w")
+    assert round_value(0.0123456) == 0.012 and round_value(3.456e-5) == 3.5e-5
 
 
 def test_tuner_block_is_checked():
-    with pytest.raises(UserError, match="unknown tuner key 'trails'"):
-        Tuner.parse({"trails": 3}, "suite x")
-    for bad in ({"trials": 0}, {"keep": 0}, {"keep": 1.5}, {"rungs": [0]}, {"rungs": "1"}, {"seed": "a"}):
+    with pytest.raises(UserError, match="unknown tuner key 'budjet'"):
+        Tuner.parse({"budjet": 3}, "suite x")
+    for bad in ({"budget": 0}, {"reduction": 1}, {"first_rung": 0}, {"seed": "a"}, {"converged_epochs": 0},
+                {"startup_trials": -1}):
         with pytest.raises(UserError):
             Tuner.parse(bad, "suite x")
+    assert Tuner.parse({"budget": 12, "seed": 3}, "suite x") == Tuner(budget=12, seed=3)
 
 
-# ---------------------------------------------------------------------------------------------- the pruner
-def test_rung_values_of_stored_trials():
-    assert rung_value(_h(0.5, 0.7, 0.6), 1, "max", False) == 0.5
-    assert rung_value(_h(0.5, 0.7, 0.6), 3, "max", False) == 0.7
-    assert rung_value(_h(0.5, 0.7), 3, "max", False) == 0.7   # ended by early stopping before the rung
-    assert rung_value(_h(0.5), 3, "max", True) is None        # pruned before the rung: not counted
-    assert rung_value(_h(0.5, 0.4), 2, "min", False) == 0.4
+# ---------------------------------------------------------------------------------------------- the search
+def _search(own=None, budget=40, full_cap=10, **tuner):
+    shared = {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "batch_norm": [True, False]}
+    axes, constants = search_space(shared, own or {}, set(), "w")
+    return RowSearch("R@d", axes, constants, Tuner(budget=budget, seed=1, **tuner), "max", full_cap)
 
 
-def test_pruner_keeps_the_best_fraction_of_the_earlier_trials():
-    tuner = Tuner(trials=9, rungs=(1, 3), keep=0.34)
-    first = Pruner(tuner, [])
-    assert first({"epoch": 1, "epoch_end": True, "monitor": 0.1}) is None  # nothing to compare with
-    earlier = [(_h(0.60, 0.70, 0.72), None), (_h(0.65), "pruned at epoch 1"), (_h(0.55, 0.58), None)]
-    # epoch 1: values 0.60, 0.65, 0.55 and its own; n = 4 -> the best floor(4 * 0.34) = 1 go on
-    assert Pruner(tuner, earlier)({"epoch": 1, "epoch_end": True, "monitor": 0.66}) is None
-    reason = Pruner(tuner, earlier)({"epoch": 1, "epoch_end": True, "monitor": 0.62})
-    assert reason == "pruned at epoch 1: rank 2 of 4 trials (the best 1 go on)"
-    # epoch 3: the pruned trial drops out, the converged one counts with its best (0.58): n = 3 -> 1 goes on
-    p = Pruner(tuner, earlier)
+def _spec(search, index, lr, bn=0, stage="search", epochs=None, **own):
+    return search.spec(index, stage, {"learning_rate": lr, "batch_norm": bn, **own}, epochs)
+
+
+def test_epoch_values_are_the_best_so_far_at_each_epoch_end():
+    history = _h(0.5, 0.7, 0.6) + [{"epoch": 4, "batch": 3, "epoch_end": False, "monitor": 0.9}]
+    assert epoch_values(history, "max") == [(1, 0.5), (2, 0.7), (3, 0.7)]
+    assert epoch_values(_h(0.5, 0.4, 0.6), "min") == [(1, 0.5), (2, 0.4), (3, 0.4)]
+
+
+def test_converged_means_not_pruned_and_ended_by_early_stopping_or_the_full_cap():
+    search = _search()
+    full, cut = _spec(search, 0, 1e-3), _spec(search, 1, 1e-3, epochs=3)
+    assert converged(full, _result(0.5, 0.6, 0.55), 10)
+    assert not converged(full, _result(0.5, pruned=True), 10)
+    assert converged(full, _result(*[0.5] * 10), 10)            # ran to the row's own cap
+    assert not converged(cut, _result(0.5, 0.6, 0.7), 10)       # ran to the cap the budget cut
+    assert converged(cut, _result(0.5, 0.6), 10)                # early-stopped before it
+    assert not converged(full, None, 10)
+
+
+def test_the_pruner_keeps_the_best_third_at_each_rung_as_optuna_asha_does():
+    """Rungs at epochs 1, 3, 9 (first_rung 1, reduction 3). At epoch 1 three earlier trials reached the rung
+    with 0.60, 0.65, 0.55: with the new trial n = 4, the top floor(4 / 3) = 1 goes on."""
+    search = _search(first_rung=1, reduction=3)
+    done = [(_spec(search, 0, 1e-3), _result(0.60, 0.70, 0.72)), (_spec(search, 1, 2e-3), _result(0.65, pruned=True)),
+            (_spec(search, 2, 3e-3), _result(0.55, 0.58))]
+    assert search.pruner(done, _spec(search, 3, 4e-3))({"epoch": 1, "epoch_end": True, "monitor": 0.66}) is None
+    reason = search.pruner(done, _spec(search, 3, 4e-3))({"epoch": 1, "epoch_end": True, "monitor": 0.62})
+    assert reason == "pruned at epoch 1: not in the best 1/3 of its row's trials at this rung"
+    p = search.pruner(done, _spec(search, 3, 4e-3))
     assert p({"epoch": 1, "epoch_end": True, "monitor": 0.70}) is None
-    assert p({"epoch": 2, "epoch_end": True, "monitor": 0.69}) is None  # not a rung
-    assert p({"epoch": 3, "epoch_end": False, "monitor": 0.71}) is None  # not the end of the epoch
-    assert p({"epoch": 3, "epoch_end": True, "monitor": 0.71}).startswith("pruned at epoch 3: rank 2 of 3")
-    # minimising (logloss): lower is better
-    assert Pruner(tuner, [(_h(0.50), None)], "min")({"epoch": 1, "epoch_end": True, "monitor": 0.4}) is None
+    assert p({"epoch": 2, "epoch_end": False, "monitor": 0.71}) is None   # not an epoch end
+    assert p({"epoch": 2, "epoch_end": True, "monitor": 0.69}) is None    # not a rung
+    # epoch 3: only trial 0 reached it (0.72): n = 2 -> the top 1 goes on; 0.71 so far is not it
+    assert p({"epoch": 3, "epoch_end": True, "monitor": 0.71}).startswith("pruned at epoch 3")
+    assert search.pruner([], _spec(search, 0, 1e-3))({"epoch": 1, "epoch_end": True, "monitor": 0.1}) is None
 
 
-def test_selection_takes_the_best_unpruned_trial_and_the_earlier_on_a_tie():
-    results = [{"valid_history": _h(0.7, 0.8)}, {"valid_history": _h(0.9), "stopped_by": "pruned at epoch 1"},
-               None, {"valid_history": _h(0.6, 0.8)}, {"valid_history": _h(0.75)}]
-    assert select(results, "max") == 0
-    assert select(results, "min") == 3  # 0.6 (trial 3) beats 0.7 (trial 0) and 0.75
-    assert select([None, {"valid_history": []}], "max") is None
+def test_stage_one_spends_the_budget_less_the_reserve_then_stage_two_sweeps_at_the_chosen_recipe():
+    search = _search(own={"x": ["a", "b", "c"]}, budget=20, full_cap=10, first_rung=2, converged_epochs=4)
+    # reserve: (2 other own values + 2 decades - 1) x 4 epochs = 12; 8 epochs for stage 1
+    assert search.sweep_size() == 3 and search.reserve([]) == 12
+    first = search.next([])
+    assert first.stage == "search" and first.epochs == 8 and first.point["epochs"] == 8
+    assert search.next([]) == first  # seeded: the same draw every time
+    done = [(first, _result(0.60, 0.62, 0.63))]                 # converged, 3 epochs: reserve 3 x 3 = 9
+    second = search.next(done)
+    assert second.stage == "search" and second.epochs == 20 - 9 - 3
+    done.append((second, _result(0.50, 0.51, pruned=True)))
+    # 20 - 9 - 5 = 6 >= first_rung: one more search trial with its cap cut to 6
+    third = search.next(done)
+    assert third.stage == "search" and third.epochs == 6
+    done.append((third, _result(0.55, 0.56, 0.57, 0.58, 0.59, 0.60)))   # ran to its cut cap: not converged
+    chosen = dict(first.values)
+    sweep = []
+    while (spec := search.next(done)) is not None:
+        assert spec.stage == "sweep" and spec.epochs is None
+        sweep.append(dict(spec.values))
+        lr = dict(spec.values)["learning_rate"]
+        done.append((spec, _result(0.61, 0.62)))
+    others = [c for c in range(3) if c != chosen["x"]]
+    assert sweep[:2] == [{**chosen, "x": c} for c in others]    # every other own value at the chosen recipe
+    decades = {math.floor(math.log10(dict(s.values)["learning_rate"]) + 1e-9) for s, r in done
+               if converged(s, r, 10)}
+    assert decades == {-4, -3}                                   # a converged trial in each decade of the range
+    for values in sweep:  # the recipe is the chosen one but for the own key or the learning rate
+        assert {k: v for k, v in values.items() if k not in ("x", "learning_rate")} == \
+            {k: v for k, v in chosen.items() if k not in ("x", "learning_rate")}
+    assert search.chosen(done) is not None
+
+
+def test_stage_two_first_trains_the_chosen_point_when_no_search_trial_converged():
+    search = _search(budget=8, full_cap=10, first_rung=2, converged_epochs=2)
+    spec = _spec(search, 0, 2e-3, epochs=6)
+    done = [(spec, _result(0.6, 0.61, 0.62, 0.63, 0.64, 0.65))]  # its cut cap: not converged
+    nxt = search.next(done)
+    assert nxt.stage == "sweep" and dict(nxt.values) == dict(spec.values) and nxt.epochs is None
+
+
+def test_selection_takes_the_best_converged_trial_and_the_earlier_on_a_tie():
+    search = _search()
+    done = [(_spec(search, 0, 1e-3), _result(0.7, 0.8)), (_spec(search, 1, 2e-3), _result(0.9, pruned=True)),
+            (_spec(search, 2, 3e-3), None), (_spec(search, 3, 4e-3), _result(0.6, 0.8)),
+            (_spec(search, 4, 5e-3, epochs=2), _result(0.85, 0.86))]   # cut cap, not converged
+    assert search.chosen(done) == 0
+    search.mode = "min"
+    assert search.chosen(done) == 3   # 0.6 beats 0.7
 
 
 # ---------------------------------------------------------------------------------------------- end to end
 TUNE = {
     "name": "tinytune",
-    "description": "two rows, four trials each",
-    "seeds": [5],
-    "overrides": {"epochs": 3, "batch_size": 1024, "early_stop_patience": 1},
-    "tuner": {"trials": 4, "seed": 3, "rungs": [1], "keep": 0.5},
-    "tuner_space": {"learning_rate": [1.0e-2, 3.0e-2, 1.0e-3], "batch_norm": [True, False]},
+    "description": "two rows on tiny data",
+    "seeds": [2024],
+    "overrides": {"epochs": 4, "batch_size": 1024, "early_stop_patience": 1},
+    "tuner": {"budget": 14, "seed": 3, "startup_trials": 2, "first_rung": 1, "reduction": 2, "converged_epochs": 2},
+    "tuner_space": {"learning_rate": {"low": 1.0e-3, "high": 1.0e-1, "log": True}, "batch_norm": [True, False]},
     "expids": [{"expid": "SharedBottom_test", "tuner_space": {"net_dropout": [0.0, 0.1]}}, "MMoE_test"],
 }
 
@@ -132,21 +207,26 @@ def test_a_tuning_suite_reruns_from_its_config_to_the_same_choice(tuned):
     from mdl_bench.benchmark.leaderboard.tuning import build_tuning
 
     folder, suite, a, b = tuned
-    assert len(_trials(a)) == 8 and _trials(a) == _trials(b)  # same trials, epochs and pruning decisions
+    assert len(_trials(a)) > 4 and _trials(a) == _trials(b)  # same trials, epochs and pruning decisions
     assert any(t[4] for t in _trials(a)), "the rung pruned nothing: the test does not exercise the pruner"
     rows_a, rows_b = build_tuning(suite, str(a)), build_tuning(suite, str(b))
     assert [r.chosen for r in rows_a] == [r.chosen for r in rows_b]
-    assert all(r.chosen is not None for r in rows_a)
+    assert all(r.chosen is not None and r.finished for r in rows_a)
     for row in rows_a:
         chosen = row.chosen_trial
-        assert not chosen.result.get("stopped_by")
+        assert chosen.converged and not chosen.result.get("stopped_by")
         best = max(h["monitor"] for h in chosen.result["valid_history"])
-        others = [max(h["monitor"] for h in t.result["valid_history"]) for t in row.trials
-                  if not t.result.get("stopped_by")]
-        assert best == max(others)
-    # trial i of both rows: the same recipe point
-    recipe = lambda t: {k: t.variant.tuned[k] for k in ("learning_rate", "batch_norm")}
-    assert [recipe(t) for t in rows_a[0].trials] == [recipe(t) for t in rows_a[1].trials]
+        assert best == max(max(h["monitor"] for h in t.result["valid_history"]) for t in row.trials if t.converged)
+        stages = [t.spec.stage for t in row.trials]
+        assert stages == sorted(stages)  # every search trial before every sweep trial
+        assert row.epochs_used <= suite.tuner.budget + 2 * 4  # stage 2 may pass the budget by its own trials
+    # stage 2 of Shared Bottom: its own key's other value at the chosen recipe, converged
+    sb = rows_a[0]
+    recipe = {k: v for k, v in sb.chosen_trial.variant.tuned.items() if k not in ("net_dropout", "epochs")}
+    for dropout in (0.0, 0.1):
+        assert any(t.converged and t.variant.tuned["net_dropout"] == dropout and
+                   {k: v for k, v in t.variant.tuned.items() if k not in ("net_dropout", "epochs")} == recipe
+                   for t in sb.trials)
 
 
 def test_trials_never_read_the_test_split(tuned):
@@ -154,7 +234,7 @@ def test_trials_never_read_the_test_split(tuned):
     with closing(sqlite3.connect(str(a))) as conn:
         splits = {s for (s,) in conn.execute("SELECT DISTINCT split FROM metrics")}
         configs = [c for (c,) in conn.execute("SELECT json_extract(config_json, '$.evaluate_test') FROM runs")]
-    assert splits == {"valid"} and configs == [0] * 8
+    assert splits == {"valid"} and configs == [0] * len(configs) and configs
 
 
 def test_the_report_gives_the_chosen_values_as_a_config_block(tuned, capsys):
@@ -163,17 +243,23 @@ def test_the_report_gives_the_chosen_values_as_a_config_block(tuned, capsys):
     text = capsys.readouterr().out
     assert "# Tuning suite tinytune" in text and "**chosen**" in text and "pruned at epoch 1" in text
     block = yaml.safe_load(text.split("```yaml\n")[1].split("```")[0])
-    assert set(block) == {"SharedBottom_test", "MMoE_test"}
-    assert set(block["SharedBottom_test"]) == {"learning_rate", "batch_norm", "net_dropout"}
-    assert isinstance(block["MMoE_test"]["learning_rate"], float)
+    assert set(block) == {"SharedBottom_test_tiny_synth", "MMoE_test_tiny_synth"}
+    from mdl_bench.benchmark.leaderboard.tuning import build_tuning
+
+    for row in build_tuning(suite, str(a)):
+        got = block[f"{row.expid}_tiny_synth"]
+        assert got["model"] == row.expid.split("_")[0] and got["dataset_id"] == "tiny_synth" and got["epochs"] == 4
+        for key in ("learning_rate", "batch_norm"):
+            assert got[key] == row.chosen_trial.variant.params[key]
+    assert isinstance(block["MMoE_test_tiny_synth"]["learning_rate"], float)
     assert main(["leaderboard", "--suite", str(folder / "tune.yaml"), "--store", str(a), "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 9 and sum(line.split(",")[5] == "1" for line in lines[1:]) == 2
+    assert len(lines) == len(_trials(a)) + 1 and sum(line.split(",")[6] == "1" for line in lines[1:]) == 2
 
 
 def test_jobs_run_rows_side_by_side_and_search_the_same(tuned, tmp_path):
-    """Under --jobs each row's trials still start only after the earlier ones are stored, so the pruning
-    decisions (and the stored trials) are those of the one-at-a-time run."""
+    """Under --jobs each row's next trial is drawn only after its earlier ones are stored, so the draws, the
+    pruning decisions and the stored trials are those of the one-at-a-time run."""
     folder, suite, a, b = tuned
     outcome = run_suite(suite, store=str(tmp_path / "c.sqlite"), jobs=2, out=lambda line: None,
                         progress_stream=io.StringIO())

@@ -58,7 +58,7 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
             png = plot_budget(budget_curves(tuned), target.parent / f"{target.stem}_budget.png")
             if png is not None:
                 images = {"budget curves": png.name}
-        text = render_tuning(tuned, suite, fmt, images)
+        text = render_tuning(tuned, suite, fmt, images, config_dir)
     else:
         board = build_board(suite, store=store, config_dir=config_dir, metrics=metrics, split=split, std=std,
                             lift_base=lift_base, extra_overrides=extra_overrides, reference=reference)
@@ -71,9 +71,9 @@ def print_leaderboard(suite, store=None, config_dir=None, fmt: str = "md", out_f
 
 def cmd_run(args) -> int:
     from mdl_bench.kernel.errors import UserError
-    from ..suite import load_suite, run_suite
+    from ..suite import run_suite
 
-    suite = load_suite(args.suite, args.config)
+    suite = _load_suite(args)
     started = time.time()
     overrides = _overrides(args)
     if args.nproc is not None and args.nproc > 1 and args.jobs > 1:
@@ -105,7 +105,7 @@ def cmd_leaderboard(args) -> int:
         print_store_view(args.store, config_dir=args.config, fmt=args.format, out_file=args.out,
                          metrics=args.metric, split=args.split, std=args.std)
         return 0
-    suite = load_suite(args.suite, args.config)
+    suite = _load_suite(args)
     print_leaderboard(suite, store=args.store, config_dir=args.config, fmt=args.format, out_file=args.out,
                       metrics=args.metric, split=args.split, std=args.std or None, lift_base=args.lift_base,
                       reference=args.reference,
@@ -119,11 +119,10 @@ def cmd_runs(args) -> int:
     from ..store import Store
 
     if args.suite:
-        from ..suite import load_suite
-
-        suite = load_suite(args.suite, args.config)
+        suite = _load_suite(args)
         plan = suite.plan(args.config, _overrides(args), strict=False)
         db = Store(args.store or suite.store, create=False)
+        plan.catch_up(db)
         by_config = db.stored_by_config()
         # every stored revision of the suite's runs: the current ones and the outdated ones
         ids = sorted({rid for r in plan.unique_runs() for rid, _, _ in by_config.get(r.key[:2], [])})
@@ -174,7 +173,24 @@ def cmd_rerun(args) -> int:
     return 0 if rerun(args.run_id, store=args.store) else 1
 
 
+def _dataset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", action="append", metavar="DATASET_ID",
+                   help="run the suite on this dataset block instead of its `datasets` (repeatable), e.g. "
+                        "`run --suite tune --dataset my_data` tunes every row on your data")
+
+
+def _load_suite(args):
+    """The suite of ``--suite``, on the datasets of ``--dataset`` when given."""
+    from ..suite import load_suite
+
+    suite = load_suite(args.suite, args.config)
+    if getattr(args, "dataset", None):
+        suite.datasets = [str(d) for d in args.dataset]
+    return suite
+
+
 def _add_variant_options(p: argparse.ArgumentParser) -> None:
+    _dataset_option(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="the overrides the suite was run with (`run --set`), to find those runs")
     p.add_argument("--nproc", type=int, help="the --nproc the suite was run with, to find those runs")
@@ -192,6 +208,7 @@ def add_commands(sub) -> None:
                                              "sets `nproc: N` in every run's config, so the runs get new hashes)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key of every run (YAML value; changes the runs' hashes)")
+    _dataset_option(p)
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are stored; run nothing")
     p.add_argument("--no-leaderboard", action="store_true", help="do not print the leaderboard at the end")
     p.set_defaults(func=cmd_run)

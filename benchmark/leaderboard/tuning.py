@@ -1,8 +1,8 @@
 """The report of a tuning suite (``tuner:``): every trial of every row from the results store, the chosen one, and
-the chosen values as a config block for ``<Model>_default``.
+the chosen values as a ``<Model>_<dataset>`` config block.
 
-Selection is :func:`mdl_bench.benchmark.suite.tuning.select` (the best validation monitor among the trials that
-were not pruned); nothing here reads a test metric - trials have none.
+Selection is :meth:`mdl_bench.benchmark.suite.tuning.RowSearch.chosen` (the best validation monitor among the
+converged trials); nothing here reads a test metric - trials have none.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from mdl_bench.kernel.errors import UserError
-from ..suite.tuning import select, selection_value
+from ..suite.tuning import converged, selection_value
 
 
 @dataclass
@@ -27,12 +27,22 @@ class TrialRow:
     span: tuple = ()  # (started_at, finished_at) of the stored run
 
     @property
+    def spec(self):
+        return self.variant.trial.spec
+
+    @property
+    def converged(self) -> bool:
+        return converged(self.spec, self.result, self.variant.trial.search.full_cap)
+
+    @property
     def status(self) -> str:
         if self.result is None:
             return "not run"
         if self.result.get("stopped_by"):
             return self.result["stopped_by"].split(":")[0]
         epochs = int(self.variant.params.get("epochs") or 1)
+        if not self.converged:
+            return f"budget cap ({epochs} epochs)"
         if self.result.get("best_epoch") == epochs:
             return "best epoch = epoch cap"
         return f"early stop (epoch {self.result.get('epochs_run')})"
@@ -50,6 +60,12 @@ class TunedRow:
     mode: str = "max"
     monitor: object = None
     extra: dict = field(default_factory=dict)
+    finished: bool = False
+    own: list = field(default_factory=list)  # the config keys of the row's own axes
+
+    @property
+    def epochs_used(self) -> int:
+        return sum(int((t.result or {}).get("epochs_run") or 0) for t in self.trials)
 
     @property
     def chosen_trial(self) -> TrialRow | None:
@@ -68,6 +84,7 @@ def build_tuning(suite, store=None, config_dir=None, extra_overrides: dict | Non
     plan = suite.plan(config_dir, extra_overrides, strict=False)
     db = Store(store or suite.store, create=False)
     try:
+        plan.catch_up(db)
         stored = db.stored_keys()
         rows: dict[str, TunedRow] = {}
         for run in plan.runs:
@@ -92,7 +109,10 @@ def build_tuning(suite, store=None, config_dir=None, extra_overrides: dict | Non
         points = [t.variant.tuned for t in row.trials]
         keys = list(dict.fromkeys(k for p in points for k in p))
         row.keys = [k for k in keys if len({yaml.safe_dump(p.get(k)) for p in points}) > 1]
-        row.chosen = select([t.result for t in row.trials], row.mode)
+        search = row.trials[0].variant.trial.search
+        row.chosen = search.chosen([(t.spec, t.result) for t in row.trials])
+        row.finished = plan.tuning[row.row].finished
+        row.own = [k for a in search.axes if a.own for k in (a.choices[0] if a.categorical else {a.name})]
     return list(rows.values())
 
 
@@ -110,21 +130,38 @@ def _metric(result: dict | None, name: str) -> float:
     return float((result or {}).get("valid", {}).get(name, math.nan))
 
 
-def config_block(row: TunedRow, suite_name: str) -> str:
-    """The chosen trial's values as a ``<expid>`` block (only the tuned keys and what the trial fixed)."""
+def tuned_expid(row: TunedRow) -> str:
+    """The tuned expid's name, FuxiCTR's ``<Model>_<dataset>``: the row's expid without ``_default``, then the
+    dataset id."""
+    return f"{row.expid.removesuffix('_default')}_{row.dataset_id}"
+
+
+def config_block(row: TunedRow, suite_name: str, config_dir=None) -> str:
+    """The chosen trial as a whole ``<Model>_<dataset>`` block: the row's expid with the chosen values."""
+    from ..config import ConfigSet
+    from ..resolved import HASH_EXCLUDED
+
     trial = row.chosen_trial
     if trial is None:
-        return f"# {row.expid}: no trial finished unpruned yet\n"
+        return f"# {tuned_expid(row)}: no trial of {row.expid} converged yet\n"
     value = selection_value(trial.result, row.mode)
     done = sum(t.result is not None for t in row.trials)
-    head = (f"# {row.expid}: suite {suite_name}, trial #{row.chosen + 1} of {len(row.trials)} ({done} run); "
-            f"validation monitor {value:.6f}, AUC {_metric(trial.result, 'AUC'):.4f}, "
-            f"gAUC {_metric(trial.result, 'gAUC'):.4f}; best epoch {trial.result.get('best_epoch')}")
-    body = yaml.safe_dump({row.expid: dict(trial.variant.tuned)}, sort_keys=False, default_flow_style=None)
+    head = (f"# {tuned_expid(row)}: suite {suite_name}, {row.expid} trial #{row.chosen + 1} ({trial.spec.stage}) "
+            f"of {done}, {row.epochs_used} epochs in all; validation monitor {value:.6f}, AUC "
+            f"{_metric(trial.result, 'AUC'):.4f}, gAUC {_metric(trial.result, 'gAUC'):.4f}; best epoch "
+            f"{trial.result.get('best_epoch')}")
+    own = set(ConfigSet(config_dir).models[row.expid])
+    params = trial.variant.params
+    skip = set(HASH_EXCLUDED) | {"evaluate_test", "tuning_trial"}
+    block = {k: params[k] for k in params if (k in own or k in trial.variant.tuned) and k not in skip}
+    block["dataset_id"] = row.dataset_id
+    if trial.spec.epochs is not None:  # a converged trial whose cap the budget had cut: the row's own cap
+        block["epochs"] = trial.variant.trial.search.full_cap
+    body = yaml.safe_dump({tuned_expid(row): block}, sort_keys=False, default_flow_style=None, width=110)
     return head + "\n" + body
 
 
-def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None) -> str:
+def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None, config_dir=None) -> str:
     """The tuning report: every trial of every row, the chosen values, and the budget curves (md; ``images`` maps
     a plot's name to its path or link)."""
     from .budget import budget_curves, render_budget_md, trial_score
@@ -133,13 +170,13 @@ def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None
         out = io.StringIO()
         keys = list(dict.fromkeys(k for r in rows for k in r.keys))
         writer = csv.writer(out)
-        writer.writerow(["row", "expid", "dataset", "trial", "run_id", "chosen", "status", "epochs_run",
+        writer.writerow(["row", "expid", "dataset", "trial", "stage", "run_id", "chosen", "status", "epochs_run",
                          "best_epoch", "monitor", "valid_AUC", "valid_gAUC", "train_seconds", *keys])
         for r in rows:
             for i, t in enumerate(r.trials):
                 res = t.result or {}
                 best_seen = trial_score(res, r.mode)  # a pruned trial's too: the best it reached
-                writer.writerow([r.label, r.expid, r.dataset_id, i + 1, t.run_id or "", int(i == r.chosen),
+                writer.writerow([r.label, r.expid, r.dataset_id, i + 1, t.spec.stage, t.run_id or "", int(i == r.chosen),
                                  t.status, res.get("epochs_run", ""), res.get("best_epoch", ""),
                                  math.nan if best_seen is None else best_seen, _metric(res, "AUC"),
                                  _metric(res, "gAUC"), t.train_seconds,
@@ -152,48 +189,51 @@ def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None
     if suite.description:
         lines += [suite.description.strip(), ""]
     t = suite.tuner
-    trials_text = f"{t.trials} trials per row" if t.trials else "the whole grid per row"
-    prune_text = (f"pruned at the end of epoch(s) {', '.join(map(str, t.rungs))} unless in the best "
-                  f"{t.keep:.0%} of the row's earlier trials" if t.rungs else "no pruning")
     total_train = sum(tr.train_seconds for r in rows for tr in r.trials)
     total_wall = sum(tr.wall_seconds for r in rows for tr in r.trials)
     done = sum(tr.result is not None for r in rows for tr in r.trials)
-    planned = sum(len(r.trials) for r in rows)
     spans = [tr.span for r in rows for tr in r.trials if tr.span]
     elapsed = (f", {(max(b for _, b in spans) - min(a for a, _ in spans)) / 60:.1f} min from the first trial's "
                f"start to the last one's end" if spans else "")
-    lines += [f"Protocol: {trials_text} (draw seed {t.seed}), {prune_text}; selection on the validation split by "
-              f"the configured monitor; the test split is not read. Stored: {done} of {planned} trials, "
-              f"{total_wall / 60:.1f} min of runs ({total_train / 60:.1f} min training){elapsed}.", ""]
-    lines += ["| row | chosen trial | valid monitor | valid AUC | valid gAUC | best epoch | trials run (pruned) | "
-              "minutes |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"Protocol: {t.budget} training epochs per row. Stage 1: Optuna's TPE sampler (seed {t.seed}, "
+              f"{t.startup_trials} random trials first) with successive halving (rungs at epoch {t.first_rung} "
+              f"x {t.reduction}^k; the best 1/{t.reduction} of the row's trials at a rung go on, at least the best "
+              f"one). Stage 2 at the chosen recipe: every value of the row's own keys and one trial per "
+              f"learning-rate decade, each trained to convergence. Selection: the best validation monitor among "
+              f"the converged trials; the test split is not read. Stored: {done} trials, {total_wall / 60:.1f} min "
+              f"of runs ({total_train / 60:.1f} min training){elapsed}.", ""]
+    lines += ["| row | chosen trial | valid monitor | valid AUC | valid gAUC | best epoch | trials (pruned) | "
+              "epochs used | minutes | search done |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r.chosen_trial
         pruned = sum(1 for tr in r.trials if tr.result and tr.result.get("stopped_by"))
         run = sum(1 for tr in r.trials if tr.result is not None)
         minutes = sum(tr.wall_seconds for tr in r.trials) / 60
+        finished = "yes" if r.finished else "no"
         if c is None:
-            lines.append(f"| {r.label} | - | - | - | - | - | {run} ({pruned}) | {minutes:.1f} |")
+            lines.append(f"| {r.label} | - | - | - | - | - | {run} ({pruned}) | {r.epochs_used} | {minutes:.1f} | "
+                         f"{finished} |")
             continue
-        lines.append(f"| {r.label} | #{r.chosen + 1} | {selection_value(c.result, r.mode):.5f} | "
+        lines.append(f"| {r.label} | #{r.chosen + 1} ({c.spec.stage}) | {selection_value(c.result, r.mode):.5f} | "
                      f"{_metric(c.result, 'AUC'):.4f} | {_metric(c.result, 'gAUC'):.4f} | "
-                     f"{c.result.get('best_epoch')} | {run} ({pruned}) | {minutes:.1f} |")
+                     f"{c.result.get('best_epoch')} | {run} ({pruned}) | {r.epochs_used} | {minutes:.1f} | "
+                     f"{finished} |")
     for r in rows:
         lines += ["", f"## {r.label} ({r.expid} on {r.dataset_id})", ""]
-        header = ["#"] + r.keys + ["valid monitor", "AUC", "gAUC", "best / run epochs", "status"]
+        header = ["#", "stage"] + r.keys + ["valid monitor", "AUC", "gAUC", "best / run epochs", "status"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for i, tr in enumerate(r.trials):
             res = tr.result or {}
             best_seen = trial_score(res, r.mode)
             mark = " **chosen**" if i == r.chosen else ""
-            cells = [f"{i + 1}{mark}"] + [_fmt(tr.variant.tuned.get(k)) for k in r.keys] + [
+            cells = [f"{i + 1}{mark}", tr.spec.stage] + [_fmt(tr.variant.tuned.get(k)) for k in r.keys] + [
                 "-" if best_seen is None else f"{best_seen:.5f}", f"{_metric(res, 'AUC'):.4f}" if res else "-",
                 f"{_metric(res, 'gAUC'):.4f}" if res else "-",
                 f"{res.get('best_epoch')} / {res.get('epochs_run')}" if res else "-", tr.status]
             lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + render_budget_md(budget_curves(rows))
     lines += [f"![{name}]({path})" for name, path in (images or {}).items()]
-    lines += ["", "Chosen values, as blocks for `config/model_config.yaml` (layered over each expid):", "", "```yaml"]
-    lines += [config_block(r, suite.name).rstrip("\n") for r in rows]
+    lines += ["", "Chosen values, as whole `<Model>_<dataset>` blocks for `config/model_config.yaml`:", "", "```yaml"]
+    lines += [config_block(r, suite.name, config_dir).rstrip("\n") for r in rows]
     lines += ["```", ""]
     return "\n".join(lines)

@@ -82,7 +82,7 @@ def execute_run(run: PlannedRun, store: Store, suite_name: str | None, step_call
     scope = "run" if _reset_peak_rss() else "process"
     started = time.time()
     trial = run.variant.trial
-    pruner = pruner_for(trial, store, run.key) if trial is not None and trial.tuner.rungs else None
+    pruner = pruner_for(trial, store) if trial is not None else None
     result = run_captured(run.resolved, step_callback=step_callback, quiet=True, validation_callback=pruner)
     finished = time.time()
     digest = run.resolved.config_hash

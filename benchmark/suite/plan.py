@@ -14,7 +14,7 @@ from mdl_bench.kernel.errors import UserError, close_matches
 from mdl_bench.kernel.paths import expand_path, packaged_config_dir
 from ..codeid import code_fingerprint
 from ..resolved import ResolvedRun, config_hash, resolve, run_model_id
-from .tuning import Trial, Tuner, trial_points
+from .tuning import RowSearch, Trial, Tuner, search_space, stored_trials
 
 SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "tuner", "store",
               "leaderboard", "models_from")
@@ -108,10 +108,51 @@ class PlannedRun:
 
 
 @dataclass
+class TuningRow:
+    """One row's search on one dataset: its trials so far (variants, in order) and whether the search is over."""
+
+    name: str
+    entry: Entry
+    dataset: str | None
+    search: RowSearch
+    variants: list = field(default_factory=list)
+    base_label: str = ""
+    finished: bool = False
+
+    def earlier(self) -> list:
+        """``(spec, run key)`` of the row's trials so far."""
+        return [(v.trial.spec, (v.config_hash, v.seeds[0], v.code)) for v in self.variants]
+
+
+@dataclass
 class Plan:
     suite: "Suite"
     variants: list
     runs: list
+    tuning: dict = field(default_factory=dict)  # row name -> TuningRow (a tuning suite)
+    context: tuple = ()  # what resolving a further trial needs (a tuning suite)
+
+    def catch_up(self, store, failed=(), rows=None) -> list:
+        """A tuning suite's trials after those planned, as far as the store holds their earlier trials: each
+        row's next trial once its last one is stored (or in ``failed``: run keys that failed here). Returns the
+        new runs (also added to :attr:`runs`)."""
+        new: list[PlannedRun] = []
+        for row in (self.tuning.values() if rows is None else [self.tuning[r] for r in rows]):
+            while not row.finished:
+                last = row.variants[-1]
+                key = (last.config_hash, last.seeds[0], last.code)
+                if key not in failed and store.run_id(*key) is None:
+                    break
+                spec = row.search.next(stored_trials(row.earlier(), store))
+                if spec is None:
+                    row.finished = True
+                    break
+                variant, model_class = self.suite._tuning_variant(row, spec, len(self.variants), *self.context)
+                self.variants.append(variant)
+                runs = [_planned_run(variant, int(seed), model_class) for seed in variant.seeds]
+                self.runs += runs
+                new += runs
+        return new
 
     def unique_runs(self) -> list:
         seen, out = set(), []
@@ -290,6 +331,8 @@ class Suite:
         wanted = self._check_names(config, config_dir)
         variants: list[Variant] = []
         runs: list[PlannedRun] = []
+        tuning: dict[str, TuningRow] = {}
+        context = (extra_overrides, config, config_dir, strict, wanted)
         for entry in self.entries:
             space = dict(self.tuner_space)
             space.update(entry.tuner_space)
@@ -299,21 +342,28 @@ class Suite:
                 raise UserError(f"{self.where}, expid {entry.expid}: a tuning suite trains each trial with one seed; "
                                 f"drop `seed` from tuner_space")
             for dataset in self.datasets or [None]:
-                row_trials: list = []
-                points = self._row_points(entry, dataset, space)
+                if self.tuner is not None:
+                    row = self._tuning_row(entry, dataset, context)
+                    tuning[row.name] = row
+                    points = [(row.search.next([]), {})]
+                else:
+                    points = [(point, {}) for point in tuner_points(space)]
                 for point, tuner_layer in points:
-                    params, model_class = self._resolve_point(entry, dataset, point, tuner_layer, extra_overrides,
-                                                              config, config_dir, strict, wanted)
-                    variant = self._variant(len(variants), entry, point, space, params, model_class,
-                                            space_seeds)
                     if self.tuner is not None:
-                        self._add_trial(variant, dataset, row_trials, len(points), space)
+                        variant, model_class = self._tuning_variant(row, point, len(variants), *context)
+                    else:
+                        params, model_class = self._resolve_point(entry, dataset, point, tuner_layer,
+                                                                  extra_overrides, config, config_dir, strict, wanted)
+                        variant = self._variant(len(variants), entry, point, space, params, model_class,
+                                                space_seeds)
                     variants.append(variant)
                     runs += [_planned_run(variant, int(seed), model_class) for seed in variant.seeds]
         _label_variants(variants)
+        for row in tuning.values():
+            row.base_label = row.variants[0].label.rsplit(" #", 1)[0]
         if self.tuner is None:
             _check_distinct_rows(self.where, variants)
-        return Plan(suite=self, variants=variants, runs=runs)
+        return Plan(suite=self, variants=variants, runs=runs, tuning=tuning, context=context)
 
     def _check_names(self, config, config_dir) -> set:
         """Datasets, expids and leaderboard metrics known; returns the metrics the leaderboard asks for."""
@@ -338,15 +388,38 @@ class Suite:
                                 f"{', '.join(metric_lib.BASE_METRICS)}")
         return wanted
 
-    def _row_points(self, entry: Entry, dataset, space: dict) -> list[tuple[dict, dict]]:
-        """``(point, tuner layer)`` of each variant of a row on one dataset: the grid of its space, or, in a tuning
-        suite, the trials drawn from the shared (suite) space and the row's own (the test is never read)."""
-        if self.tuner is None:
-            return [(point, {}) for point in tuner_points(space)]
-        own = {k: v for k, v in entry.tuner_space.items() if k != "seed"}
-        shared = {k: v for k, v in self.tuner_space.items() if k != "seed"}
-        points = trial_points(tuner_points(shared), tuner_points(own), self.tuner, f"{entry.expid}@{dataset or '-'}")
-        return [(point, {"evaluate_test": False}) for point in points]
+    def _tuning_row(self, entry: Entry, dataset, context: tuple) -> TuningRow:
+        """A row's search: its space (the suite's recipe, minus what the row's overrides fix, and its own keys),
+        its monitor direction and full epoch cap (from the expid resolved with them)."""
+        extra_overrides, config, config_dir, strict, wanted = context
+        where = f"{self.where}, expid {entry.expid}"
+        params, _ = self._resolve_point(entry, dataset, {}, {"evaluate_test": False}, extra_overrides, config,
+                                        config_dir, strict, wanted)
+        fixed = set(entry.overrides) | set(extra_overrides or {})
+        axes, constants = search_space(self.tuner_space, entry.tuner_space, fixed, where)
+        name = f"{entry.expid}@{dataset or '-'}"
+        search = RowSearch(name, axes, constants, self.tuner, str(params.get("monitor_mode", "max")),
+                           int(params.get("epochs") or 1))
+        if search.next([]) is None:
+            raise UserError(f"{where}: the tuner's budget of {self.tuner.budget} epochs leaves no room for a search "
+                            f"trial after stage 2's reserve ({search.reserve([]):.0f} epochs for "
+                            f"{search.sweep_size()} trials); raise `budget` or drop own values")
+        return TuningRow(name=name, entry=entry, dataset=dataset, search=search)
+
+    def _tuning_variant(self, row: TuningRow, spec, index: int, extra_overrides, config, config_dir, strict,
+                        wanted) -> tuple[Variant, type | None]:
+        """A trial of a tuning row as a variant (its own config: the trial's point, the test never read), and its
+        model class."""
+        layer = {"evaluate_test": False, "tuning_trial": spec.label}
+        params, model_class = self._resolve_point(row.entry, row.dataset, spec.point, layer, extra_overrides, config,
+                                                  config_dir, strict, wanted)
+        variant = self._variant(index, row.entry, spec.point, {}, params, model_class, None)
+        variant.trial = Trial(row=row.name, index=spec.index, tuner=self.tuner, spec=spec, earlier=row.earlier(),
+                              monitor_mode=row.search.mode, search=row.search)
+        if row.base_label:
+            variant.label = f"{row.base_label} #{spec.index + 1}"
+        row.variants.append(variant)
+        return variant, model_class
 
     def _resolve_point(self, entry: Entry, dataset, point: dict, tuner_layer: dict, extra_overrides, config,
                        config_dir, strict: bool, wanted: set) -> tuple[dict, type | None]:
@@ -408,28 +481,6 @@ class Suite:
             display_name=(getattr(model_class, "display_name", None) or model_class.__name__) if model_class else model,
             series=entry.label or entry.expid,
             code=code_fingerprint(model, params.get("models_from")).digest if model_class else "")
-
-    def _add_trial(self, variant: Variant, dataset, row_trials: list, trials: int, space: dict) -> None:
-        """A tuning suite's variant is a trial: its place in its row's search, after the earlier trials."""
-        where = f"{self.where}, expid {variant.expid}"
-        self._check_new_trial(where, variant.config_hash, row_trials, trials, space)
-        variant.trial = Trial(row=f"{variant.expid}@{dataset or '-'}", index=len(row_trials), tuner=self.tuner,
-                              earlier=list(row_trials), monitor_mode=str(variant.params.get("monitor_mode", "max")))
-        row_trials += [(variant.config_hash, int(s), variant.code) for s in variant.seeds]
-
-    def _check_new_trial(self, where: str, digest: str, row_trials: list, trials: int, space: dict) -> None:
-        """A tuning row's trial must be a config no earlier trial of the row has: two trials of one config would be
-        one stored run reported twice."""
-        earlier = [i for i, (d, _, _) in enumerate(row_trials) if d == digest]
-        if not earlier:
-            return
-        distinct = len({d for d, _, _ in row_trials})
-        if not space:
-            fix = "a tuning suite needs a `tuner_space` with the values to try; add one (suite or row), or drop `tuner`"
-        else:
-            fix = f"lower tuner `trials` to {distinct} or add values to `tuner_space`"
-        raise UserError(f"{where}: tuner trial #{distinct + 1} of {trials} resolves to the config of trial "
-                        f"#{earlier[0] + 1} (one stored run, reported twice); {fix}")
 
     def _separate_data_variant(self, params: dict, config) -> None:
         """A config that changes how the data is built gets its own build folder (``data_root`` is not hashed)."""

@@ -47,6 +47,15 @@ class SuiteProgress:
         self.bar.update(n - self.bar.n)
         self.bar.refresh()
 
+    def add(self, runs: list) -> None:
+        """Runs planned while the suite runs (a tuning row's next trial): counted and added to the bar."""
+        for run in runs:
+            if run.key not in self.runs:
+                self.count += 1
+                self.runs[run.key] = (self.count, run)
+                self.bar.total += run.epochs
+        self._refresh()
+
     def started(self, key) -> None:
         self.current[key] = 0.0
         self._refresh()

@@ -9,7 +9,7 @@ from mdl_bench.kernel.errors import UserError
 from ..procs import die_with_parent
 from ..store import Store, check_store_writable, store_path
 from .execute import execute_run
-from .plan import PlannedRun, Suite
+from .plan import Plan, PlannedRun, Suite
 from .progress import SuiteOutcome, SuiteProgress, result_line
 
 
@@ -39,6 +39,7 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
     db = Store(store or suite.store, create=not dry_run)  # a dry run only reads (a read-only store too)
     outcome = SuiteOutcome(plan=plan, store_path=db.path)
     try:
+        plan.catch_up(db)  # a tuning suite: each row's trials as far as the store has them, and the next one
         stored = db.stored_keys()
         by_config = db.stored_by_config()
         unique = plan.unique_runs()
@@ -61,7 +62,7 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
         if not pending:
             return outcome
         progress = SuiteProgress(pending, stream=progress_stream)
-        claims = ClaimQueue(pending, db, progress, outcome)
+        claims = ClaimQueue(pending, db, progress, outcome, plan)
         try:
             if jobs == 1:
                 _run_here(claims, suite.name, poll_seconds)
@@ -113,10 +114,21 @@ class ClaimQueue:
     :meth:`failed` (the claim is released).
     """
 
-    def __init__(self, pending: list, db: Store, progress: SuiteProgress, outcome: SuiteOutcome):
+    def __init__(self, pending: list, db: Store, progress: SuiteProgress, outcome: SuiteOutcome,
+                 plan: Plan | None = None):
         self.queued: list[PlannedRun] = list(pending)
         self.waiting: dict[tuple, PlannedRun] = {}
-        self.db, self.progress, self.outcome = db, progress, outcome
+        self.db, self.progress, self.outcome, self.plan = db, progress, outcome, plan
+
+    def _next_trials(self, run: PlannedRun) -> None:
+        """A tuning trial ended (stored, or failed): its row's next trial joins the queue."""
+        trial = run.variant.trial
+        if trial is None or self.plan is None or not self.plan.tuning:
+            return
+        failed = {r.key for r, _ in self.outcome.failed}
+        new = self.plan.catch_up(self.db, failed, rows=[trial.row])
+        self.queued += new
+        self.progress.add(new)
 
     @property
     def pending(self) -> bool:
@@ -127,18 +139,15 @@ class ClaimQueue:
         """The next queued run that may start, now claimed by this process; None when no queued run may start
         now (only waited runs, or trials whose earlier trials are still running, or none are left).
 
-        A tuning trial may start only once every earlier trial of its row is stored (or has failed here): the
-        pruner compares it with them, so rows run side by side under ``--jobs`` but each row's trials in order,
-        and the search is the same as one run at a time."""
+        A tuning trial is planned only once every earlier trial of its row is stored (or has failed here): the
+        sampler and the pruner depend on them, so rows run side by side under ``--jobs`` but each row's trials in
+        order, and the search is the same as one run at a time."""
         index = 0
         while index < len(self.queued):
             run = self.queued[index]
             if self.db.run_id(*run.key) is not None:
                 self.queued.pop(index)
                 self._stored_elsewhere(run, None)
-                continue
-            if not self._may_start(run):
-                index += 1
                 continue
             self.queued.pop(index)
             other = self.db.claim(*run.key)
@@ -148,13 +157,6 @@ class ClaimQueue:
             self.progress.write(f"{run.describe()} is running in process {other['pid']} on {other['hostname']}; "
                                 f"waiting for it")
         return None
-
-    def _may_start(self, run: PlannedRun) -> bool:
-        trial = run.variant.trial
-        if trial is None or not trial.tuner.rungs:
-            return True
-        failed = {r.key for r, _ in self.outcome.failed}
-        return all(key == run.key or key in failed or self.db.run_id(*key) is not None for key in trial.earlier)
 
     def poll(self) -> None:
         """Look at the waited runs: one stored meanwhile is skipped, one whose process is gone is queued again."""
@@ -173,6 +175,7 @@ class ClaimQueue:
         (self.outcome.stored_now if run_id is not None else self.outcome.stored_elsewhere).append(run)
         self.progress.finished(run.key, result_line(self.progress.runs[run.key][0], self.progress.count, run,
                                                     run_id, result))
+        self._next_trials(run)
 
     def failed(self, run: PlannedRun, message: str) -> None:
         """A taken run failed: its claim is released and the failure reported; the suite goes on."""
@@ -180,6 +183,7 @@ class ClaimQueue:
         self.outcome.failed.append((run, message))
         self.progress.finished(run.key, f"{self._index(run)} FAILED {run.describe()}: {message} "
                                         f"(log: {run.log_file})")
+        self._next_trials(run)
 
     def abandon(self, message: str) -> None:
         """The queued runs will not run (no worker left): each is a failure with ``message``, not reported."""
@@ -189,6 +193,7 @@ class ClaimQueue:
     def _stored_elsewhere(self, run: PlannedRun, line: str | None) -> None:
         self.outcome.stored_elsewhere.append(run)
         self.progress.finished(run.key, line)
+        self._next_trials(run)
 
     def _index(self, run: PlannedRun) -> str:
         return f"[{self.progress.runs[run.key][0]}/{self.progress.count}]"

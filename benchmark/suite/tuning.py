@@ -1,56 +1,93 @@
-"""Tuning suites: one search protocol for every row, every trial a run in the results store.
+"""Tuning suites: one search per row, the same compute for every method, every trial a run in the results store.
 
-A suite with a ``tuner:`` block is a tuning suite. Its ``tuner_space`` (FuxiCTR's autotuner idiom: a list is a
-grid axis, a scalar is fixed; a list of mappings is one axis whose points set several keys together) is the
-search space *shared* by every row (the training recipe); a row's own ``tuner_space`` adds at most a few of the
-method's own hyperparameters. ``tuner``::
+A suite with a ``tuner:`` block is a tuning suite. Its ``tuner_space`` is the training recipe *shared* by every
+row; a row's own ``tuner_space`` adds the method's own defining hyperparameters (at most three, structural ones
+included). A key is searched as::
+
+    learning_rate: {low: 1.e-4, high: 1.e-2, log: true}   # a float range (log scale with `log: true`)
+    batch_norm: [true, false]                              # a categorical axis
+    embedding_regularization:                              # a joint axis: each choice sets several keys
+        - {embedding_regularizer: 0}
+        - {embedding_regularizer: 1.e-2, embedding_regularizer_scope: batch}
+    embedding_dim: 16                                      # a scalar: fixed
+
+A row's own keys must be categorical (lists): each of their values is trained to convergence (below). A shared key
+that the row fixes in its ``overrides`` is not searched for that row (e.g. Single Domain's loss weighting).
+
+``tuner``::
 
     tuner:
-      trials: 12        # trials per row (the same budget for every method); omitted: the whole grid
-      seed: 2024        # the draw: trial i of every row gets the same shared (recipe) point
-      rungs: [1, 3]     # successive halving: at the end of these epochs a trial goes on only if ...
-      keep: 0.34        # ... its best validation monitor so far ranks in this top fraction of its row's
-                        #     earlier trials at that epoch (at least the best one always goes on)
+      budget: 40         # training epochs per row, all its trials together (the same for every method)
+      seed: 2024         # the search's seed (each row's stream is seeded by it and the row)
+      startup_trials: 8  # TPE: trials drawn at random before the model-based draws start
+      first_rung: 2      # successive halving: the first rung (epochs); rungs first_rung * reduction^k
+      reduction: 3       # at each rung the best 1/reduction go on
+      converged_epochs: 6  # the epochs one converged trial is assumed to take until the row has one
 
-The draw: the shared grid's points in a seeded random order (drawn again, in a new order, when ``trials``
-exceeds the grid), the same sequence for every row, so every method meets the same recipes; the row's own grid
-likewise from a stream seeded by the row (its expid and dataset). Trial ``i`` of a row is shared point ``i``
-plus own point ``i``. Without ``trials`` a row's trials are the whole grid, shared x own, in grid order.
+The search of a row has two stages.
 
-A trial is a run whose config says ``evaluate_test: false``: it is trained until early stopping (or the
-pruner) ends it, evaluated on the validation split only, and stored with its every validation
-(``valid_history``). The test split is never read while tuning; the chosen values are run on it once, by the
-suites that use the tuned defaults.
+1. **Search** (Optuna's TPE sampler, ``multivariate``, with Optuna's successive-halving pruner, ASHA): trial
+   ``i`` is drawn by TPE from trials ``0..i-1`` of its row and trained with the Base protocol (validations, learning
+   rate decay, early stopping); at the end of each rung epoch ``r`` it reports its best validation monitor of
+   epochs ``1..r`` and goes on only when that value ranks within the top ``floor(n / reduction)`` (at least the
+   top 1) of the ``n`` trials of its row that reached rung ``r`` so far, itself included (Optuna's
+   ``SuccessiveHalvingPruner`` with ``bootstrap_count=0``: with fewer than ``reduction`` values only a value at
+   least as good as the best so far goes on). Stage 1 runs while the row's epochs used so far plus the
+   reserve for stage 2 (its trials - the other own values and the learning-rate decades but one - times the
+   mean epochs of the row's converged trials, or ``converged_epochs`` before it has one) stay below
+   ``budget``; its last trial's epoch cap is cut to what is left, so the rows use the same epochs (such a
+   trial that ends at its cut cap has not converged). Stage 2 may end a few epochs past the budget (when
+   its trials take longer than the reserve assumed, or the chosen point must first be trained to the end);
+   the report gives every row's epochs used.
+2. **Sweep** at the chosen recipe (the best converged trial of stage 1): that point trained to convergence when
+   it was not; each other value of each own key, one key at a time; and for each decade of the learning-rate
+   range without a converged trial, the chosen point with its learning rate moved into that decade (same
+   mantissa, clipped to the range). Sweep trials are never pruned.
 
-Pruning (successive halving on epochs, asynchronous as in ASHA, but in a fixed order so that it reproduces):
-trial ``i`` is compared only with trials ``0..i-1`` of its row, which are stored before it starts (under
-``--jobs N`` rows run side by side, each row's trials one after another). At the end of each rung epoch ``r`` its value is the best monitor of epochs ``1..r``;
-the values of the earlier trials at ``r`` are the same quantity from their stored histories (a trial that
-ended by early stopping before ``r`` counts with its final best; one pruned before ``r`` does not count). With
-``n`` values (its own included) the trial goes on when it ranks within the best ``max(1, floor(n * keep))``.
-Selection: the best validation monitor (the configured ``monitor``, ``monitor_mode``) among the trials that were
-not pruned; a tie goes to the earlier trial. Everything is deterministic given the stored runs, so running the
-suite again from its config alone (same seed, same code) picks the same values.
+Selection: the best validation monitor (the configured ``monitor``, ``monitor_mode``) among the converged trials
+of both stages; a tie goes to the earlier trial. A trial is *converged* when it was not pruned and ended by early
+stopping (or at the row's full epoch cap). Float values are rounded to two significant digits before a trial
+runs (what is stored is what TPE is told).
+
+Reproducibility: trial ``i`` depends only on its row's stored trials ``0..i-1`` (the study is rebuilt from the
+store by replaying them through the same sampler and pruner; TPE's seed is drawn from the suite seed, the row
+and ``i``), so rows run side by side under ``--jobs`` while each row's trials run one after another, and running
+the suite again from its file into a fresh store trains the same trials and chooses the same values (given
+deterministic training). A trial is a run whose config says ``evaluate_test: false``: the test split is never
+read while tuning.
 """
 from __future__ import annotations
 
+import hashlib
 import math
-import random
+import warnings
 from dataclasses import dataclass, field
 
 from mdl_bench.kernel.errors import UserError, close_matches
 
-TUNER_KEYS = ("trials", "seed", "rungs", "keep")
+TUNER_KEYS = ("budget", "seed", "startup_trials", "first_rung", "reduction", "converged_epochs")
+MAX_OWN_KEYS = 3
+SIGNIFICANT_DIGITS = 2
+LEARNING_RATE = "learning_rate"
+
+
+def _int(data: dict, key: str, default: int, low: int, where: str) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{where}: tuner `{key}` must be an integer >= {low}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
 class Tuner:
     """The parsed ``tuner:`` block of a suite."""
 
-    trials: int | None = None
+    budget: int = 40
     seed: int = 0
-    rungs: tuple = ()
-    keep: float = 1.0
+    startup_trials: int = 8
+    first_rung: int = 2
+    reduction: int = 3
+    converged_epochs: float = 6.0
 
     @classmethod
     def parse(cls, data, where: str) -> "Tuner":
@@ -60,122 +97,338 @@ class Tuner:
             if key not in TUNER_KEYS:
                 raise UserError(f"{where}, tuner: unknown tuner key {key!r}{close_matches(str(key), TUNER_KEYS)}; "
                                 f"known keys: {', '.join(TUNER_KEYS)}")
-        trials, seed = data.get("trials"), data.get("seed", 0)
-        rungs, keep = data.get("rungs") or [], data.get("keep", 1.0)
-        if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
-            raise UserError(f"{where}: tuner `trials` must be an integer >= 1 (or left out for the whole grid), got "
-                            f"{trials!r}")
+        seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise UserError(f"{where}: tuner `seed` must be an integer, got {seed!r}")
-        if not isinstance(rungs, list) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1
-                                                  for r in rungs):
-            raise UserError(f"{where}: tuner `rungs` must be a list of epochs >= 1, got {rungs!r}")
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
-            raise UserError(f"{where}: tuner `keep` must be a fraction in (0, 1], got {keep!r}")
-        return cls(trials=trials, seed=seed, rungs=tuple(sorted(set(rungs))), keep=float(keep))
+        converged = data.get("converged_epochs", 6.0)
+        if isinstance(converged, bool) or not isinstance(converged, (int, float)) or converged <= 0:
+            raise UserError(f"{where}: tuner `converged_epochs` must be a number > 0, got {converged!r}")
+        return cls(budget=_int(data, "budget", 40, 1, where), seed=seed,
+                   startup_trials=_int(data, "startup_trials", 8, 0, where),
+                   first_rung=_int(data, "first_rung", 2, 1, where), reduction=_int(data, "reduction", 3, 2, where),
+                   converged_epochs=float(converged))
+
+
+# ------------------------------------------------------------------------------------------------ the space
+@dataclass(frozen=True)
+class Axis:
+    """One searched dimension. ``choices`` (categorical): each a mapping of config keys to values; ``low``,
+    ``high``, ``log`` (float): the range of the config key ``name``."""
+
+    name: str
+    own: bool
+    choices: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+
+    @property
+    def categorical(self) -> bool:
+        return bool(self.choices)
+
+    def distribution(self):
+        import optuna
+
+        if self.categorical:
+            return optuna.distributions.CategoricalDistribution(list(range(len(self.choices))))
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+
+    def config(self, value) -> dict:
+        """The config keys this axis sets for an encoded value (a choice's index, or the float)."""
+        return dict(self.choices[value]) if self.categorical else {self.name: value}
+
+
+def _axis(name: str, value, own: bool, where: str) -> Axis | None:
+    if isinstance(value, dict) and ("low" in value or "high" in value):
+        unknown = set(value) - {"low", "high", "log"}
+        low, high, log = value.get("low"), value.get("high"), bool(value.get("log", False))
+        if unknown or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) \
+                or not low < high or (log and low <= 0):
+            raise UserError(f"{where}: tuner_space {name!r} must be {{low: a, high: b[, log: true]}} with a < b (and "
+                            f"a > 0 on a log scale), got {value!r}")
+        if own:
+            raise UserError(f"{where}: the row's own key {name!r} must list its values (each is trained to "
+                            f"convergence at the chosen recipe), not a range")
+        return Axis(name=name, own=own, low=float(low), high=float(high), log=log)
+    if not isinstance(value, list):
+        return None  # a scalar: fixed, not searched
+    if not value:
+        raise UserError(f"{where}: tuner_space key {name!r} has an empty list; give at least one value")
+    if any(isinstance(v, dict) for v in value) and not all(isinstance(v, dict) and v for v in value):
+        raise UserError(f"tuner_space key {name!r} mixes mappings and values; a joint axis lists only mappings "
+                        f"of config keys (key: value), a plain axis only values")
+    choices = tuple(dict(v) if isinstance(v, dict) else {name: v} for v in value)
+    return Axis(name=name, own=own, choices=choices)
+
+
+def search_space(shared: dict, own: dict, fixed, where: str) -> tuple[list, dict]:
+    """The axes of one row (shared recipe first, then its own keys) and the fixed keys (scalars of the spaces).
+    ``fixed``: the keys the row's overrides set, which the row does not search."""
+    if len([k for k, v in own.items() if isinstance(v, (list, dict))]) > MAX_OWN_KEYS:
+        raise UserError(f"{where}: a row searches at most {MAX_OWN_KEYS} of its own keys, got "
+                        f"{', '.join(own)}; keep the ones that define the method")
+    axes, constants = [], {}
+    for space, is_own in ((shared, False), (own, True)):
+        for name, value in space.items():
+            if name == "seed" or (not is_own and name in own):
+                continue
+            axis = _axis(name, value, is_own, where)
+            if axis is None:
+                constants[name] = value
+            elif not (set(axis.config(0) if axis.categorical else {name}) & set(fixed)):
+                axes.append(axis)
+    return axes, constants
+
+
+def round_value(value: float) -> float:
+    """``value`` to :data:`SIGNIFICANT_DIGITS` significant digits (what a trial runs and TPE is told)."""
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+# ------------------------------------------------------------------------------------------------ trials
+@dataclass(frozen=True)
+class TrialSpec:
+    """A trial of a row: its index, stage (``search`` or ``sweep``), encoded values (axis name -> choice index or
+    float), config keys, and its epoch cap when the budget cut it (else ``None``)."""
+
+    index: int
+    stage: str
+    values: tuple
+    point: dict = field(hash=False, compare=False)
+    epochs: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage} {self.index + 1}"
 
 
 @dataclass
 class Trial:
-    """Where a planned run stands in its row's search: its index and the keys of the trials before it."""
+    """Where a planned run stands in its row's search: the row, the spec and the row's earlier trials (their
+    specs and store keys: the pruner replays them)."""
 
     row: str
     index: int
     tuner: Tuner
-    earlier: list = field(default_factory=list)  # run keys (config hash, seed, code) of trials 0..index-1
+    spec: TrialSpec | None = None
+    earlier: list = field(default_factory=list)  # (TrialSpec, run key) of trials 0..index-1
     monitor_mode: str = "max"
-
-
-def _draw(points: list, count: int, stream: str) -> list:
-    """``count`` of ``points`` in seeded random orders: every point once before any point twice."""
-    rng = random.Random(stream)  # a str seed is hashed with SHA-512: the same draw on every machine and run
-    out: list = []
-    while len(out) < count:
-        order = list(range(len(points)))
-        rng.shuffle(order)
-        out += [points[i] for i in order]
-    return out[:count]
-
-
-def trial_points(shared: list, own: list, tuner: Tuner, row: str) -> list:
-    """The trials of one row: ``shared`` and ``own`` are the grid points (dicts) of the suite's and the row's
-    ``tuner_space``; returns one merged point per trial."""
-    if tuner.trials is None:
-        return [{**s, **o} for s in shared for o in own]
-    shared_seq = _draw(shared, tuner.trials, f"{tuner.seed}:shared")
-    own_seq = _draw(own, tuner.trials, f"{tuner.seed}:{row}")
-    return [{**s, **o} for s, o in zip(shared_seq, own_seq)]
-
-
-# ------------------------------------------------------------------------------------------------ pruning
-def _better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
+    search: "RowSearch | None" = None
 
 
 def _best(values, mode: str) -> float:
     return max(values) if mode == "max" else min(values)
 
 
-def rung_value(history: list, rung: int, mode: str, pruned: bool) -> float | None:
-    """A stored trial's value at rung epoch ``rung``: its best monitor over epochs ``1..rung`` once it finished
-    epoch ``rung``; its final best if it ended by early stopping (not pruned) before; else ``None``."""
-    if not history:
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def epoch_values(history: list, mode: str) -> list:
+    """``(epoch, best monitor of epochs 1..epoch)`` at each epoch end of a stored ``valid_history``."""
+    out, best = [], None
+    for entry in history or []:
+        best = entry["monitor"] if best is None else _best([best, entry["monitor"]], mode)
+        if entry.get("epoch_end", True):
+            out.append((int(entry["epoch"]), best))
+    return out
+
+
+def converged(spec: TrialSpec, result: dict | None, full_cap: int) -> bool:
+    """Not pruned, and ended by early stopping, or at the row's full epoch cap (not at a cap the budget cut)."""
+    if result is None or result.get("stopped_by") or not result.get("valid_history"):
+        return False
+    cap = spec.epochs or full_cap
+    return int(result.get("epochs_run") or 0) < cap or cap >= full_cap
+
+
+def best_monitor(result: dict | None, mode: str) -> float | None:
+    history = (result or {}).get("valid_history") or []
+    return _best([h["monitor"] for h in history], mode) if history else None
+
+
+class RowSearch:
+    """The search of one row on one dataset: given its stored trials, the next one (or ``None``: done)."""
+
+    def __init__(self, row: str, axes: list, constants: dict, tuner: Tuner, mode: str, full_cap: int):
+        self.row, self.axes, self.constants, self.tuner = row, axes, constants, tuner
+        self.mode, self.full_cap = mode, int(full_cap)
+        self.by_name = {a.name: a for a in axes}
+
+    # -------------------------------------------------------------------------------- what trials mean
+    def point(self, values: tuple, epochs: int | None = None) -> dict:
+        out = dict(self.constants)
+        for name, value in values:
+            out.update(self.by_name[name].config(value))
+        if epochs is not None:
+            out["epochs"] = epochs
+        return out
+
+    def spec(self, index: int, stage: str, values: dict, epochs: int | None = None) -> TrialSpec:
+        ordered = tuple((a.name, values[a.name]) for a in self.axes)
+        return TrialSpec(index=index, stage=stage, values=ordered, point=self.point(ordered, epochs), epochs=epochs)
+
+    # -------------------------------------------------------------------------------- Optuna
+    def study(self, done: list, index: int):
+        """An in-memory Optuna study holding the row's stage-1 trials ``done`` (``(spec, result)``), replayed
+        through the sampler and pruner in their order, so the pruner's rungs are as they were when each ran."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        seed = int.from_bytes(hashlib.sha256(f"{self.tuner.seed}:{self.row}:{index}".encode()).digest()[:4], "big")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # multivariate TPE is marked experimental
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.tuner.startup_trials,
+                                                 multivariate=True)
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=self.tuner.first_rung,
+                                                        reduction_factor=self.tuner.reduction,
+                                                        min_early_stopping_rate=0, bootstrap_count=0)
+        study = optuna.create_study(direction="maximize" if self.mode == "max" else "minimize", sampler=sampler,
+                                    pruner=pruner)
+        for spec, result in done:
+            if spec.stage != "search":
+                continue
+            trial = self._ask(study, spec)
+            for epoch, value in epoch_values((result or {}).get("valid_history"), self.mode):
+                trial.report(value, epoch)
+                trial.should_prune()
+            if result is None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            elif converged(spec, result, self.full_cap):
+                study.tell(trial, best_monitor(result, self.mode))
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return study
+
+    def _ask(self, study, spec: TrialSpec | None = None):
+        if spec is not None:
+            study.enqueue_trial(dict(spec.values))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return study.ask({a.name: a.distribution() for a in self.axes})
+
+    def pruner(self, done: list, spec: TrialSpec) -> "Pruner":
+        study = self.study(done, spec.index)
+        return Pruner(self._ask(study, spec), self.mode, self.tuner.reduction)
+
+    # -------------------------------------------------------------------------------- the next trial
+    def epochs_used(self, done: list) -> int:
+        return sum(int((result or {}).get("epochs_run") or 0) for _, result in done)
+
+    def sweep_size(self) -> int:
+        """Stage 2's trials, counted before it starts: the other own values and the decades but the chosen
+        point's (the chosen point itself is usually converged already: the pruner lets the best go on)."""
+        own = sum(len(a.choices) - 1 for a in self.axes if a.own)
+        return own + max(0, len(self.decades()) - 1)
+
+    def reserve(self, done: list) -> float:
+        runs = [int(r["epochs_run"]) for s, r in done if converged(s, r, self.full_cap)]
+        per_trial = sum(runs) / len(runs) if runs else self.tuner.converged_epochs
+        return self.sweep_size() * per_trial
+
+    def next(self, done: list) -> TrialSpec | None:
+        """The trial after ``done`` (``(spec, stored result or None)`` of every earlier trial), or ``None``."""
+        if not any(s.stage == "sweep" for s, _ in done):
+            left = int(math.floor(self.tuner.budget - self.reserve(done) - self.epochs_used(done)))
+            if left >= self.tuner.first_rung and self.axes:
+                trial = self._ask(self.study(done, len(done)))
+                values = {a.name: (trial.params[a.name] if a.categorical else round_value(trial.params[a.name]))
+                          for a in self.axes}
+                return self.spec(len(done), "search", values, left if left < self.full_cap else None)
+        return self._next_sweep(done)
+
+    def chosen(self, done: list, stage: str | None = None) -> int | None:
+        """Index in ``done`` of the best converged trial (of ``stage`` only, when given); a tie: the earlier."""
+        best, best_value = None, None
+        for i, (spec, result) in enumerate(done):
+            if (stage and spec.stage != stage) or not converged(spec, result, self.full_cap):
+                continue
+            value = best_monitor(result, self.mode)
+            if best_value is None or _better(value, best_value, self.mode):
+                best, best_value = i, value
+        return best
+
+    def _next_sweep(self, done: list) -> TrialSpec | None:
+        search = [(s, r) for s, r in done if s.stage == "search"]
+        if not search:  # nothing to search (every key fixed): the row's one point, trained to convergence
+            return None if done or self.axes else self.spec(0, "sweep", {})
+        at = self.chosen(search)
+        if at is None:  # none converged: the best value seen, trained to convergence first
+            at = max(range(len(search)), key=lambda i: (best_monitor(search[i][1], self.mode) or -math.inf)
+                     * (1 if self.mode == "max" else -1))
+        base = dict(search[at][0].values)
+        for values in self._sweep_points(base, done):
+            if not any(dict(s.values) == values and converged(s, r, self.full_cap) for s, r in done) and \
+                    not any(dict(s.values) == values and s.stage == "sweep" for s, _ in done):
+                return self.spec(len(done), "sweep", values)
         return None
-    reached = any(h["epoch"] > rung or (h["epoch"] == rung and h.get("epoch_end", True)) for h in history)
-    if reached:
-        return _best([h["monitor"] for h in history if h["epoch"] <= rung], mode)
-    return None if pruned else _best([h["monitor"] for h in history], mode)
+
+    def _sweep_points(self, base: dict, done: list):
+        yield dict(base)
+        for axis in self.axes:
+            if axis.own:
+                for choice in range(len(axis.choices)):
+                    if choice != base[axis.name]:
+                        yield {**base, axis.name: choice}
+        lr = self.by_name.get(LEARNING_RATE)
+        if lr is None or lr.categorical:
+            return
+        for decade in self.decades():
+            covered = any(converged(s, r, self.full_cap) and
+                          math.floor(math.log10(dict(s.values)[LEARNING_RATE]) + 1e-9) == decade for s, r in done)
+            if not covered:
+                mantissa = base[LEARNING_RATE] / 10 ** math.floor(math.log10(base[LEARNING_RATE]) + 1e-9)
+                moved = min(max(mantissa * 10 ** decade, lr.low), lr.high)
+                yield {**base, LEARNING_RATE: round_value(moved)}
+
+    def decades(self) -> list:
+        """The decades (``floor(log10)``) the learning-rate range spans; none when it is not a float axis."""
+        lr = self.by_name.get(LEARNING_RATE)
+        if lr is None or lr.categorical:
+            return []
+        low, high = math.floor(math.log10(lr.low) + 1e-9), math.floor(math.log10(lr.high) - 1e-9)
+        return list(range(low, high + 1))
 
 
 class Pruner:
-    """The validation callback of one trial (``MultiDomainModel.validation_callbacks``): at the end of each rung
-    epoch it ranks the trial among its row's earlier trials and returns a reason to stop when it falls outside
-    the kept fraction. ``earlier``: the stored ``(valid_history, stopped_by)`` of trials ``0..i-1``."""
+    """The validation callback of one stage-1 trial (``MultiDomainModel.validation_callbacks``): at each epoch end
+    it reports the best monitor so far to its Optuna trial and returns a reason to stop when the pruner says so."""
 
-    def __init__(self, tuner: Tuner, earlier: list, mode: str = "max"):
-        self.tuner, self.earlier, self.mode = tuner, list(earlier), mode
-        self.history: list = []
+    def __init__(self, trial, mode: str = "max", reduction: int = 3):
+        self.trial, self.mode, self.reduction = trial, mode, reduction
+        self.best: float | None = None
 
     def __call__(self, entry: dict) -> str | None:
-        self.history.append(entry)
-        epoch = int(entry["epoch"])
-        if epoch not in self.tuner.rungs or not entry.get("epoch_end", True):
+        value = float(entry["monitor"])
+        self.best = value if self.best is None else _best([self.best, value], self.mode)
+        if not entry.get("epoch_end", True):
             return None
-        own = _best([h["monitor"] for h in self.history], self.mode)
-        others = [v for v in (rung_value(h, epoch, self.mode, bool(s)) for h, s in self.earlier) if v is not None]
-        n = len(others) + 1
-        kept = max(1, math.floor(n * self.tuner.keep))
-        rank = 1 + sum(1 for v in others if _better(v, own, self.mode))
-        if rank > kept:
-            return f"pruned at epoch {epoch}: rank {rank} of {n} trials (the best {kept} go on)"
+        epoch = int(entry["epoch"])
+        self.trial.report(self.best, epoch)
+        if self.trial.should_prune():
+            return f"pruned at epoch {epoch}: not in the best 1/{self.reduction} of its row's trials at this rung"
         return None
 
 
-def pruner_for(trial: Trial, store, key: tuple) -> Pruner:
-    """The pruner of a trial about to run, from the stored results of its row's earlier trials (``store``: an
-    open :class:`~mdl_bench.benchmark.store.Store`; a trial not stored, e.g. a failed one, does not count)."""
-    earlier = []
-    for other in trial.earlier:
-        run_id = store.run_id(*other) if other != key else None
-        if run_id is not None:
-            result = store.get_run(run_id)["result"]
-            earlier.append((result.get("valid_history") or [], result.get("stopped_by")))
-    return Pruner(trial.tuner, earlier, trial.monitor_mode)
+def pruner_for(trial: Trial, store) -> Pruner | None:
+    """The pruner of a stage-1 trial about to run, from its row's stored earlier trials (``store``: an open
+    :class:`~mdl_bench.benchmark.store.Store`); ``None`` for a sweep trial."""
+    if trial.spec is None or trial.spec.stage != "search" or trial.search is None:
+        return None
+    return trial.search.pruner(stored_trials(trial.earlier, store), trial.spec)
+
+
+def stored_trials(earlier: list, store) -> list:
+    """``(spec, stored result or None)`` of ``earlier`` (``(spec, run key)``)."""
+    out = []
+    for spec, key in earlier:
+        run_id = store.run_id(*key)
+        out.append((spec, store.get_run(run_id)["result"] if run_id is not None else None))
+    return out
 
 
 def selection_value(result: dict, mode: str) -> float | None:
-    """A stored trial's score for selection: its best validation monitor; ``None`` for a pruned trial."""
-    history = result.get("valid_history") or []
-    if result.get("stopped_by") or not history:
+    """A stored trial's score: its best validation monitor; ``None`` for a pruned trial."""
+    if result.get("stopped_by"):
         return None
-    return _best([h["monitor"] for h in history], mode)
-
-
-def select(results: list, mode: str) -> int | None:
-    """Index of the chosen trial among ``results`` (stored results in trial order, ``None`` for a missing one)."""
-    best, best_value = None, None
-    for i, result in enumerate(results):
-        value = selection_value(result, mode) if result is not None else None
-        if value is not None and (best_value is None or _better(value, best_value, mode)):
-            best, best_value = i, value
-    return best
+    return best_monitor(result, mode)
