@@ -46,6 +46,7 @@ setup(
         "scipy",
         "tqdm",
         "pydantic>=2.5,<3",  # the typed config schema (benchmark/schema.py)
+        "optuna>=4,<5",  # the tuning suites' sampler (TPE) and pruner (successive halving)
         "matplotlib",  # analysis figures (mdl-bench analyze), leaderboard plots (figure 8)
     ],
     extras_require={
