@@ -268,28 +268,9 @@ class MultiDomainModel(BaseModel):
         once), so a row's penalty does not grow with the steps in which it is absent."""
         if self.embedding_regularizer_scope == "table" or not self.settings.embedding_regularizer:
             return super().regularization_loss()
-        from mdl_bench.model_zoo.core.fuxictr_api import FeatureEmbeddingDict, get_regularizer
-
-        X = self._batch_inputs
-        reg = 0
-        emb_params = set()
-        for m_name, module in self.named_modules():
-            if type(module) is not FeatureEmbeddingDict:
-                continue
-            for p_name, param in module.named_parameters():
-                emb_params.add(f"{m_name}.{p_name}")
-            for field, layer in module.embedding_layers.items():
-                if X is None or field not in X or not isinstance(layer, torch.nn.Embedding):
-                    continue
-                rows = layer.weight[X[field].long().reshape(-1).unique()]
-                for p, weight in get_regularizer(self.settings.embedding_regularizer):
-                    reg = reg + (weight / p) * torch.norm(rows, p) ** p
-        net = get_regularizer(self.settings.net_regularizer)
-        for name, param in self.named_parameters():
-            if param.requires_grad and name not in emb_params:
-                for p, weight in net:
-                    reg = reg + (weight / p) * torch.norm(param, p) ** p
-        return reg
+        # before any training forward there are no looked-up rows: no embedding penalty
+        rows = self._batch_inputs if self._batch_inputs is not None else {}
+        return regularizer([self], self.settings.embedding_regularizer, self.settings.net_regularizer, rows)
 
     # ------------------------------------------------------------------ training loop
     @property
@@ -322,6 +303,10 @@ class MultiDomainModel(BaseModel):
                 break
             logging.info(f"************ Epoch={epoch + 1} end ************")
         logging.info("Training finished.")
+        self.restore_best()
+
+    def restore_best(self) -> None:
+        """The end of :meth:`fit`: load the checkpoint it kept (the best validation's weights)."""
         logging.info(f"Load best model: {self.checkpoint}")
         self.load_weights(self.checkpoint)
 
@@ -539,3 +524,54 @@ class MultiDomainModel(BaseModel):
                                                                      self.get_labels(batch_data)), rows)
         return {"embedding_parameters": counts["embedding"], "dense_parameters": counts["dense"],
                 "train_flops_per_row": flops}
+
+
+def regularizer(modules: list[torch.nn.Module], embedding_regularizer, net_regularizer,
+                batch_inputs: dict[str, torch.Tensor] | None = None):
+    """FuxiCTR's regularisers over the parameters of ``modules``: ``sum (lambda / p) * ||w||_p^p``.
+
+    The embedding regulariser covers the parameters of every ``FeatureEmbeddingDict`` (FuxiCTR's embedding
+    parameters): with ``batch_inputs`` ``None`` the whole tables (FuxiCTR's ``regularization_loss`` restricted to
+    ``modules``; scope ``table``), else only the rows of ``nn.Embedding`` tables that ``batch_inputs`` (``{field:
+    ids of B rows}``) looks up, each row once (scope ``batch``; the other embedding parameters then go
+    unpenalised). The net regulariser covers every other trainable parameter. Returns ``0`` when nothing is
+    penalised, else a scalar tensor.
+    """
+    from mdl_bench.model_zoo.core.fuxictr_api import FeatureEmbeddingDict, get_regularizer
+
+    emb, net = get_regularizer(embedding_regularizer), get_regularizer(net_regularizer)
+    reg = 0
+    for module in modules:
+        tables = [(name, sub) for name, sub in module.named_modules() if type(sub) is FeatureEmbeddingDict]
+        emb_params = {f"{name}.{p_name}" if name else p_name
+                      for name, sub in tables for p_name, _ in sub.named_parameters()}
+        for _, sub in tables:
+            if batch_inputs is None:
+                reg = _add_penalty(reg, [p for p in sub.parameters() if p.requires_grad], emb)
+            else:
+                reg = _add_looked_up_rows_penalty(reg, sub, emb, batch_inputs)
+        reg = _add_penalty(reg, [p for name, p in module.named_parameters()
+                                 if p.requires_grad and name not in emb_params], net)
+    return reg
+
+
+def _add_penalty(reg, params: list[torch.Tensor], pairs: list):
+    """``reg`` plus ``(lambda / p) * ||w||_p^p`` for every tensor ``w`` of ``params`` and every ``(p, lambda)`` of
+    ``pairs``, added term by term in FuxiCTR's order (tensor by tensor)."""
+    for param in params:
+        for p, weight in pairs:
+            reg = reg + (weight / p) * torch.norm(param, p) ** p
+    return reg
+
+
+def _add_looked_up_rows_penalty(reg, embedding_dict, emb: list, batch_inputs: dict[str, torch.Tensor]):
+    """``reg`` plus the embedding regulariser ``emb`` (``[(p, lambda)]``) on the rows of each ``nn.Embedding``
+    table of a ``FeatureEmbeddingDict`` that ``batch_inputs`` looks up, each row once (added term by term, in
+    the order FuxiCTR adds its terms)."""
+    for field, layer in embedding_dict.embedding_layers.items():
+        if field not in batch_inputs or not isinstance(layer, torch.nn.Embedding):
+            continue
+        rows = layer.weight[batch_inputs[field].long().reshape(-1).unique()]
+        for p, weight in emb:
+            reg = reg + (weight / p) * torch.norm(rows, p) ** p
+    return reg

@@ -29,8 +29,14 @@ def domain_loss(model, batch, s):
 
 
 def table_grads(model):
-    """Gradient mass on each of the M tables of ``model.embedding`` (slice p of every field's M*D columns)."""
+    """Gradient mass on each of the M tables of ``model.embedding`` (slice p of every field's M*D columns; table p's
+    own weights for a SeparateTables)."""
+    from mdl_bench.model_zoo.layers import SeparateTables
+
     emb = model.embedding
+    if isinstance(emb, SeparateTables):
+        return torch.stack([sum((p.grad.abs().sum() for p in table.parameters() if p.grad is not None),
+                                torch.zeros(())) for table in emb.tables])
     total = torch.zeros(emb.num_tables)
     for p in emb.parameters():
         if p.grad is not None:

@@ -178,7 +178,9 @@ def loss_terms(model, batch_iter, seed: int = 0) -> dict | None:
 # ---------------------------------------------------------------------------------------------------- tables
 @dataclass
 class TableRef:
-    """One embedding table of one field: columns ``[index*D, (index+1)*D)`` of a field's weight.
+    """One embedding table of one field: columns ``[slot*D, (slot+1)*D)`` of a field's weight (``slot`` = ``index``
+    for a :class:`MultiEmbedding`, whose tables sit side by side in one weight; 0 for a table of a
+    :class:`SeparateTables`, which has a weight of its own).
 
     ``view()`` returns those columns as a numpy view sharing the weight's memory (CPU weights; a CUDA weight is
     copied one table at a time)."""
@@ -189,13 +191,20 @@ class TableRef:
     domain: int | None
     weight: torch.nn.Parameter
     dim: int
+    slot: int | None = None  # the column block of ``weight``; None: ``index``
 
     @property
     def name(self) -> str:
         return f"{self.module}.{self.field}[{self.index}]"
 
+    @property
+    def columns(self) -> slice:
+        """The table's columns of ``weight``."""
+        slot = self.index if self.slot is None else self.slot
+        return slice(slot * self.dim, (slot + 1) * self.dim)
+
     def view(self) -> np.ndarray:
-        columns = slice(self.index * self.dim, (self.index + 1) * self.dim)
+        columns = self.columns
         weight = self.weight.detach()
         if weight.device.type != "cpu":
             return weight[:, columns].cpu().numpy()  # one table's copy, freed by the caller
@@ -204,22 +213,36 @@ class TableRef:
 
 def embedding_tables(model, fields: list[str] | None = None) -> list[TableRef]:
     """Every table of every categorical field of every multi-embedding of the model (the main ``embedding``
-    first), as :class:`TableRef`; ``fields`` restricts the fields."""
-    from mdl_bench.model_zoo.layers import MultiEmbedding
-
+    first), as :class:`TableRef`; ``fields`` restricts the fields. A :class:`SeparateTables` counts as one
+    multi-embedding whose table ``p`` is its ``p``-th one-table :class:`MultiEmbedding`."""
     refs = []
-    modules = sorted(((n, m) for n, m in model.named_modules() if isinstance(m, MultiEmbedding)),
-                     key=lambda item: (item[0] != "embedding", item[0]))
-    for name, module in modules:
-        domains = table_domains(model, name, module.num_tables)
-        layers = module.embedding.embedding_layer.embedding_layers
+    for name, module, tables in _multi_embeddings(model):
+        domains = table_domains(model, name, len(tables))
         for field in module.fields:
-            layer = layers[field] if field in layers else None
-            if not isinstance(layer, torch.nn.Embedding) or (fields is not None and field not in fields):
+            if fields is not None and field not in fields:
                 continue
-            for index in range(module.num_tables):
-                refs.append(TableRef(name, field, index, domains[index], layer.weight, module.embedding_dim))
+            for index, (table, slot) in enumerate(tables):
+                layers = table.embedding.embedding_layer.embedding_layers
+                layer = layers[field] if field in layers else None
+                if isinstance(layer, torch.nn.Embedding):
+                    refs.append(TableRef(name, field, index, domains[index], layer.weight, module.embedding_dim, slot))
     return refs
+
+
+def _multi_embeddings(model) -> list[tuple]:
+    """``(name, module, tables)`` of every multi-embedding of ``model``, the main ``embedding`` first; ``tables``
+    lists each table as ``(the MultiEmbedding holding it, its column block there)``."""
+    from mdl_bench.model_zoo.layers import MultiEmbedding, SeparateTables
+
+    found, inner = [], set()
+    for name, module in model.named_modules():
+        if isinstance(module, SeparateTables):
+            found.append((name, module, [(table, 0) for table in module.tables]))
+            inner.update(id(table) for table in module.tables)
+    for name, module in model.named_modules():
+        if isinstance(module, MultiEmbedding) and id(module) not in inner:
+            found.append((name, module, [(module, index) for index in range(module.num_tables)]))
+    return sorted(found, key=lambda item: (item[0] != "embedding", item[0]))
 
 
 def train_frequencies(columns: dict[str, torch.Tensor], fields: list[str], vocab_sizes: dict[str, int],

@@ -6,7 +6,8 @@ stock FuxiCTR models of its child process (plain ``fuxictr.pytorch.models.BaseMo
 therefore times the very operations training runs, in the same order, and a change to the step changes them all.
 
 The order is FuxiCTR's ``BaseModel.train_step``: zero_grad; forward; labels and loss; backward; clip the gradient
-norm; optimiser step. Training is bit-identical to that order; do not reorder it.
+norm (of all parameters together, or of each of a model's :func:`clip_groups`); optimiser step. Training is
+bit-identical to that order; do not reorder it.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def train_step(model: Trainable, batch: Mapping[str, torch.Tensor], max_gradient
     Args:
         model: owns the optimiser, the labels, the loss and the parameters that are clipped.
         batch: ``{column: tensor}`` of ``B`` rows, labels included (a loader's batch).
-        max_gradient_norm: the total gradient norm is clipped to this (FuxiCTR's ``fit`` default: 10).
+        max_gradient_norm: the total gradient norm (of each of :func:`clip_groups`) is clipped to this (FuxiCTR's
+            ``fit`` default: 10).
         module: what the forward goes through (default ``model``). Under DDP this must be the wrapper, or the
             gradients are never all-reduced.
         mark: called with each name of :data:`PHASES` right after that phase, so that a caller can read a clock
@@ -58,11 +60,20 @@ def train_step(model: Trainable, batch: Mapping[str, torch.Tensor], max_gradient
     loss.backward()
     if mark is not None:
         mark("backward")
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_gradient_norm)
+    for params in clip_groups(model):
+        torch.nn.utils.clip_grad_norm_(params, max_gradient_norm)
     model.optimizer.step()
     if mark is not None:
         mark("optimizer")
     return loss
+
+
+def clip_groups(model: Trainable) -> list:
+    """The sets of parameters whose gradient norm is clipped as one: by default all of the model's (FuxiCTR's
+    step); a model that trains independent models side by side declares ``gradient_clip_groups()`` (one
+    parameter list per model), so that each is clipped on its own norm, as it would be trained alone."""
+    declared = getattr(model, "gradient_clip_groups", None)
+    return [model.parameters()] if declared is None else declared()
 
 
 def now(device: torch.device | None = None) -> float:

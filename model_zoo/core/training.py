@@ -67,10 +67,28 @@ def record_validation(state: TrainingState, value: float, monitor_mode: str, pat
     return improved
 
 
+def record_unmeasured(state: TrainingState, patience: int) -> bool:
+    """Update ``state`` with a validation whose monitor could not be measured (NaN: e.g. no validation rows of
+    one class). It counts as a plateau, so that patience still ends training; the first validation of a ``fit``
+    counts as an improvement (True) so that a best state exists. ``best_metric`` keeps its value."""
+    if state.best_epoch is None:
+        state.best_epoch = state.epoch + 1
+        return True
+    state.stopping_steps += 1
+    if state.stopping_steps >= patience:
+        state.stop = True
+    return False
+
+
+def decay_group_learning_rate(group: dict, factor: float = LR_DECAY_FACTOR, floor: float = MIN_LEARNING_RATE) -> float:
+    """Multiply one optimiser parameter group's learning rate by ``factor``, not below ``floor``; the new rate."""
+    group["lr"] = max(group["lr"] * factor, floor)
+    return group["lr"]
+
+
 def decay_learning_rate(optimizer, factor: float = LR_DECAY_FACTOR, floor: float = MIN_LEARNING_RATE) -> float:
     """Multiply every parameter group's learning rate by ``factor``, not below ``floor``; the new rate."""
     rate = float("nan")
     for group in optimizer.param_groups:
-        rate = max(group["lr"] * factor, floor)
-        group["lr"] = rate
+        rate = decay_group_learning_rate(group, factor, floor)
     return rate

@@ -87,6 +87,65 @@ class MultiEmbedding(nn.Module):
             self.num_tables, B, F * self.embedding_dim)
 
 
+class SeparateTables(nn.Module):
+    """``M`` embedding tables for the same fields, each its own :class:`MultiEmbedding` of one table (width ``D``):
+    its own parameters, so that each table can be optimised, regularised, frozen and restored on its own.
+
+    It reads as a multi-embedding of ``M`` tables (``num_tables``, ``embedding_dim``, ``fields``, ``forward``,
+    ``flat``), at ``M`` lookups per field instead of :class:`MultiEmbedding`'s one. Table ``p`` is
+    ``tables[p]`` (FuxiCTR's encoders inside); :meth:`routed` looks table ``s`` up for the rows of domain ``s``
+    only (one lookup per row and field in all, whatever ``M``).
+
+    Args:
+        feature_map: FuxiCTR feature map.
+        embedding_dim: ``D``.
+        num_tables: ``M``.
+
+    Shapes:
+        ``forward(X)``: ``M x B x F x D``; ``flat(X)``: ``M x B x (F*D)`` (every table on every row);
+        ``routed(X, groups)`` (``M = K``): ``K`` tensors ``n_s x (F*D)``, table ``s`` on the ``n_s`` rows of domain
+        ``s`` (in :class:`~model_zoo.layers.DomainGroups`' sorted order).
+    """
+
+    def __init__(self, feature_map, embedding_dim: int, num_tables: int,
+                 embedding_initializer: str = "partial(nn.init.normal_, std=1e-4)"):
+        super().__init__()
+        if num_tables < 1:
+            raise UserError(f"the number of embedding tables must be at least 1, got {num_tables}")
+        self.tables = nn.ModuleList([MultiEmbedding(feature_map, embedding_dim, 1,
+                                                    embedding_initializer=embedding_initializer)
+                                     for _ in range(num_tables)])
+        self.embedding_dim, self.num_tables = embedding_dim, num_tables
+        self.fields, self.num_fields = self.tables[0].fields, self.tables[0].num_fields
+
+    @property
+    def output_dim(self) -> int:
+        """Width of one flattened table, ``F * D``."""
+        return self.num_fields * self.embedding_dim
+
+    def positions(self, names: Sequence[str]) -> list[int]:
+        """Index on the ``F`` axis of each field in ``names`` (see :meth:`MultiEmbedding.positions`)."""
+        return self.tables[0].positions(names)
+
+    def select(self, emb: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """The named fields of an embedding ``... x F x D``, in the order of ``names``."""
+        return take_fields(emb, self.positions(names))
+
+    def forward(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([table(X)[0] for table in self.tables])
+
+    def flat(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([table.flat(X)[0] for table in self.tables])
+
+    def routed(self, X: dict[str, torch.Tensor], groups) -> list[torch.Tensor]:
+        """Table ``s`` on the rows of domain ``s`` (``groups``: the batch's
+        :class:`~model_zoo.layers.DomainGroups`); a domain without rows gets ``0 x (F*D)``, its table still in
+        the autograd graph (data-parallel training needs every parameter there)."""
+        per_domain = {name: groups.split(value) for name, value in X.items()}  # field -> K blocks of rows
+        return [table.flat({name: blocks[s] for name, blocks in per_domain.items()})[0]
+                for s, table in enumerate(self.tables)]
+
+
 def take_fields(emb: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
     """Fields ``positions`` of ``... x F x D``. ``index_select``, whose backward is deterministic on the CPU
     (``emb[..., positions, :]`` backpropagates through ``index_put_`` with accumulation)."""
