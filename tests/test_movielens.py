@@ -1,6 +1,6 @@
 """MovieLens-1M from GroupLens's raw files: the converter on fixtures written in that exact format (``::``
 separators, latin-1 titles, text zip codes, one genre or many), its protocol, its errors, and the acceptance: the
-converted data, then its suite, trains all twelve rows."""
+converted data, then its suite, trains all thirteen rows."""
 from __future__ import annotations
 
 import csv
@@ -132,21 +132,26 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, edit, args, pattern):
     assert not (tmp_path / "out" / "train.csv").exists()
 
 
-def test_converted_movielens_then_its_suite_trains_all_twelve_rows(raw, tmp_path, monkeypatch, capsys):
-    """The acceptance: `mdl-bench data movielens` on a fixture, then the packaged `main_movielens` suite (its twelve
+def test_converted_movielens_then_its_suite_trains_all_thirteen_rows(raw, tmp_path, monkeypatch, capsys):
+    """The acceptance: `mdl-bench data movielens` on a fixture, then the packaged `main_movielens` suite (its thirteen
     rows at the `_test` sizes, one seed) trains every row on the packaged `movielens1m` block."""
     monkeypatch.setenv("MDL_BENCH_HOME", str(tmp_path))
     assert main(["data", "movielens", "--raw", str(raw[0]), "--min-count", "2"]) == 0
     suite = yaml.safe_load((packaged_config_dir() / "suites" / "main_movielens.yaml").read_text())
-    assert suite["datasets"] == ["movielens1m"] and len(suite["expids"]) == 12
-    suite.update(seeds=[1], expids=[e.replace("_default", "_test") for e in suite["expids"]])
+    assert suite["datasets"] == ["movielens1m"] and len(suite["expids"]) == 13
+    def small(entry):  # the same row at the `_test` sizes
+        if isinstance(entry, dict):
+            return {**entry, "expid": small(entry["expid"])}
+        return entry.replace("_default", "_test") if entry.endswith("_default") else f"{entry}_test"
+
+    suite.update(seeds=[1], expids=[small(e) for e in suite["expids"]])
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     assert main(["run", "--suite", str(path), "--store", str(tmp_path / "r.sqlite")]) == 0
     capsys.readouterr()
     assert main(["leaderboard", "--suite", str(path), "--store", str(tmp_path / "r.sqlite"), "--format", "csv"]) == 0
     table = list(csv.DictReader(capsys.readouterr().out.splitlines()))
-    assert len(table) == 12
+    assert len(table) == 13
     for row in table:
         for key in ("AUC", "gAUC", "AUC@under25", "AUC@25to34", "AUC@35plus"):
             assert 0.0 < float(row[key]) < 1.0, (row["method"], key)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..suite.tuning import best_monitor
+
 
 def expected_best(scores, n: int, mode: str = "max") -> tuple[float, float]:
     """``(mean, std)`` of the best of ``n`` i.i.d. draws from the empirical distribution of ``scores``."""
@@ -58,12 +60,9 @@ class BudgetCurves:
 
 
 def trial_score(result: dict | None, mode: str) -> float | None:
-    """A stored trial's score: its best validation monitor (a pruned trial's best before it was stopped)."""
-    history = (result or {}).get("valid_history") or []
-    values = [h["monitor"] for h in history if h.get("monitor") is not None]
-    if not values:
-        return None
-    return max(values) if mode == "max" else min(values)
+    """A stored trial's score: the validation monitor of the model it returned (a pruned trial's best before it
+    was stopped); :func:`~mdl_bench.benchmark.suite.tuning.best_monitor`."""
+    return best_monitor(result, mode)
 
 
 def budget_curves(rows: list) -> BudgetCurves:

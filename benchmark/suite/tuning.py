@@ -243,8 +243,15 @@ def converged(spec: TrialSpec, result: dict | None, full_cap: int) -> bool:
 
 
 def best_monitor(result: dict | None, mode: str) -> float | None:
+    """The validation monitor of the model a run returned: the best of its history (the kept checkpoint's), or,
+    for a model that keeps each domain's best state (``domain_monitor`` in its entries: Single Domain), the
+    last entry, which describes that composite model."""
     history = (result or {}).get("valid_history") or []
-    return _best([h["monitor"] for h in history], mode) if history else None
+    if not history:
+        return None
+    if "domain_monitor" in history[-1]:
+        return float(history[-1]["monitor"])
+    return _best([h["monitor"] for h in history], mode)
 
 
 class RowSearch:
