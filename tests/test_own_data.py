@@ -1,5 +1,5 @@
 """The worked "your own data" example of docs/own-data.md, end to end: a CSV with string ids and a string domain
-column, the example's dataset block and its suite of all twelve rows (no model override), run and ranked."""
+column, the example's dataset block and its suite of all thirteen rows (no model override), run and ranked."""
 from __future__ import annotations
 
 import csv
@@ -39,7 +39,7 @@ def write_my_clicks(folder: Path, rows: int = 3000, seed: int = 0) -> None:
                               clicked[r]])
 
 
-def test_the_own_data_example_runs_all_twelve_rows_and_ranks_them(tmp_path, monkeypatch, capsys):
+def test_the_own_data_example_runs_all_thirteen_rows_and_ranks_them(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MDL_BENCH_HOME", str(tmp_path))  # the example block reads ${MDL_BENCH_HOME}/my_clicks/
     write_my_clicks(tmp_path / "my_clicks")
     store = str(tmp_path / "results.sqlite")
@@ -48,8 +48,8 @@ def test_the_own_data_example_runs_all_twelve_rows_and_ranks_them(tmp_path, monk
     capsys.readouterr()
     assert main(["leaderboard", *args, "--format", "csv"]) == 0
     table = list(csv.DictReader(capsys.readouterr().out.splitlines()))
-    assert len(table) == 12
-    assert len({row["method"] for row in table}) == 12 and int(table[0]["seeds"]) == 1
+    assert len(table) == 13
+    assert len({row["method"] for row in table}) == 13 and int(table[0]["seeds"]) == 1
     for row in table:  # every row trained and was evaluated on each domain, labelled by its value
         for key in ("AUC", "gAUC", "AUC@home", "AUC@search", "AUC@feed"):
             assert 0.0 < float(row[key]) < 1.0, (row["method"], key)
