@@ -220,6 +220,13 @@ def test_a_tuning_suite_reruns_from_its_config_to_the_same_choice(tuned):
         stages = [t.spec.stage for t in row.trials]
         assert stages == sorted(stages)  # every search trial before every sweep trial
         assert row.epochs_used <= suite.tuner.budget + 2 * 4  # stage 2 may pass the budget by its own trials
+    # the acceptance: every own value converged at the chosen recipe, a converged trial in every lr decade
+    from mdl_bench.benchmark.leaderboard.tuning import decade_results, own_value_results
+
+    for row in rows_a:
+        assert all(trial is not None for _, _, trial in own_value_results(row))
+        assert [d for d, _ in decade_results(row)] == [-3, -2] and all(t is not None for _, t in decade_results(row))
+    assert len(own_value_results(rows_a[0])) == 2 and own_value_results(rows_a[1]) == []
     # stage 2 of Shared Bottom: its own key's other value at the chosen recipe, converged
     sb = rows_a[0]
     recipe = {k: v for k, v in sb.chosen_trial.variant.tuned.items() if k not in ("net_dropout", "epochs")}
@@ -242,6 +249,7 @@ def test_the_report_gives_the_chosen_values_as_a_config_block(tuned, capsys):
     assert main(["leaderboard", "--suite", str(folder / "tune.yaml"), "--store", str(a)]) == 0
     text = capsys.readouterr().out
     assert "# Tuning suite tinytune" in text and "**chosen**" in text and "pruned at epoch 1" in text
+    assert "## Converged at the chosen recipe" in text and "net_dropout=0.1: 1." in text
     block = yaml.safe_load(text.split("```yaml\n")[1].split("```")[0])
     assert set(block) == {"SharedBottom_test_tiny_synth", "MMoE_test_tiny_synth"}
     from mdl_bench.benchmark.leaderboard.tuning import build_tuning

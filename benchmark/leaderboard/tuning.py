@@ -161,6 +161,57 @@ def config_block(row: TunedRow, suite_name: str, config_dir=None) -> str:
     return head + "\n" + body
 
 
+def own_value_results(row: TunedRow) -> list:
+    """``(axis, choice, trial or None)`` for every value of every own key of ``row``: the converged trial at the
+    chosen trial's values on every other axis (the chosen recipe), ``None`` when there is none."""
+    chosen = row.chosen_trial
+    if chosen is None:
+        return []
+    search = chosen.variant.trial.search
+    base = dict(chosen.spec.values)
+    out = []
+    for axis in (a for a in search.axes if a.own):
+        for choice in range(len(axis.choices)):
+            wanted = {**base, axis.name: choice}
+            match = [t for t in row.trials if t.converged and dict(t.spec.values) == wanted]
+            out.append((axis, choice, match[0] if match else None))
+    return out
+
+
+def decade_results(row: TunedRow) -> list:
+    """``(decade, best converged trial with its learning rate in it, or None)`` for each decade of the
+    learning-rate range."""
+    search = row.trials[0].variant.trial.search if row.trials else None
+    out = []
+    for decade in search.decades() if search else []:
+        inside = [t for t in row.trials if t.converged and
+                  math.floor(math.log10(float(dict(t.spec.values)["learning_rate"])) + 1e-9) == decade]
+        out.append((decade, max(inside, key=lambda t: selection_value(t.result, row.mode) *
+                                (1 if row.mode == "max" else -1)) if inside else None))
+    return out
+
+
+def coverage_lines(rows: list) -> list:
+    """What the search measured to convergence: each own value at the chosen recipe, and the best converged
+    trial in each learning-rate decade (validation monitor; "-" where none converged)."""
+    lines = ["", "## Converged at the chosen recipe", "",
+             "Every value of each row's own keys at the chosen recipe, and the best converged trial of each "
+             "learning-rate decade (validation monitor; `-`: no converged trial).", "",
+             "| row | own values at the chosen recipe | learning-rate decades |", "|---|---|---|"]
+    for r in rows:
+        own = ", ".join(f"{_own_text(axis, choice)}: "
+                        f"{'-' if t is None else format(selection_value(t.result, r.mode), '.5f')}"
+                        for axis, choice, t in own_value_results(r)) or "(none)"
+        decades = ", ".join(f"1e{d}..1e{d + 1}: {'-' if t is None else format(selection_value(t.result, r.mode), '.5f')}"
+                            for d, t in decade_results(r)) or "(learning rate not searched)"
+        lines.append(f"| {r.label} | {own} | {decades} |")
+    return lines
+
+
+def _own_text(axis, choice: int) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in axis.config(choice).items())
+
+
 def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None, config_dir=None) -> str:
     """The tuning report: every trial of every row, the chosen values, and the budget curves (md; ``images`` maps
     a plot's name to its path or link)."""
@@ -218,6 +269,7 @@ def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None
                      f"{_metric(c.result, 'AUC'):.4f} | {_metric(c.result, 'gAUC'):.4f} | "
                      f"{c.result.get('best_epoch')} | {run} ({pruned}) | {r.epochs_used} | {minutes:.1f} | "
                      f"{finished} |")
+    lines += coverage_lines(rows)
     for r in rows:
         lines += ["", f"## {r.label} ({r.expid} on {r.dataset_id})", ""]
         header = ["#", "stage"] + r.keys + ["valid monitor", "AUC", "gAUC", "best / run epochs", "status"]
