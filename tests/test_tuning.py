@@ -139,7 +139,8 @@ def test_stage_one_spends_the_budget_less_the_reserve_then_stage_two_sweeps_at_t
         lr = dict(spec.values)["learning_rate"]
         done.append((spec, _result(0.61, 0.62)))
     others = [c for c in range(3) if c != chosen["x"]]
-    assert sweep[:2] == [{**chosen, "x": c} for c in others]    # every other own value at the chosen recipe
+    assert sweep[-2:] == [{**chosen, "x": c} for c in others]   # every other own value at the chosen recipe
+    assert all(values["x"] == chosen["x"] for values in sweep[:-2])  # first: the learning-rate decades
     decades = {math.floor(math.log10(dict(s.values)["learning_rate"]) + 1e-9) for s, r in done
                if converged(s, r, 10)}
     assert decades == {-4, -3}                                   # a converged trial in each decade of the range
@@ -147,6 +148,21 @@ def test_stage_one_spends_the_budget_less_the_reserve_then_stage_two_sweeps_at_t
         assert {k: v for k, v in values.items() if k not in ("x", "learning_rate")} == \
             {k: v for k, v in chosen.items() if k not in ("x", "learning_rate")}
     assert search.chosen(done) is not None
+
+
+def test_own_values_are_swept_at_the_recipe_the_learning_rate_decades_left():
+    """When a decade trial beats the stage-1 choice, the own values are trained at the decade trial's recipe, so
+    the final choice's recipe is the one every own value was trained at."""
+    search = _search(own={"x": ["a", "b"]}, budget=6, full_cap=10, first_rung=2, converged_epochs=2)
+    first = _spec(search, 0, 3e-4, x=0)
+    done = [(first, _result(0.60, 0.61))]
+    decade = search.next(done)
+    assert decade.stage == "sweep" and dict(decade.values) == {**dict(first.values), "learning_rate": 3e-3}
+    done.append((decade, _result(0.70, 0.71)))                  # the better recipe
+    own = search.next(done)
+    assert dict(own.values) == {**dict(decade.values), "x": 1}  # at the decade trial's recipe
+    done.append((own, _result(0.65, 0.66)))
+    assert search.next(done) is None and search.chosen(done) == 1
 
 
 def test_stage_two_first_trains_the_chosen_point_when_no_search_trial_converged():

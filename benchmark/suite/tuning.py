@@ -39,10 +39,11 @@ The search of a row has two stages.
    trial that ends at its cut cap has not converged). Stage 2 may end a few epochs past the budget (when
    its trials take longer than the reserve assumed, or the chosen point must first be trained to the end);
    the report gives every row's epochs used.
-2. **Sweep** at the chosen recipe (the best converged trial of stage 1): that point trained to convergence when
-   it was not; each other value of each own key, one key at a time; and for each decade of the learning-rate
-   range without a converged trial, the chosen point with its learning rate moved into that decade (same
-   mantissa, clipped to the range). Sweep trials are never pruned.
+2. **Sweep**: the stage-1 choice (its best converged trial) trained to convergence when it was not, and, for each
+   decade of the learning-rate range without a converged trial, that point with its learning rate moved into
+   the decade (same mantissa, clipped to the range); then, at the best converged trial so far - the chosen
+   recipe - each other value of each own key, one key at a time. Own values change no recipe key, so every own
+   value is trained at the recipe of the final choice. Sweep trials are never pruned.
 
 Selection: the best validation monitor (the configured ``monitor``, ``monitor_mode``) among the converged trials
 of both stages; a tie goes to the earlier trial. A trial is *converged* when it was not pruned and ended by early
@@ -356,6 +357,10 @@ class RowSearch:
         return best
 
     def _next_sweep(self, done: list) -> TrialSpec | None:
+        """Stage 2: first the stage-1 choice trained to convergence and its learning rate moved into every decade
+        without a converged trial; then, around the best converged trial so far (the recipe from here on), every
+        other value of each own key. Own values change no recipe key, so the recipe of the final choice is the
+        one every own value was trained at."""
         search = [(s, r) for s, r in done if s.stage == "search"]
         if not search:  # nothing to search (every key fixed): the row's one point, trained to convergence
             return None if done or self.axes else self.spec(0, "sweep", {})
@@ -363,20 +368,30 @@ class RowSearch:
         if at is None:  # none converged: the best value seen, trained to convergence first
             at = max(range(len(search)), key=lambda i: (best_monitor(search[i][1], self.mode) or -math.inf)
                      * (1 if self.mode == "max" else -1))
-        base = dict(search[at][0].values)
-        for values in self._sweep_points(base, done):
-            if not any(dict(s.values) == values and converged(s, r, self.full_cap) for s, r in done) and \
-                    not any(dict(s.values) == values and s.stage == "sweep" for s, _ in done):
+        first = dict(search[at][0].values)
+        for values in [first, *self._decade_points(first, done)]:
+            if self._new(values, done):
+                return self.spec(len(done), "sweep", values)
+        best = self.chosen(done)
+        base = dict(done[best][0].values) if best is not None else first
+        for values in self._own_points(base):
+            if self._new(values, done):
                 return self.spec(len(done), "sweep", values)
         return None
 
-    def _sweep_points(self, base: dict, done: list):
-        yield dict(base)
+    def _new(self, values: dict, done: list) -> bool:
+        """A point no converged trial and no stage-2 trial of the row has had."""
+        return not any(dict(s.values) == values and (s.stage == "sweep" or converged(s, r, self.full_cap))
+                       for s, r in done)
+
+    def _own_points(self, base: dict):
         for axis in self.axes:
             if axis.own:
                 for choice in range(len(axis.choices)):
                     if choice != base[axis.name]:
                         yield {**base, axis.name: choice}
+
+    def _decade_points(self, base: dict, done: list):
         lr = self.by_name.get(LEARNING_RATE)
         if lr is None or lr.categorical:
             return
