@@ -23,7 +23,7 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
     if dry_run and not store_path(store or suite.store).exists():  # a dry run creates nothing
         for run in plan.unique_runs():
             out(f"  {run.variant.short_hash} seed {run.seed:<6} {run.variant.label:<34} {run.expid:<32} to run")
-        out(f"Suite {suite.name}: {len(plan.variants)} rows, {len(plan.unique_runs())} runs, none stored yet (no store "
+        out(f"Suite {suite.name}: {_size(plan)}, {len(plan.unique_runs())} runs, none stored yet (no store "
             f"at {store_path(store or suite.store)})")
         return SuiteOutcome(plan=plan, store_path=store_path(store or suite.store))
     if not dry_run:
@@ -49,7 +49,7 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
         outcome.outdated = [r for r in pending if r.key in outdated]
         stale = (f", {len(outdated)} of them outdated (stored by other code: "
                  f"{', '.join(sorted({r.variant.label for r in outcome.outdated}))})" if outdated else "")
-        out(f"Suite {suite.name}: {len(plan.variants)} rows, {len(unique)} runs ({outcome.stored_before} stored "
+        out(f"Suite {suite.name}: {_size(plan)}, {len(unique)} runs ({outcome.stored_before} stored "
             f"already, {len(pending)} to run{stale}{f', {jobs} at a time' if jobs > 1 and pending else ''}); "
             f"store {db.path}")
         if dry_run:
@@ -73,6 +73,13 @@ def run_suite(suite: Suite, config_dir=None, store: str | None = None, jobs: int
     finally:
         db.close()
     return outcome
+
+
+def _size(plan: Plan) -> str:
+    """``N rows``; a tuning suite's rows are its searches, whose trials are planned as they go."""
+    if plan.tuning:
+        return f"{len(plan.tuning)} rows (searches; their next trials are planned as earlier ones end)"
+    return f"{len(plan.variants)} rows"
 
 
 def _stored_keys(store: str | None) -> dict:
