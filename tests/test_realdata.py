@@ -449,9 +449,10 @@ def test_real_data_suites_plan_every_method_on_their_dataset():
 
     for name, dataset in (("main_kuairand", "kuairand1k"), ("main_aliccp", "aliccp")):
         plan = load_suite(name).plan()  # strict: models, keys, domains checked without the data
-        assert {v.dataset_id for v in plan.variants} == {dataset} and len(plan.variants) == 12
+        assert {v.dataset_id for v in plan.variants} == {dataset} and len(plan.variants) == 13
         assert {v.group for v in plan.variants} == {"Single Domain", "MTL (SE)", "MTL (ME)", "MDL", "Crocodile"}
-        assert len(plan.runs) == 12 * 6
+        assert len(plan.runs) == 13 * 6
+        assert {v.label for v in plan.variants} >= {"Crocodile (tuned)", "Crocodile (paper)"}
         fields = {v.model: v.params.get("prior_fields") or v.params.get("ppnet_prior_fields") for v in plan.variants}
         assert fields["Crocodile"][:2] == fields["PEPNet"][:2] == (
             ["user_id", "video_id"] if dataset == "kuairand1k" else ["user_id", "item_id"])
