@@ -291,6 +291,25 @@ def test_jobs_run_rows_side_by_side_and_search_the_same(tuned, tmp_path):
     assert sorted(_trials(tmp_path / "c.sqlite")) == sorted(_trials(a))
 
 
+def test_a_search_stopped_midway_resumes_to_the_same_trials(tuned, tmp_path):
+    """A killed search loses only the trials not stored yet: run again into the same store, it plans each row's
+    next trial from the stored ones and ends with the trials of the uninterrupted run."""
+    import shutil
+
+    folder, suite, a, b = tuned
+    partial = tmp_path / "partial.sqlite"
+    shutil.copy(a, partial)
+    with closing(sqlite3.connect(str(partial))) as conn:
+        last = conn.execute("SELECT max(run_id) FROM runs").fetchone()[0]
+        conn.execute("DELETE FROM metrics WHERE run_id > ?", (last - 4,))
+        conn.execute("DELETE FROM runs WHERE run_id > ?", (last - 4,))
+        conn.commit()
+    assert len(_trials(partial)) == len(_trials(a)) - 4
+    outcome = run_suite(suite, store=str(partial), out=lambda line: None, progress_stream=io.StringIO())
+    assert not outcome.failed and len(outcome.stored_now) == 4
+    assert sorted(_trials(partial)) == sorted(_trials(a))
+
+
 def test_a_tuning_suite_takes_one_seed():
     from mdl_bench.benchmark.suite import Suite
 
