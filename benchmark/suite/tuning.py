@@ -36,9 +36,9 @@ The search of a row has two stages.
    reserve for stage 2 (its trials - the other own values and the learning-rate decades but one - times the
    mean epochs of the row's converged trials, or ``converged_epochs`` before it has one) stay below
    ``budget``; its last trial's epoch cap is cut to what is left, so the rows use the same epochs (such a
-   trial that ends at its cut cap has not converged). Stage 2 may end a few epochs past the budget (when
-   its trials take longer than the reserve assumed, or the chosen point must first be trained to the end);
-   the report gives every row's epochs used.
+   trial that ends at its cut cap has not converged). Stage 2 may end past the budget, by as much as its
+   trials take beyond the reserve assumed (or when the chosen point must first be trained to the end); the
+   report gives every row's epochs used.
 2. **Sweep**: the stage-1 choice (its best converged trial) trained to convergence when it was not, and, for each
    decade of the learning-rate range without a converged trial, that point with its learning rate moved into
    the decade (same mantissa, clipped to the range); then, at the best converged trial so far - the chosen
