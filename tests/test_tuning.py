@@ -310,6 +310,25 @@ def test_a_search_stopped_midway_resumes_to_the_same_trials(tuned, tmp_path):
     assert sorted(_trials(partial)) == sorted(_trials(a))
 
 
+def test_tuner_settings_from_the_command_line(tuned, tmp_path, capsys):
+    """`--tuner budget=N` changes the search for every row alike (the leaderboard needs the same to find it);
+    a wrong key or a suite without `tuner:` is one line naming the problem."""
+    folder, suite, a, b = tuned
+    path = str(folder / "tune.yaml")
+    store = str(tmp_path / "t.sqlite")
+    assert main(["run", "--suite", path, "--store", store, "--tuner", "budget=7", "--no-leaderboard"]) == 0
+    assert 0 < len(_trials(store)) < len(_trials(a))  # half the suite's budget of 14: fewer trials
+    capsys.readouterr()
+    assert main(["leaderboard", "--suite", path, "--store", store, "--tuner", "budget=7"]) == 0
+    assert "7 training epochs per row" in capsys.readouterr().out
+    assert main(["run", "--suite", path, "--store", store, "--tuner", "budget=3", "--dry-run"]) == 2
+    assert "the tuner's budget of 3 epochs leaves no room for a search trial" in capsys.readouterr().err
+    assert main(["run", "--suite", path, "--store", store, "--tuner", "budjet=3", "--dry-run"]) == 2
+    assert "unknown tuner key 'budjet'" in capsys.readouterr().err
+    assert main(["run", "--suite", "quick", "--tuner", "budget=3", "--dry-run"]) == 2
+    assert "not a tuning suite; drop --tuner" in capsys.readouterr().err
+
+
 def test_a_tuning_suite_takes_one_seed():
     from mdl_bench.benchmark.suite import Suite
 

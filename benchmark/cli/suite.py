@@ -177,6 +177,9 @@ def _dataset_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", action="append", metavar="DATASET_ID",
                    help="run the suite on this dataset block instead of its `datasets` (repeatable), e.g. "
                         "`run --suite tune --dataset my_data` tunes every row on your data")
+    p.add_argument("--tuner", action="append", metavar="KEY=VALUE",
+                   help="a tuning suite's `tuner` setting for this search, e.g. `--tuner budget=64` on data "
+                        "whose runs converge late (the same for every row; repeatable)")
 
 
 def _load_suite(args):
@@ -186,6 +189,17 @@ def _load_suite(args):
     suite = load_suite(args.suite, args.config)
     if getattr(args, "dataset", None):
         suite.datasets = [str(d) for d in args.dataset]
+    if getattr(args, "tuner", None):
+        import dataclasses
+
+        from mdl_bench.kernel.errors import UserError
+        from ..config import parse_set
+        from ..suite.tuning import Tuner
+
+        if suite.tuner is None:
+            raise UserError(f"--tuner: {suite.where} has no `tuner:` block, so it is not a tuning suite; drop --tuner")
+        settings = {**dataclasses.asdict(suite.tuner), **parse_set(args.tuner)}
+        suite.tuner = Tuner.parse(settings, f"{suite.where} with --tuner")
     return suite
 
 
