@@ -51,7 +51,7 @@ statistic or stopping decision of model ``s`` depends on another domain's rows. 
   step ``N_s / B`` times on ``B`` rows; its gradient is the same mean-loss estimate with more noise per step.
 * **Data-parallel training.** Every rank validates on the gathered predictions of all ranks, so every domain
   decision is the same on every rank; snapshots are taken from identical weights; rank 0 writes the checkpoint.
-* DNN widths ``dnn_hidden_units: [256, 128, 64]`` = the size rule's bottom [256, 128] plus its tower [64], as
+* DNN widths ``dnn_hidden_units: [128, 64, 32]`` = the size rule's bottom [128, 64] plus its tower [32], as
   for the other single-network rows. ``batch_norm: true`` normalises every hidden layer of DNN_s with the
   statistics of domain s's rows in the batch; a domain with one row (or none) in a batch is normalised with its
   running statistics instead (:class:`~model_zoo.layers.norms.RowSafeBatchNorm1d`).

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from mdl_bench.kernel.errors import UserError
-from ..suite.tuning import converged, selection_value
+from ..suite.tuning import LEARNING_RATE, converged, decade_of, selection_value
 
 
 @dataclass
@@ -184,10 +184,9 @@ def decade_results(row: TunedRow) -> list:
     search = row.trials[0].variant.trial.search if row.trials else None
     out = []
     for decade in search.decades() if search else []:
-        inside = [t for t in row.trials if t.converged and
-                  math.floor(math.log10(float(dict(t.spec.values)["learning_rate"])) + 1e-9) == decade]
-        out.append((decade, max(inside, key=lambda t: selection_value(t.result, row.mode) *
-                                (1 if row.mode == "max" else -1)) if inside else None))
+        inside = [t for t in row.trials if decade_of(float(dict(t.spec.values)[LEARNING_RATE])) == decade]
+        best = search.chosen([(t.spec, t.result) for t in inside])
+        out.append((decade, None if best is None else inside[best]))
     return out
 
 

@@ -14,7 +14,7 @@ from mdl_bench.kernel.errors import UserError, close_matches
 from mdl_bench.kernel.paths import expand_path, packaged_config_dir
 from ..codeid import code_fingerprint
 from ..resolved import ResolvedRun, config_hash, resolve, run_model_id
-from .tuning import RowSearch, Trial, Tuner, search_space, stored_trials
+from .tuning import RowSearch, Trial, TrialSpec, Tuner, search_space, stored_trials
 
 SUITE_KEYS = ("name", "description", "datasets", "expids", "seeds", "overrides", "tuner_space", "tuner", "store",
               "leaderboard", "models_from")
@@ -107,6 +107,11 @@ class PlannedRun:
         return f"{self.variant.label} ({self.expid}, seed {self.seed})"
 
 
+def _trial_key(variant: "Variant") -> tuple[str, int, str]:
+    """A tuning trial's run key in the store (a trial has one seed): :attr:`PlannedRun.key` of its one run."""
+    return (variant.config_hash, variant.seeds[0], variant.code)
+
+
 @dataclass
 class TuningRow:
     """One row's search on one dataset: its trials so far (variants, in order) and whether the search is over."""
@@ -121,7 +126,7 @@ class TuningRow:
 
     def earlier(self) -> list:
         """``(spec, run key)`` of the row's trials so far."""
-        return [(v.trial.spec, (v.config_hash, v.seeds[0], v.code)) for v in self.variants]
+        return [(v.trial.spec, _trial_key(v)) for v in self.variants]
 
 
 @dataclass
@@ -139,8 +144,7 @@ class Plan:
         new: list[PlannedRun] = []
         for row in (self.tuning.values() if rows is None else [self.tuning[r] for r in rows]):
             while not row.finished:
-                last = row.variants[-1]
-                key = (last.config_hash, last.seeds[0], last.code)
+                key = _trial_key(row.variants[-1])
                 if key not in failed and store.run_id(*key) is None:
                     break
                 spec = row.search.next(stored_trials(row.earlier(), store))
@@ -342,20 +346,17 @@ class Suite:
                 raise UserError(f"{self.where}, expid {entry.expid}: a tuning suite trains each trial with one seed; "
                                 f"drop `seed` from tuner_space")
             for dataset in self.datasets or [None]:
-                if self.tuner is not None:
-                    row = self._tuning_row(entry, dataset, context)
+                if self.tuner is not None:  # a search: its first trial now, the next ones as trials end
+                    row, first = self._tuning_row(entry, dataset, context)
                     tuning[row.name] = row
-                    points = [(row.search.next([]), {})]
-                else:
-                    points = [(point, {}) for point in tuner_points(space)]
-                for point, tuner_layer in points:
-                    if self.tuner is not None:
-                        variant, model_class = self._tuning_variant(row, point, len(variants), *context)
-                    else:
-                        params, model_class = self._resolve_point(entry, dataset, point, tuner_layer,
-                                                                  extra_overrides, config, config_dir, strict, wanted)
-                        variant = self._variant(len(variants), entry, point, space, params, model_class,
-                                                space_seeds)
+                    variant, model_class = self._tuning_variant(row, first, len(variants), *context)
+                    variants.append(variant)
+                    runs += [_planned_run(variant, int(seed), model_class) for seed in variant.seeds]
+                    continue
+                for point in tuner_points(space):
+                    params, model_class = self._resolve_point(entry, dataset, point, {}, extra_overrides, config,
+                                                              config_dir, strict, wanted)
+                    variant = self._variant(len(variants), entry, point, space, params, model_class, space_seeds)
                     variants.append(variant)
                     runs += [_planned_run(variant, int(seed), model_class) for seed in variant.seeds]
         _label_variants(variants)
@@ -388,9 +389,9 @@ class Suite:
                                 f"{', '.join(metric_lib.BASE_METRICS)}")
         return wanted
 
-    def _tuning_row(self, entry: Entry, dataset, context: tuple) -> TuningRow:
-        """A row's search: its space (the suite's recipe, minus what the row's overrides fix, and its own keys),
-        its monitor direction and full epoch cap (from the expid resolved with them)."""
+    def _tuning_row(self, entry: Entry, dataset, context: tuple) -> tuple[TuningRow, TrialSpec]:
+        """A row's search - its space (the suite's recipe, minus what the row's overrides fix, and its own keys),
+        its monitor direction and full epoch cap (from the expid resolved with them) - and its first trial."""
         extra_overrides, config, config_dir, strict, wanted = context
         where = f"{self.where}, expid {entry.expid}"
         params, _ = self._resolve_point(entry, dataset, {}, {"evaluate_test": False}, extra_overrides, config,
@@ -400,11 +401,12 @@ class Suite:
         name = f"{entry.expid}@{dataset or '-'}"
         search = RowSearch(name, axes, constants, self.tuner, str(params.get("monitor_mode", "max")),
                            int(params.get("epochs") or 1))
-        if search.next([]) is None:
+        first = search.next([])
+        if first is None:
             raise UserError(f"{where}: the tuner's budget of {self.tuner.budget} epochs leaves no room for a search "
                             f"trial after stage 2's reserve ({search.reserve([]):.0f} epochs for "
                             f"{search.sweep_size()} trials); raise `budget` or drop own values")
-        return TuningRow(name=name, entry=entry, dataset=dataset, search=search)
+        return TuningRow(name=name, entry=entry, dataset=dataset, search=search), first
 
     def _tuning_variant(self, row: TuningRow, spec, index: int, extra_overrides, config, config_dir, strict,
                         wanted) -> tuple[Variant, type | None]:
@@ -414,8 +416,7 @@ class Suite:
         params, model_class = self._resolve_point(row.entry, row.dataset, spec.point, layer, extra_overrides, config,
                                                   config_dir, strict, wanted)
         variant = self._variant(index, row.entry, spec.point, {}, params, model_class, None)
-        variant.trial = Trial(row=row.name, index=spec.index, tuner=self.tuner, spec=spec, earlier=row.earlier(),
-                              monitor_mode=row.search.mode, search=row.search)
+        variant.trial = Trial(row=row.name, spec=spec, search=row.search, earlier=row.earlier())
         if row.base_label:
             variant.label = f"{row.base_label} #{spec.index + 1}"
         row.variants.append(variant)

@@ -143,20 +143,17 @@ class ClaimQueue:
         return bool(self.queued or self.waiting)
 
     def take(self) -> PlannedRun | None:
-        """The next queued run that may start, now claimed by this process; None when no queued run may start
-        now (only waited runs, or trials whose earlier trials are still running, or none are left).
+        """The next queued run, now claimed by this process; None when none is left to start now (only waited
+        runs, or none at all).
 
         A tuning trial is planned only once every earlier trial of its row is stored (or has failed here): the
         sampler and the pruner depend on them, so rows run side by side under ``--jobs`` but each row's trials in
         order, and the search is the same as one run at a time."""
-        index = 0
-        while index < len(self.queued):
-            run = self.queued[index]
+        while self.queued:
+            run = self.queued.pop(0)
             if self.db.run_id(*run.key) is not None:
-                self.queued.pop(index)
                 self._stored_elsewhere(run, None)
                 continue
-            self.queued.pop(index)
             other = self.db.claim(*run.key)
             if other is None:
                 return run

@@ -205,16 +205,26 @@ class TrialSpec:
 
 @dataclass
 class Trial:
-    """Where a planned run stands in its row's search: the row, the spec and the row's earlier trials (their
-    specs and store keys: the pruner replays them)."""
+    """Where a planned run stands in its row's search: the row, its spec, the row's search and its earlier trials
+    (their specs and store keys: the sampler and the pruner replay them)."""
 
     row: str
-    index: int
-    tuner: Tuner
-    spec: TrialSpec | None = None
+    spec: TrialSpec
+    search: "RowSearch"
     earlier: list = field(default_factory=list)  # (TrialSpec, run key) of trials 0..index-1
-    monitor_mode: str = "max"
-    search: "RowSearch | None" = None
+
+    @property
+    def index(self) -> int:
+        return self.spec.index
+
+    @property
+    def monitor_mode(self) -> str:
+        return self.search.mode
+
+
+def decade_of(value: float) -> int:
+    """The decade ``floor(log10(value))`` of a positive value (a learning rate), robust to rounding at 10^k."""
+    return math.floor(math.log10(value) + 1e-9)
 
 
 def _best(values, mode: str) -> float:
@@ -396,10 +406,10 @@ class RowSearch:
         if lr is None or lr.categorical:
             return
         for decade in self.decades():
-            covered = any(converged(s, r, self.full_cap) and
-                          math.floor(math.log10(dict(s.values)[LEARNING_RATE]) + 1e-9) == decade for s, r in done)
+            covered = any(converged(s, r, self.full_cap) and decade_of(dict(s.values)[LEARNING_RATE]) == decade
+                          for s, r in done)
             if not covered:
-                mantissa = base[LEARNING_RATE] / 10 ** math.floor(math.log10(base[LEARNING_RATE]) + 1e-9)
+                mantissa = base[LEARNING_RATE] / 10 ** decade_of(base[LEARNING_RATE])
                 moved = min(max(mantissa * 10 ** decade, lr.low), lr.high)
                 yield {**base, LEARNING_RATE: round_value(moved)}
 
@@ -408,8 +418,8 @@ class RowSearch:
         lr = self.by_name.get(LEARNING_RATE)
         if lr is None or lr.categorical:
             return []
-        low, high = math.floor(math.log10(lr.low) + 1e-9), math.floor(math.log10(lr.high) - 1e-9)
-        return list(range(low, high + 1))
+        # the top of the range opens no decade of its own: [1e-4, 1e-2] spans the decades of 1e-4 and 1e-3
+        return list(range(decade_of(lr.low), math.floor(math.log10(lr.high) - 1e-9) + 1))
 
 
 class Pruner:
@@ -435,7 +445,7 @@ class Pruner:
 def pruner_for(trial: Trial, store) -> Pruner | None:
     """The pruner of a stage-1 trial about to run, from its row's stored earlier trials (``store``: an open
     :class:`~mdl_bench.benchmark.store.Store`); ``None`` for a sweep trial."""
-    if trial.spec is None or trial.spec.stage != "search" or trial.search is None:
+    if trial.spec.stage != "search":
         return None
     return trial.search.pruner(stored_trials(trial.earlier, store), trial.spec)
 
