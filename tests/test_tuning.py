@@ -173,6 +173,25 @@ def test_stage_two_first_trains_the_chosen_point_when_no_search_trial_converged(
     assert nxt.stage == "sweep" and dict(nxt.values) == dict(spec.values) and nxt.epochs is None
 
 
+
+def test_stage_two_trains_a_budget_cut_trial_that_leads_every_converged_one():
+    """A trial cut by the budget while still improving, ahead of the converged one, is the point stage 2 trains
+    to the end and moves across the learning-rate decades; a pruned trial's value does not count."""
+    search = _search(budget=12, full_cap=10, first_rung=2, converged_epochs=2)
+    converged_one = _spec(search, 0, 2e-4)
+    cut = _spec(search, 1, 3e-3, epochs=5)
+    pruned = _spec(search, 2, 5e-3)
+    done = [(converged_one, _result(0.60, 0.61, 0.60)), (cut, _result(0.62, 0.66, 0.68, 0.69, 0.70)),
+            (pruned, _result(0.75, pruned=True))]
+    nxt = search.next(done)
+    assert nxt.stage == "sweep" and dict(nxt.values) == dict(cut.values) and nxt.epochs is None
+    done.append((nxt, _result(0.70, 0.72, 0.71)))
+    # the 1e-4 decade already has a converged trial (the first): nothing else to train
+    assert search.next(done) is None and search.chosen(done) == 3
+    # when the converged trial leads, stage 2 starts from it, as before
+    done = [(converged_one, _result(0.60, 0.71, 0.70)), (cut, _result(0.62, 0.66, 0.68, 0.69, 0.70))]
+    assert dict(search.next(done).values) == {**dict(converged_one.values), "learning_rate": 2e-3}
+
 def test_selection_takes_the_best_converged_trial_and_the_earlier_on_a_tie():
     search = _search()
     done = [(_spec(search, 0, 1e-3), _result(0.7, 0.8)), (_spec(search, 1, 2e-3), _result(0.9, pruned=True)),

@@ -39,7 +39,8 @@ The search of a row has two stages.
    trial that ends at its cut cap has not converged). Stage 2 may end past the budget, by as much as its
    trials take beyond the reserve assumed (or when the chosen point must first be trained to the end); the
    report gives every row's epochs used.
-2. **Sweep**: the stage-1 choice (its best converged trial) trained to convergence when it was not, and, for each
+2. **Sweep**: the stage-1 choice (its best trial not pruned: converged, or cut by the budget) trained to
+   convergence when it was not, and, for each
    decade of the learning-rate range without a converged trial, that point with its learning rate moved into
    the decade (same mantissa, clipped to the range); then, at the best converged trial so far - the chosen
    recipe - each other value of each own key, one key at a time. Own values change no recipe key, so every own
@@ -366,6 +367,19 @@ class RowSearch:
                 best, best_value = i, value
         return best
 
+    def _stage_one_choice(self, search: list) -> int:
+        """Index in ``search`` of the trial stage 2 starts from: the best validation monitor among the trials not
+        pruned - converged, or cut by the budget (its value at the cut is what it reached so far, so a cut trial
+        ahead of every converged one is the most promising point and is trained to the end) - else among all.
+        A tie goes to the earlier trial."""
+        kept = [i for i, (_, result) in enumerate(search) if result and not result.get("stopped_by")]
+        best = None
+        for i in kept or range(len(search)):
+            value = best_monitor(search[i][1], self.mode)
+            if value is not None and (best is None or _better(value, best[1], self.mode)):
+                best = (i, value)
+        return best[0] if best else 0
+
     def _next_sweep(self, done: list) -> TrialSpec | None:
         """Stage 2: first the stage-1 choice trained to convergence and its learning rate moved into every decade
         without a converged trial; then, around the best converged trial so far (the recipe from here on), every
@@ -374,11 +388,7 @@ class RowSearch:
         search = [(s, r) for s, r in done if s.stage == "search"]
         if not search:  # nothing to search (every key fixed): the row's one point, trained to convergence
             return None if done or self.axes else self.spec(0, "sweep", {})
-        at = self.chosen(search)
-        if at is None:  # none converged: the best value seen, trained to convergence first
-            at = max(range(len(search)), key=lambda i: (best_monitor(search[i][1], self.mode) or -math.inf)
-                     * (1 if self.mode == "max" else -1))
-        first = dict(search[at][0].values)
+        first = dict(search[self._stage_one_choice(search)][0].values)
         for values in [first, *self._decade_points(first, done)]:
             if self._new(values, done):
                 return self.spec(len(done), "sweep", values)
