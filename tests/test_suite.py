@@ -360,7 +360,7 @@ def test_unknown_suite_name_lists_the_shipped_ones(capsys):
 def test_shipped_suites_plan_against_the_registry():
     from mdl_bench.model_zoo import registry
 
-    for name in ("quick", "main", "ablation", "losses", "sensitivity", "alpha", "regime", "tune"):
+    for name in ("quick", "main", "main_conflict", "ablation", "losses", "sensitivity", "alpha", "regime", "tune"):
         plan = load_suite(name).plan(strict=False)
         assert plan.runs, name
     quick = load_suite("quick")
@@ -373,6 +373,12 @@ def test_shipped_suites_plan_against_the_registry():
     for suite in (tune, quick, load_suite("main")):
         labels = {e.expid: e.label for e in suite.entries}
         assert labels["Crocodile_default"] == "Crocodile (tuned)" and labels["Crocodile_paper"] == "Crocodile (paper)"
+    # every tuned row has its block for each dataset the search ran on, and main_conflict runs them all
+    conflict = load_suite("main_conflict")
+    assert {(e.expid, e.label) for e in conflict.entries} == \
+        {(f"{e.expid.removesuffix('_default')}_conflict_like", e.label) for e in tune.entries}
+    for variant in conflict.plan(strict=False).variants:
+        assert variant.params["dataset_id"] == "conflict_like", variant.expid
     known = {e.expid.rsplit("_", 1)[0] for e in quick.entries}
     if known <= set(registry()):  # every model of table 2 registered: the quick suite resolves strictly
         assert {v.group for v in quick.plan().variants} == {"Single Domain", "MTL (SE)", "MTL (ME)", "MDL",
