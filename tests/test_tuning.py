@@ -192,6 +192,25 @@ def test_stage_two_trains_a_budget_cut_trial_that_leads_every_converged_one():
     done = [(converged_one, _result(0.60, 0.71, 0.70)), (cut, _result(0.62, 0.66, 0.68, 0.69, 0.70))]
     assert dict(search.next(done).values) == {**dict(converged_one.values), "learning_rate": 2e-3}
 
+def test_search_epochs_caps_every_stage_one_trial_and_stage_two_trains_the_winner_on():
+    """With ``search_epochs`` a slow first trial cannot take the row's budget: each stage-1 trial stops at the cap
+    (not converged), and stage 2 trains the best of them to the end before anything else."""
+    plain = _search(budget=24, full_cap=10, first_rung=2, converged_epochs=2)
+    capped = _search(budget=24, full_cap=10, first_rung=2, converged_epochs=2, search_epochs=4)
+    assert capped.sweep_size() == plain.sweep_size() + 1
+    assert plain.next([]).epochs is None and capped.next([]).epochs == 4
+    done, slow = [], [0.50, 0.55, 0.60, 0.62]          # still improving at the cap
+    while (spec := capped.next(done)) is not None and spec.stage == "search":
+        assert spec.epochs <= 4
+        done.append((spec, _result(*slow) if not done else _result(0.4, 0.45, pruned=True)))
+    # budget 24, reserve (0 own values + 1 decade + the winner) x 2 = 4: stage 1 got 20 epochs, not one trial
+    assert sum(1 for s, _ in done if s.stage == "search") >= 5
+    assert spec.stage == "sweep" and dict(spec.values) == dict(done[0][0].values) and spec.epochs is None
+    assert not converged(done[0][0], done[0][1], 10)
+    with pytest.raises(UserError):
+        Tuner.parse({"search_epochs": -1}, "suite x")
+
+
 def test_selection_takes_the_best_converged_trial_and_the_earlier_on_a_tie():
     search = _search()
     done = [(_spec(search, 0, 1e-3), _result(0.7, 0.8)), (_spec(search, 1, 2e-3), _result(0.9, pruned=True)),

@@ -248,7 +248,8 @@ def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None
     lines += [f"Protocol: {t.budget} training epochs per row. Stage 1: Optuna's TPE sampler (seed {t.seed}, "
               f"{t.startup_trials} random trials first) with successive halving (rungs at epoch {t.first_rung} "
               f"x {t.reduction}^k; the best 1/{t.reduction} of the row's trials at a rung go on, at least the best "
-              f"one). Stage 2 at the chosen recipe: every value of the row's own keys and one trial per "
+              f"one{f'; every trial capped at {t.search_epochs} epochs' if t.search_epochs else ''}). "
+              f"Stage 2 at the chosen recipe: every value of the row's own keys and one trial per "
               f"learning-rate decade, each trained to convergence. Selection: the best validation monitor among "
               f"the converged trials; the test split is not read. Stored: {done} trials, {total_wall / 60:.1f} min "
               f"of runs ({total_train / 60:.1f} min training){elapsed}.", ""]

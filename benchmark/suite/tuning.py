@@ -23,6 +23,7 @@ that the row fixes in its ``overrides`` is not searched for that row (e.g. Singl
       first_rung: 2      # successive halving: the first rung (epochs); rungs first_rung * reduction^k
       reduction: 3       # at each rung the best 1/reduction go on
       converged_epochs: 6  # the epochs one converged trial is assumed to take until the row has one
+      search_epochs: 0   # a stage-1 trial's epoch cap (0: the row's own cap; stage 2 trains the winner on)
 
 The search of a row has two stages.
 
@@ -36,7 +37,9 @@ The search of a row has two stages.
    reserve for stage 2 (its trials - the other own values and the learning-rate decades but one - times the
    mean epochs of the row's converged trials, or ``converged_epochs`` before it has one) stay below
    ``budget``; its last trial's epoch cap is cut to what is left, so the rows use the same epochs (such a
-   trial that ends at its cut cap has not converged). Stage 2 may end past the budget, by as much as its
+   trial that ends at its cut cap has not converged). With ``search_epochs`` > 0 every stage-1 trial is capped
+   there too: a row's first trial, which the pruner never stops (nothing at its rungs to compare it with), then
+   cannot spend most of the budget on one point where trials converge slowly. Stage 2 may end past the budget, by as much as its
    trials take beyond the reserve assumed (or when the chosen point must first be trained to the end); the
    report gives every row's epochs used.
 2. **Sweep**: the stage-1 choice (its best trial not pruned: converged, or cut by the budget) trained to
@@ -67,7 +70,7 @@ from dataclasses import dataclass, field
 
 from mdl_bench.kernel.errors import UserError, close_matches
 
-TUNER_KEYS = ("budget", "seed", "startup_trials", "first_rung", "reduction", "converged_epochs")
+TUNER_KEYS = ("budget", "seed", "startup_trials", "first_rung", "reduction", "converged_epochs", "search_epochs")
 MAX_OWN_KEYS = 3
 SIGNIFICANT_DIGITS = 2
 LEARNING_RATE = "learning_rate"
@@ -90,6 +93,7 @@ class Tuner:
     first_rung: int = 2
     reduction: int = 3
     converged_epochs: float = 6.0
+    search_epochs: int = 0
 
     @classmethod
     def parse(cls, data, where: str) -> "Tuner":
@@ -108,7 +112,7 @@ class Tuner:
         return cls(budget=_int(data, "budget", 40, 1, where), seed=seed,
                    startup_trials=_int(data, "startup_trials", 8, 0, where),
                    first_rung=_int(data, "first_rung", 2, 1, where), reduction=_int(data, "reduction", 3, 2, where),
-                   converged_epochs=float(converged))
+                   converged_epochs=float(converged), search_epochs=_int(data, "search_epochs", 0, 0, where))
 
 
 # ------------------------------------------------------------------------------------------------ the space
@@ -338,7 +342,8 @@ class RowSearch:
         """Stage 2's trials, counted before it starts: the other own values and the decades but the chosen
         point's (the chosen point itself is usually converged already: the pruner lets the best go on)."""
         own = sum(len(a.choices) - 1 for a in self.axes if a.own)
-        return own + max(0, len(self.decades()) - 1)
+        # with capped stage-1 trials the chosen point is not converged yet: one more trial
+        return own + max(0, len(self.decades()) - 1) + (1 if self.tuner.search_epochs else 0)
 
     def reserve(self, done: list) -> float:
         runs = [int(r["epochs_run"]) for s, r in done if converged(s, r, self.full_cap)]
@@ -353,7 +358,8 @@ class RowSearch:
                 trial = self._ask(self.study(done, len(done)))
                 values = {a.name: (trial.params[a.name] if a.categorical else round_value(trial.params[a.name]))
                           for a in self.axes}
-                return self.spec(len(done), "search", values, left if left < self.full_cap else None)
+                cap = min(left, self.tuner.search_epochs or self.full_cap)
+                return self.spec(len(done), "search", values, cap if cap < self.full_cap else None)
         return self._next_sweep(done)
 
     def chosen(self, done: list, stage: str | None = None) -> int | None:
