@@ -39,15 +39,15 @@ The search of a row has two stages.
    ``budget``; its last trial's epoch cap is cut to what is left, so the rows use the same epochs (such a
    trial that ends at its cut cap has not converged). With ``search_epochs`` > 0 every stage-1 trial is capped
    there too: a row's first trial, which the pruner never stops (nothing at its rungs to compare it with), then
-   cannot spend most of the budget on one point where trials converge slowly. Stage 2 may end past the budget, by as much as its
-   trials take beyond the reserve assumed (or when the chosen point must first be trained to the end); the
-   report gives every row's epochs used.
+   cannot spend most of the budget on one point where trials converge slowly. Stage 2 may end past the budget,
+   by as much as its trials take beyond the reserve assumed (or when the chosen point must first be trained to
+   the end); the report gives every row's epochs used.
 2. **Sweep**: the stage-1 choice (its best trial not pruned: converged, or cut by the budget) trained to
-   convergence when it was not, and, for each
-   decade of the learning-rate range without a converged trial, that point with its learning rate moved into
-   the decade (same mantissa, clipped to the range); then, at the best converged trial so far - the chosen
-   recipe - each other value of each own key, one key at a time. Own values change no recipe key, so every own
-   value is trained at the recipe of the final choice. Sweep trials are never pruned.
+   convergence when it was not, and, for each decade of the learning-rate range without a converged trial,
+   that point with its learning rate moved into the decade (same mantissa, clipped to the range); then, at the
+   best converged trial so far - the chosen recipe - each other value of each own key, one key at a time. Own
+   values change no recipe key, so every own value is trained at the recipe of the final choice. Sweep trials
+   are never pruned.
 
 Selection: the best validation monitor (the configured ``monitor``, ``monitor_mode``) among the converged trials
 of both stages; a tie goes to the earlier trial. A trial is *converged* when it was not pruned and ended by early
@@ -364,27 +364,30 @@ class RowSearch:
 
     def chosen(self, done: list, stage: str | None = None) -> int | None:
         """Index in ``done`` of the best converged trial (of ``stage`` only, when given); a tie: the earlier."""
-        best, best_value = None, None
-        for i, (spec, result) in enumerate(done):
-            if (stage and spec.stage != stage) or not converged(spec, result, self.full_cap):
-                continue
-            value = best_monitor(result, self.mode)
-            if best_value is None or _better(value, best_value, self.mode):
-                best, best_value = i, value
-        return best
+        return self._best_index(done, lambda spec, result: (not stage or spec.stage == stage)
+                                and converged(spec, result, self.full_cap))
 
     def _stage_one_choice(self, search: list) -> int:
         """Index in ``search`` of the trial stage 2 starts from: the best validation monitor among the trials not
         pruned - converged, or cut by the budget (its value at the cut is what it reached so far, so a cut trial
         ahead of every converged one is the most promising point and is trained to the end) - else among all.
         A tie goes to the earlier trial."""
-        kept = [i for i, (_, result) in enumerate(search) if result and not result.get("stopped_by")]
-        best = None
-        for i in kept or range(len(search)):
-            value = best_monitor(search[i][1], self.mode)
-            if value is not None and (best is None or _better(value, best[1], self.mode)):
-                best = (i, value)
-        return best[0] if best else 0
+        best = self._best_index(search, lambda _, result: bool(result) and not result.get("stopped_by"))
+        if best is None:
+            best = self._best_index(search, lambda _, result: True)
+        return 0 if best is None else best
+
+    def _best_index(self, done: list, eligible) -> int | None:
+        """Index in ``done`` of the best validation monitor among the trials ``eligible(spec, result)`` admits
+        (``None``: no such trial with a monitor); a tie goes to the earlier."""
+        best, best_value = None, None
+        for i, (spec, result) in enumerate(done):
+            if not eligible(spec, result):
+                continue
+            value = best_monitor(result, self.mode)
+            if value is not None and (best_value is None or _better(value, best_value, self.mode)):
+                best, best_value = i, value
+        return best
 
     def _next_sweep(self, done: list) -> TrialSpec | None:
         """Stage 2: first the stage-1 choice trained to convergence and its learning rate moved into every decade
