@@ -373,7 +373,7 @@ def test_shipped_suites_plan_against_the_registry():
     for suite in (tune, quick, load_suite("main")):
         labels = {e.expid: e.label for e in suite.entries}
         assert labels["Crocodile_default"] == "Crocodile (tuned)" and labels["Crocodile_paper"] == "Crocodile (paper)"
-    # every tuned row has its block for each dataset the search ran on, and main_conflict runs them all
+    # every tuned row has its conflict_like block, and main_conflict runs them all
     conflict = load_suite("main_conflict")
     assert {(e.expid, e.label) for e in conflict.entries} == \
         {(f"{e.expid.removesuffix('_default')}_conflict_like", e.label) for e in tune.entries}
