@@ -57,7 +57,8 @@ def test_max_gradient_norm_is_the_models_outside_fit(tiny, tiny_batch):
 
 
 def test_fit_keeps_the_models_norm_and_logs_every_epoch(tiny):
-    model = build_model(tiny, "SharedBottom_test", max_gradient_norm=2.0)
+    # patience past the run: an early stop at a validation inside epoch 2 would cut its batches short
+    model = build_model(tiny, "SharedBottom_test", max_gradient_norm=2.0, early_stop_patience=10)
     train, valid, _ = make_loaders(model.feature_map, tiny.paths, tiny.params)
     model.fit(FirstBatches(train, 3), epochs=2, validation_data=FirstBatches(valid, 1))
     assert model.max_gradient_norm == 2.0  # fit without the argument does not reset it to FuxiCTR's 10
