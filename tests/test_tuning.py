@@ -70,6 +70,22 @@ def test_tuner_block_is_checked():
     assert Tuner.parse({"budget": 12, "seed": 3}, "suite x") == Tuner(budget=12, seed=3)
 
 
+def test_a_dataset_sets_its_own_tuner_settings_and_the_command_line_wins_over_both():
+    tuner = Tuner.parse({"budget": 64, "seed": 3, "datasets": {"slow": {"budget": 32, "first_rung": 3}}}, "suite x")
+    assert tuner.for_dataset("slow") == Tuner(budget=32, seed=3, first_rung=3)
+    assert tuner.for_dataset("other") == tuner.for_dataset(None) == Tuner(budget=64, seed=3)
+    assert tuner.datasets() == ["slow"]
+    cli = tuner.with_settings({"budget": 16}, "suite x with --tuner")
+    assert cli.for_dataset("slow") == Tuner(budget=16, seed=3, first_rung=3)
+    assert cli.for_dataset("other") == Tuner(budget=16, seed=3)
+    with pytest.raises(UserError, match=r"suite x, tuner, datasets, slow, tuner: unknown tuner key 'budjet'"):
+        Tuner.parse({"datasets": {"slow": {"budjet": 3}}}, "suite x")
+    with pytest.raises(UserError, match="must be an integer >= 1"):
+        Tuner.parse({"datasets": {"slow": {"budget": 0}}}, "suite x")
+    with pytest.raises(UserError, match="must map dataset ids to tuner settings"):
+        Tuner.parse({"datasets": ["slow"]}, "suite x")
+
+
 # ---------------------------------------------------------------------------------------------- the search
 def _search(own=None, budget=40, full_cap=10, **tuner):
     shared = {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "batch_norm": [True, False]}
@@ -350,7 +366,10 @@ def test_a_search_stopped_midway_resumes_to_the_same_trials(tuned, tmp_path):
 
 def test_tuner_settings_from_the_command_line(tuned, tmp_path, capsys):
     """`--tuner budget=N` changes the search for every row alike (the leaderboard needs the same to find it);
-    a wrong key or a suite without `tuner:` is one line naming the problem."""
+    a wrong key or a suite without `tuner:` is one line naming the problem. A dataset's own `budget` in the
+    suite file searches as `--tuner budget=N` does."""
+    from mdl_bench.benchmark.leaderboard.tuning import build_tuning
+
     folder, suite, a, b = tuned
     path = str(folder / "tune.yaml")
     store = str(tmp_path / "t.sqlite")
@@ -365,6 +384,21 @@ def test_tuner_settings_from_the_command_line(tuned, tmp_path, capsys):
     assert "unknown tuner key 'budjet'" in capsys.readouterr().err
     assert main(["run", "--suite", "quick", "--tuner", "budget=3", "--dry-run"]) == 2
     assert "not a tuning suite; drop --tuner" in capsys.readouterr().err
+    # the same budget set by the dataset in the suite file: the same search, so every trial is found stored
+    dataset_id = build_tuning(suite, str(a))[0].dataset_id
+    own = folder / "own_budget.yaml"
+    own_tuner = {**TUNE["tuner"], "datasets": {dataset_id: {"budget": 7}}}
+    own.write_text(yaml.safe_dump({**TUNE, "tuner": own_tuner}, sort_keys=False))  # the axes in the suite's order
+    before = _trials(store)
+    assert main(["run", "--suite", str(own), "--store", store, "--no-leaderboard"]) == 0
+    assert _trials(store) == before
+    capsys.readouterr()
+    assert main(["leaderboard", "--suite", str(own), "--store", store]) == 0
+    assert "7 training epochs per row" in capsys.readouterr().out
+    own_tuner = {**TUNE["tuner"], "datasets": {"nosuch": {"budget": 7}}}
+    own.write_text(yaml.safe_dump({**TUNE, "tuner": own_tuner}, sort_keys=False))
+    assert main(["run", "--suite", str(own), "--store", store, "--dry-run"]) == 2
+    assert "tuner `datasets` names an unknown dataset 'nosuch'" in capsys.readouterr().err
 
 
 def test_a_tuning_suite_takes_one_seed():

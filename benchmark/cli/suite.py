@@ -190,16 +190,12 @@ def _load_suite(args):
     if getattr(args, "dataset", None):
         suite.datasets = [str(d) for d in args.dataset]
     if getattr(args, "tuner", None):
-        import dataclasses
-
         from mdl_bench.kernel.errors import UserError
         from ..config import parse_set
-        from ..suite.tuning import Tuner
 
         if suite.tuner is None:
             raise UserError(f"--tuner: {suite.where} has no `tuner:` block, so it is not a tuning suite; drop --tuner")
-        settings = {**dataclasses.asdict(suite.tuner), **parse_set(args.tuner)}
-        suite.tuner = Tuner.parse(settings, f"{suite.where} with --tuner")
+        suite.tuner = suite.tuner.with_settings(parse_set(args.tuner), f"{suite.where} with --tuner")
     return suite
 
 

@@ -238,21 +238,25 @@ def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None
     lines = [f"# Tuning suite {suite.name}", ""]
     if suite.description:
         lines += [suite.description.strip(), ""]
-    t = suite.tuner
     total_train = sum(tr.train_seconds for r in rows for tr in r.trials)
     total_wall = sum(tr.wall_seconds for r in rows for tr in r.trials)
     done = sum(tr.result is not None for r in rows for tr in r.trials)
     spans = [tr.span for r in rows for tr in r.trials if tr.span]
     elapsed = (f", {(max(b for _, b in spans) - min(a for a, _ in spans)) / 60:.1f} min from the first trial's "
                f"start to the last one's end" if spans else "")
-    lines += [f"Protocol: {t.budget} training epochs per row. Stage 1: Optuna's TPE sampler (seed {t.seed}, "
-              f"{t.startup_trials} random trials first) with successive halving (rungs at epoch {t.first_rung} "
-              f"x {t.reduction}^k; the best 1/{t.reduction} of the row's trials at a rung go on, at least the best "
-              f"one{f'; every trial capped at {t.search_epochs} epochs' if t.search_epochs else ''}). "
-              f"Stage 2 at the chosen recipe: every value of the row's own keys and one trial per "
-              f"learning-rate decade, each trained to convergence. Selection: the best validation monitor among "
-              f"the converged trials; the test split is not read. Stored: {done} trials, {total_wall / 60:.1f} min "
-              f"of runs ({total_train / 60:.1f} min training){elapsed}.", ""]
+    datasets = list(dict.fromkeys(r.dataset_id for r in rows))
+    for dataset in datasets:
+        t = suite.tuner.for_dataset(dataset)
+        on = f" on {dataset}" if len(datasets) > 1 else ""
+        lines += [f"Protocol{on}: {t.budget} training epochs per row. Stage 1: Optuna's TPE sampler (seed {t.seed}, "
+                  f"{t.startup_trials} random trials first) with successive halving (rungs at epoch {t.first_rung} "
+                  f"x {t.reduction}^k; the best 1/{t.reduction} of the row's trials at a rung go on, at least the "
+                  f"best one{f'; every trial capped at {t.search_epochs} epochs' if t.search_epochs else ''}). "
+                  f"Stage 2 at the chosen recipe: every value of the row's own keys and one trial per "
+                  f"learning-rate decade, each trained to convergence. Selection: the best validation monitor among "
+                  f"the converged trials; the test split is not read.", ""]
+    lines += [f"Stored: {done} trials, {total_wall / 60:.1f} min of runs ({total_train / 60:.1f} min "
+              f"training){elapsed}.", ""]
     lines += ["| row | chosen trial | valid monitor | valid AUC | valid gAUC | best epoch | trials (pruned) | "
               "epochs used | minutes | search done |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

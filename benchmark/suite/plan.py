@@ -374,6 +374,11 @@ class Suite:
             if dataset not in config.datasets:
                 raise UserError(f"{self.where}: unknown dataset {dataset!r}{close_matches(dataset, config.datasets)}; "
                                 f"known datasets: {', '.join(sorted(config.datasets))}")
+        for dataset in self.tuner.datasets() if self.tuner is not None else ():
+            if dataset not in config.datasets:
+                raise UserError(f"{self.where}: tuner `datasets` names an unknown dataset {dataset!r}"
+                                f"{close_matches(dataset, config.datasets)}; known datasets: "
+                                f"{', '.join(sorted(config.datasets))}")
         for entry in self.entries:
             if entry.expid not in config.models:
                 hint = "" if config_dir else " (blocks of your own: pass --config DIR, their folder)"
@@ -399,11 +404,12 @@ class Suite:
         fixed = set(entry.overrides) | set(extra_overrides or {})
         axes, constants = search_space(self.tuner_space, entry.tuner_space, fixed, where)
         name = f"{entry.expid}@{dataset or '-'}"
-        search = RowSearch(name, axes, constants, self.tuner, str(params.get("monitor_mode", "max")),
+        tuner = self.tuner.for_dataset(dataset or params.get("dataset_id"))
+        search = RowSearch(name, axes, constants, tuner, str(params.get("monitor_mode", "max")),
                            int(params.get("epochs") or 1))
         first = search.next([])
         if first is None:
-            raise UserError(f"{where}: the tuner's budget of {self.tuner.budget} epochs leaves no room for a search "
+            raise UserError(f"{where}: the tuner's budget of {tuner.budget} epochs leaves no room for a search "
                             f"trial after stage 2's reserve ({search.reserve([]):.0f} epochs for "
                             f"{search.sweep_size()} trials); raise `budget` or drop own values")
         return TuningRow(name=name, entry=entry, dataset=dataset, search=search), first

@@ -24,6 +24,8 @@ that the row fixes in its ``overrides`` is not searched for that row (e.g. Singl
       reduction: 3       # at each rung the best 1/reduction go on
       converged_epochs: 6  # the epochs one converged trial is assumed to take until the row has one
       search_epochs: 0   # a stage-1 trial's epoch cap (0: the row's own cap; stage 2 trains the winner on)
+      datasets:          # a dataset's own settings over the ones above (e.g. a budget that fits its search
+        conflict_like: {budget: 32}   # in the time there is, where its trials converge more slowly)
 
 The search of a row has two stages.
 
@@ -63,6 +65,7 @@ read while tuning.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import warnings
@@ -70,7 +73,9 @@ from dataclasses import dataclass, field
 
 from mdl_bench.kernel.errors import UserError, close_matches
 
-TUNER_KEYS = ("budget", "seed", "startup_trials", "first_rung", "reduction", "converged_epochs", "search_epochs")
+DATASETS_KEY = "datasets"
+TUNER_KEYS = ("budget", "seed", "startup_trials", "first_rung", "reduction", "converged_epochs", "search_epochs",
+              DATASETS_KEY)
 MAX_OWN_KEYS = 3
 SIGNIFICANT_DIGITS = 2
 LEARNING_RATE = "learning_rate"
@@ -85,7 +90,9 @@ def _int(data: dict, key: str, default: int, low: int, where: str) -> int:
 
 @dataclass(frozen=True)
 class Tuner:
-    """The parsed ``tuner:`` block of a suite."""
+    """The parsed ``tuner:`` block of a suite. ``by_dataset``: the settings a dataset of the suite sets for itself
+    (the block's ``datasets:`` mapping), as ``((dataset id, ((key, value), ...)), ...)``; :meth:`for_dataset`
+    gives the tuner a dataset's rows search with."""
 
     budget: int = 40
     seed: int = 0
@@ -94,11 +101,29 @@ class Tuner:
     reduction: int = 3
     converged_epochs: float = 6.0
     search_epochs: int = 0
+    by_dataset: tuple = ()
 
     @classmethod
     def parse(cls, data, where: str) -> "Tuner":
         if not isinstance(data, dict):
             raise UserError(f"{where}: `tuner` must be a mapping ({', '.join(TUNER_KEYS)}); fix the suite file")
+        data = dict(data)
+        per_dataset = data.pop(DATASETS_KEY, None) or {}
+        if not isinstance(per_dataset, dict) or not all(isinstance(v, dict) for v in per_dataset.values()):
+            raise UserError(f"{where}: tuner `{DATASETS_KEY}` must map dataset ids to tuner settings, e.g. "
+                            f"`{DATASETS_KEY}: {{conflict_like: {{budget: 32}}}}`; got {per_dataset!r}")
+        base = cls._parse_settings(data, where)
+        by_dataset = []
+        for dataset, settings in per_dataset.items():
+            if DATASETS_KEY in settings:
+                raise UserError(f"{where}, tuner, {DATASETS_KEY}, {dataset}: a dataset's settings cannot nest "
+                                f"`{DATASETS_KEY}`")
+            cls._parse_settings({**data, **settings}, f"{where}, tuner, {DATASETS_KEY}, {dataset}")
+            by_dataset.append((str(dataset), tuple(sorted(settings.items()))))
+        return dataclasses.replace(base, by_dataset=tuple(by_dataset))
+
+    @classmethod
+    def _parse_settings(cls, data: dict, where: str) -> "Tuner":
         for key in data:
             if key not in TUNER_KEYS:
                 raise UserError(f"{where}, tuner: unknown tuner key {key!r}{close_matches(str(key), TUNER_KEYS)}; "
@@ -113,6 +138,26 @@ class Tuner:
                    startup_trials=_int(data, "startup_trials", 8, 0, where),
                    first_rung=_int(data, "first_rung", 2, 1, where), reduction=_int(data, "reduction", 3, 2, where),
                    converged_epochs=float(converged), search_epochs=_int(data, "search_epochs", 0, 0, where))
+
+    def settings(self) -> dict:
+        """The suite-wide settings (without the datasets' own)."""
+        return {key: getattr(self, key) for key in TUNER_KEYS if key != DATASETS_KEY}
+
+    def for_dataset(self, dataset) -> "Tuner":
+        """The tuner of one dataset's rows: the suite-wide settings under that dataset's own."""
+        own = dict(dict(self.by_dataset).get(str(dataset), ()))
+        return dataclasses.replace(self, by_dataset=()) if not own else \
+            self._parse_settings({**self.settings(), **own}, f"tuner of dataset {dataset}")
+
+    def with_settings(self, settings: dict, where: str) -> "Tuner":
+        """These settings over every level (``--tuner KEY=VALUE``: what the command line sets wins, for the suite
+        and for each dataset that sets the key for itself)."""
+        per_dataset = {d: {k: v for k, v in own if k not in settings} for d, own in self.by_dataset}
+        return Tuner.parse({**self.settings(), **settings, DATASETS_KEY: per_dataset}, where)
+
+    def datasets(self) -> list[str]:
+        """The datasets with settings of their own."""
+        return [d for d, _ in self.by_dataset]
 
 
 # ------------------------------------------------------------------------------------------------ the space
