@@ -211,6 +211,23 @@ def _own_text(axis, choice: int) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in axis.config(choice).items())
 
 
+def protocol_lines(rows: list, tuner) -> list:
+    """The search protocol each dataset's rows ran under (a dataset may set its own tuner settings)."""
+    lines = []
+    datasets = list(dict.fromkeys(r.dataset_id for r in rows))
+    for dataset in datasets:
+        t = tuner.for_dataset(dataset)
+        on = f" on {dataset}" if len(datasets) > 1 else ""
+        lines += [f"Protocol{on}: {t.budget} training epochs per row. Stage 1: Optuna's TPE sampler (seed {t.seed}, "
+                  f"{t.startup_trials} random trials first) with successive halving (rungs at epoch {t.first_rung} "
+                  f"x {t.reduction}^k; the best 1/{t.reduction} of the row's trials at a rung go on, at least the "
+                  f"best one{f'; every trial capped at {t.search_epochs} epochs' if t.search_epochs else ''}). "
+                  f"Stage 2 at the chosen recipe: every value of the row's own keys and one trial per "
+                  f"learning-rate decade, each trained to convergence. Selection: the best validation monitor among "
+                  f"the converged trials; the test split is not read.", ""]
+    return lines
+
+
 def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None, config_dir=None) -> str:
     """The tuning report: every trial of every row, the chosen values, and the budget curves (md; ``images`` maps
     a plot's name to its path or link)."""
@@ -244,17 +261,7 @@ def render_tuning(rows: list, suite, fmt: str = "md", images: dict | None = None
     spans = [tr.span for r in rows for tr in r.trials if tr.span]
     elapsed = (f", {(max(b for _, b in spans) - min(a for a, _ in spans)) / 60:.1f} min from the first trial's "
                f"start to the last one's end" if spans else "")
-    datasets = list(dict.fromkeys(r.dataset_id for r in rows))
-    for dataset in datasets:
-        t = suite.tuner.for_dataset(dataset)
-        on = f" on {dataset}" if len(datasets) > 1 else ""
-        lines += [f"Protocol{on}: {t.budget} training epochs per row. Stage 1: Optuna's TPE sampler (seed {t.seed}, "
-                  f"{t.startup_trials} random trials first) with successive halving (rungs at epoch {t.first_rung} "
-                  f"x {t.reduction}^k; the best 1/{t.reduction} of the row's trials at a rung go on, at least the "
-                  f"best one{f'; every trial capped at {t.search_epochs} epochs' if t.search_epochs else ''}). "
-                  f"Stage 2 at the chosen recipe: every value of the row's own keys and one trial per "
-                  f"learning-rate decade, each trained to convergence. Selection: the best validation monitor among "
-                  f"the converged trials; the test split is not read.", ""]
+    lines += protocol_lines(rows, suite.tuner)
     lines += [f"Stored: {done} trials, {total_wall / 60:.1f} min of runs ({total_train / 60:.1f} min "
               f"training){elapsed}.", ""]
     lines += ["| row | chosen trial | valid monitor | valid AUC | valid gAUC | best epoch | trials (pruned) | "
