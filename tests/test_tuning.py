@@ -455,7 +455,13 @@ def test_budget_curves_and_where_the_ranking_settles():
     assert curves.stable_from == 3
     assert curves.running[1] == [0.70, 0.70, 0.70, 0.80]  # in trial order, the pruned first trial included
     text = "\n".join(render_budget_md(curves))
-    assert "n = 3 to n = 4" in text and "B > A" in text
+    assert "every n from 3 to 4: B > A" in text
+    # rows with different trial counts are ranked only where every row has trials: at most C's 2
+    curves = budget_curves([row("A", [0.745, 0.745, 0.745, 0.745]), row("B", [0.70, 0.70, 0.70, 0.80]),
+                            row("C", [0.74, 0.70])])
+    assert curves.common == 2 and curves.ranking(2) == ["A", "B", "C"] and curves.stable_from == 1
+    text = "\n".join(render_budget_md(curves))
+    assert "every n from 1 to 2 (the fewest trials any row ran): A > B > C" in text
 
 
 def test_the_tuning_report_shows_budget_curves_and_writes_their_plot(tuned, tmp_path, capsys):

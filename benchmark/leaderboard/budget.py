@@ -49,8 +49,9 @@ class BudgetCurves:
     means: list               # per row: [E[best] for n = 1..budget] (NaN beyond the row's own trials)
     stds: list
     mode: str
-    stable_from: int | None   # smallest n from which the ranking equals the ranking at the full budget
+    stable_from: int | None   # smallest n from which the ranking equals the ranking at ``common``
     running: list = None      # per row: the best score among its first n trials, in the order they ran
+    common: int = 0           # the fewest trials any row ran: the largest n at which every row can be ranked
 
     def ranking(self, n: int) -> list[str]:
         """Row labels best first by the expected best score after ``n`` trials."""
@@ -79,11 +80,12 @@ def budget_curves(rows: list) -> BudgetCurves:
                  for n in range(1, budget + 1)]
         means.append([p[0] for p in pairs])
         stds.append([p[1] for p in pairs])
-    curves = BudgetCurves([r.label for r in rows], budget, means, stds, mode, None, running)
-    if budget:
-        final = curves.ranking(budget)
-        stable = budget
-        for n in range(budget, 0, -1):
+    common = min((len(s) for s in scores), default=0)
+    curves = BudgetCurves([r.label for r in rows], budget, means, stds, mode, None, running, common)
+    if common:  # rankings compare rows at the same n, so only up to the n every row reached
+        final = curves.ranking(common)
+        stable = common
+        for n in range(common, 0, -1):
             if curves.ranking(n) != final:
                 break
             stable = n
@@ -106,9 +108,11 @@ def render_budget_md(curves: BudgetCurves) -> list[str]:
         cells = ["-" if math.isnan(mean[n - 1]) else f"{mean[n - 1]:.5f} ± {std[n - 1]:.5f}<br>"
                  f"{run[n - 1]:.5f}" for n in shown]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"The ranking of the rows by expected best score is the same for every budget from "
-                  f"n = {curves.stable_from} to n = {curves.budget} trials: "
-                  f"{' > '.join(curves.ranking(curves.budget))}.", ""]
+    if curves.common:
+        fewest = " (the fewest trials any row ran)" if curves.common < curves.budget else ""
+        lines += ["", f"The ranking of the rows by expected best score after n trials is the same for every n from "
+                      f"{curves.stable_from} to {curves.common}{fewest}: "
+                      f"{' > '.join(curves.ranking(curves.common))}.", ""]
     return lines
 
 
