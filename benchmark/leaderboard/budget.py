@@ -51,7 +51,11 @@ class BudgetCurves:
     mode: str
     stable_from: int | None   # smallest n from which the ranking equals the ranking at ``common``
     running: list = None      # per row: the best score among its first n trials, in the order they ran
-    common: int = 0           # the fewest trials any row ran: the largest n at which every row can be ranked
+
+    @property
+    def common(self) -> int:
+        """The fewest trials any row ran: the largest n at which every row can be ranked."""
+        return min((sum(not math.isnan(v) for v in m) for m in self.means), default=0)
 
     def ranking(self, n: int) -> list[str]:
         """Row labels best first by the expected best score after ``n`` trials."""
@@ -80,12 +84,11 @@ def budget_curves(rows: list) -> BudgetCurves:
                  for n in range(1, budget + 1)]
         means.append([p[0] for p in pairs])
         stds.append([p[1] for p in pairs])
-    common = min((len(s) for s in scores), default=0)
-    curves = BudgetCurves([r.label for r in rows], budget, means, stds, mode, None, running, common)
-    if common:  # rankings compare rows at the same n, so only up to the n every row reached
-        final = curves.ranking(common)
-        stable = common
-        for n in range(common, 0, -1):
+    curves = BudgetCurves([r.label for r in rows], budget, means, stds, mode, None, running)
+    if curves.common:  # rankings compare rows at the same n, so only up to the n every row reached
+        final = curves.ranking(curves.common)
+        stable = curves.common
+        for n in range(curves.common, 0, -1):
             if curves.ranking(n) != final:
                 break
             stable = n

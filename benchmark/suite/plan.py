@@ -370,13 +370,11 @@ class Suite:
         """Datasets, expids and leaderboard metrics known; returns the metrics the leaderboard asks for."""
         from mdl_bench.model_zoo.core import metrics as metric_lib
 
-        for dataset in self.datasets:
+        named = [(d, "") for d in self.datasets] + [
+            (d, "tuner `datasets` names an ") for d in (self.tuner.datasets() if self.tuner is not None else ())]
+        for dataset, prefix in named:
             if dataset not in config.datasets:
-                raise UserError(f"{self.where}: unknown dataset {dataset!r}{close_matches(dataset, config.datasets)}; "
-                                f"known datasets: {', '.join(sorted(config.datasets))}")
-        for dataset in self.tuner.datasets() if self.tuner is not None else ():
-            if dataset not in config.datasets:
-                raise UserError(f"{self.where}: tuner `datasets` names an unknown dataset {dataset!r}"
+                raise UserError(f"{self.where}: {prefix}unknown dataset {dataset!r}"
                                 f"{close_matches(dataset, config.datasets)}; known datasets: "
                                 f"{', '.join(sorted(config.datasets))}")
         for entry in self.entries:
