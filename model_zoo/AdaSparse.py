@@ -41,7 +41,7 @@ from mdl_bench.model_zoo.core.fuxictr_api import get_activation
 
 from mdl_bench.kernel.errors import UserError
 from .base import MultiDomainModel
-from .layers import FieldSelection, MultiEmbedding, check_fields
+from .layers import FieldSelection, MultiEmbedding, check_fields, single
 
 WEIGHTINGS = ("binarization", "scaling", "fusion")
 
@@ -131,7 +131,7 @@ class AdaSparse(MultiDomainModel):
 
     def forward_layers(self, X) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """``(logit B, [pi_l], [s_l])`` for a batch."""
-        emb = self.embedding(X)[0]  # B x F x D
+        emb = single(self.embedding(X))  # B x F x D
         e_d = self.domain_inputs(emb).flatten(1)
         h = emb.flatten(1)
         pis, soft = [], []

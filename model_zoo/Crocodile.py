@@ -29,7 +29,7 @@ from mdl_bench.kernel.errors import UserError
 from .base import MultiDomainModel
 from .layers import (BatchedMLP, DomainGroups, DomainTowers, ElementwiseGate, FieldSelection, MultiEmbedding,
                      SoftmaxGate, check_fields, make_disentangle_loss, mix_own,
-                     mixture_step_components)
+                     mixture_step_components, single)
 
 
 class Crocodile(MultiDomainModel):
@@ -114,7 +114,7 @@ class Crocodile(MultiDomainModel):
 
     def _experts(self, emb: torch.Tensor) -> torch.Tensor:
         """Expert outputs ``M x B x d`` from the flat embeddings ``tables x B x (F*D)``."""
-        return self.experts(emb if self.embedding_mode == "ME" else emb[0])  # M x B x FD, or one B x FD for all
+        return self.experts(emb if self.embedding_mode == "ME" else single(emb))  # M x B x FD, or one B x FD for all
 
     def _gate_weights(self, X: dict[str, torch.Tensor], emb: torch.Tensor, domain: torch.Tensor,
                       groups: DomainGroups | None = None) -> torch.Tensor:
@@ -123,7 +123,7 @@ class Crocodile(MultiDomainModel):
         if self.gating == "mmoe":
             gate_in = emb.permute(1, 0, 2).reshape(emb.shape[1], -1)
         else:
-            gate_in = self.prior(self.prior_embedding(X)[0]).flatten(1)
+            gate_in = self.prior(single(self.prior_embedding(X))).flatten(1)
         return self.gate.own(gate_in, groups or DomainGroups(domain, self.num_domains))
 
     def expert_outputs(self, X: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .base import MultiDomainModel
-from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, gather_domain, mix
+from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, gather_domain, mix, single
 
 
 class HiNet(MultiDomainModel):
@@ -92,10 +92,10 @@ class HiNet(MultiDomainModel):
     def scenario_layer(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(G, S, e_s)``: shared SEI output ``B x H``, scenario SEI outputs ``K x B x H`` and the scenario
         embeddings ``B x D``."""
-        emb = self.embedding(X)[0]  # B x F x D
+        emb = single(self.embedding(X))  # B x F x D
         x = emb.flatten(1)
         out = self.sub_experts(x)  # (n_shared + K*n_specific) x B x H
-        shared = mix(out[:self.n_shared], self.shared_gate(x))[0]  # B x H
+        shared = single(mix(out[:self.n_shared], self.shared_gate(x)))  # B x H
         specific_out = out[self.n_shared:].view(self.num_domains, self.n_specific, *out.shape[1:])  # K x n x B x H
         specific = torch.einsum("bkn,knbh->kbh", self.specific_gates(x), specific_out)
         return shared, specific, emb[:, self.scenario_index]
@@ -122,6 +122,6 @@ class HiNet(MultiDomainModel):
         for s, rows in enumerate(groups.split(c)):  # scenario s's task layer on its own rows
             experts = self.task_experts[s](rows)  # n x n_s x H2
             weights = self.task_gates[s](rows)  # n_s x 1 x n
-            parts.append(mix(experts, weights)[0])
+            parts.append(single(mix(experts, weights)))
         task_out = groups.merge(parts)  # B x H2
         return self.towers(task_out, groups), {}  # tower s on the rows of scenario s

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .base import MultiDomainModel
-from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, mix_own
+from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, SoftmaxGate, mix_own, single
 
 
 class MMoE(MultiDomainModel):
@@ -52,10 +52,10 @@ class MMoE(MultiDomainModel):
         self.model_to_device()
 
     def expert_outputs_for_analysis(self, X):
-        return self.experts(self.embedding.flat(X)[0]), [None] * self.num_experts
+        return self.experts(single(self.embedding.flat(X))), [None] * self.num_experts
 
     def logits(self, X, domain):
-        x = self.embedding.flat(X)[0]  # B x F*D
+        x = single(self.embedding.flat(X))  # B x F*D
         groups = DomainGroups(domain, self.num_domains)
         weights = self.gate.own(x, groups)  # B x E, own domain's gate
         tower_in = mix_own(self.experts(x), weights)  # B x H

@@ -44,7 +44,7 @@ from mdl_bench.model_zoo.core.fuxictr_api import get_activation
 
 from mdl_bench.kernel.errors import UserError
 from .base import MultiDomainModel
-from .layers import BatchedMLP, DomainGroups, FieldSelection, MultiEmbedding, check_fields
+from .layers import BatchedMLP, DomainGroups, FieldSelection, MultiEmbedding, check_fields, single
 from .layers.gate_nu import GateNU
 
 
@@ -121,8 +121,8 @@ class PEPNet(MultiDomainModel):
     def epnet(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(O_ep, delta_domain, prior)``: personalised embedding ``B x F*D``, EPNet's factors (``B x F`` or
         ``B x F*D``) and the prior embeddings ``B x P x D``."""
-        emb = self.embedding(X)[0]  # B x F x D
-        prior = self.prior_embedding(X)[0]  # B x P x D
+        emb = single(self.embedding(X))  # B x F x D
+        prior = single(self.prior_embedding(X))  # B x P x D
         gate_in = torch.cat([self.epnet_prior(prior).flatten(1), self._gate_input(emb.flatten(1))], dim=1)
         delta = self.ep_gate(gate_in)
         if self.epnet_gate == "field":

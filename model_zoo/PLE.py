@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .base import MultiDomainModel
-from .layers import DomainGroups, DomainTowers, MultiEmbedding
+from .layers import DomainGroups, DomainTowers, MultiEmbedding, single
 from .layers.extraction import ExtractionNetwork, split_levels
 
 
@@ -75,9 +75,9 @@ class PLE(MultiDomainModel):
         self.model_to_device()
 
     def expert_outputs_for_analysis(self, X):
-        return self.extraction(self.embedding.flat(X)[0])[1], list(self.extraction.bound)
+        return self.extraction(single(self.embedding.flat(X)))[1], list(self.extraction.bound)
 
     def logits(self, X, domain):
         groups = DomainGroups(domain, self.num_domains)
-        mixture = self.extraction.own(self.embedding.flat(X)[0], groups)  # B x H, the row's own domain's
+        mixture = self.extraction.own(single(self.embedding.flat(X)), groups)  # B x H, the row's own domain's
         return self.towers(mixture, groups), {}  # tower s on the rows of domain s

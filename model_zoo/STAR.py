@@ -45,7 +45,7 @@ from mdl_bench.model_zoo.core.fuxictr_api import MLP_Block
 from mdl_bench.model_zoo.core.fuxictr_api import get_activation
 
 from .base import MultiDomainModel
-from .layers import DomainGroups, FieldSelection, MultiEmbedding, check_fields
+from .layers import DomainGroups, FieldSelection, MultiEmbedding, check_fields, single
 from .layers.partitioned_norm import PartitionedNorm
 
 
@@ -161,7 +161,7 @@ class STAR(MultiDomainModel):
         saying what its experts are. Meant for eval mode (the analysis calls it so): in train mode partitioned
         normalization would update domain ``s``'s running statistics with every row.
         """
-        emb = self.embedding(X)[0]  # B x F x D
+        emb = single(self.embedding(X))  # B x F x D
         outputs = []
         for s in range(self.num_domains):
             domain = torch.full((emb.shape[0],), s, dtype=torch.long, device=emb.device)
@@ -169,6 +169,6 @@ class STAR(MultiDomainModel):
         return torch.stack(outputs), list(range(self.num_domains))
 
     def logits(self, X, domain):
-        emb = self.embedding(X)[0]  # B x F x D
+        emb = single(self.embedding(X))  # B x F x D
         aux_logit = self.aux_net(self.aux_inputs(emb).flatten(1)).squeeze(-1)
         return self.main_logit(emb, domain) + aux_logit, {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .base import MultiDomainModel
-from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding
+from .layers import BatchedMLP, DomainGroups, DomainTowers, MultiEmbedding, single
 
 
 class SharedBottom(MultiDomainModel):
@@ -45,5 +45,5 @@ class SharedBottom(MultiDomainModel):
         self.model_to_device()
 
     def logits(self, X, domain):
-        h = self.bottom(self.embedding.flat(X)[0])[0]  # B x H
+        h = single(self.bottom(single(self.embedding.flat(X))))  # B x H
         return self.towers(h, DomainGroups(domain, self.num_domains)), {}  # tower s on the rows of domain s

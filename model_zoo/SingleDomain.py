@@ -76,7 +76,7 @@ from torch import nn
 from mdl_bench.kernel.errors import UserError
 from .base import MultiDomainModel, regularizer
 from .core import metrics as metric_lib, training
-from .layers import BatchedMLP, DomainGroups, SeparateTables
+from .layers import BatchedMLP, DomainGroups, SeparateTables, single
 
 
 @dataclass
@@ -364,7 +364,7 @@ class DomainDNN(nn.Module):
         self.output = nn.Linear(self.hidden.output_dim, 1)
 
     def hidden_output(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hidden(x)[0]
+        return single(self.hidden(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.hidden_output(x)).view(-1)

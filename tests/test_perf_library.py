@@ -149,6 +149,22 @@ def test_measure_library_times_both_sides(fake_library, tiny, tmp_path):
     assert set(out["unmatched"]) == {"PLE", "PEPNet"} and "no PLE" in out["unmatched"]["PLE"]
 
 
+def test_our_side_runs_the_recipe_both_sides_share(fake_library, tiny, tmp_path, monkeypatch):
+    """Whatever the expid's own batch norm and dropout (the tuned defaults may turn either off), our side is
+    built with the library's: batch norm on, no dropout; the entry records it."""
+    from mdl_bench.benchmark.perf import measure
+
+    seen = []
+    real_prepare = measure.prepare
+    monkeypatch.setattr(measure, "prepare", lambda expid, overrides: seen.append(dict(overrides)) or
+                        real_prepare(expid, {**overrides}))
+    cfg = PerfConfig(models=["SharedBottom"], expid_suffix="_test", dataset_id="tiny_synth", batches=2, repeats=1,
+                     min_epoch_seconds=0, library_path=str(fake_library))
+    entry = L.measure_library(cfg.library_path, cfg, ["SharedBottom"], tmp_path)["models"]["SharedBottom"]
+    assert seen and seen[0]["batch_norm"] is True and seen[0]["net_dropout"] == 0
+    assert entry["recipe"] == L.MATCHED_RECIPE
+
+
 def test_the_report_shows_the_comparison_or_why_it_was_skipped():
     from mdl_bench.benchmark.perf.report import _library
     from mdl_bench.benchmark.perf.targets import evaluate_targets
@@ -160,6 +176,9 @@ def test_the_report_shows_the_comparison_or_why_it_was_skipped():
     library = {"library": "Scenario-Wise Rec", "package": L.PACKAGE, "commit": "0123456789abcdef",
                "models": {"SharedBottom": entry}, "unmatched": {"PEPNet": "not there"}}
     text = "\n".join(_library(library))
+    assert "Both sides ran" not in text  # an entry without a recipe (older perf.json) says nothing about it
+    entry["recipe"] = dict(L.MATCHED_RECIPE)
+    assert "Both sides ran with batch_norm True, net_dropout 0.0" in "\n".join(_library(library))
     assert "| Shared Bottom | SharedBottom | 900 | 1,000 | 1,000 | 0.90 |" in text and "PEPNet: not there" in text
     row = next(r for r in evaluate_targets({"library": library}) if "Scenario-Wise" in r["target"])
     assert row["value"] == 0.9 and row["met"] is False

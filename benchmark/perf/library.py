@@ -30,6 +30,10 @@ DOMAIN_KEY = "domain_indicator"
 #: its trainer's optimiser defaults (``CTRTrainer``: Adam, weight decay 1e-5); the learning rate is ours
 WEIGHT_DECAY = 1e-5
 
+#: our side of every pair runs with these, whatever its ``_default`` block says, so that both sides time the same
+#: network: the library's MLPs always have batch norm, and its models are built here without dropout
+MATCHED_RECIPE = {"batch_norm": True, "net_dropout": 0.0}
+
 SKIPPED = "beside a public library: skipped (give --library-path DIR, a checkout of Scenario-Wise-Rec)"
 
 
@@ -201,8 +205,8 @@ def their_bare_loop(net, optimizer, criterion, batches: list[tuple[dict, Any]]) 
 
 
 def measure_pair(lib: Library, match: Match, cfg: PerfConfig, work: Path) -> dict:
-    """Our real and bare throughput (as :func:`.measure.measure_model`), then the library's bare loop on the
-    same number of in-memory batches of our loader, ``cfg.repeats`` passes each."""
+    """Our real and bare throughput (as :func:`.measure.measure_model`, with :data:`MATCHED_RECIPE`), then the
+    library's bare loop on the same number of in-memory batches of our loader, ``cfg.repeats`` passes each."""
     import itertools
 
     import torch
@@ -210,7 +214,8 @@ def measure_pair(lib: Library, match: Match, cfg: PerfConfig, work: Path) -> dic
     from .measure import base_overrides, measure_training, new_model, prepare
     from .timing import batch_rows, median
 
-    params, model_class, paths, feature_map = prepare(match.ours + cfg.expid_suffix, base_overrides(cfg, work))
+    overrides = {**base_overrides(cfg, work), **MATCHED_RECIPE}
+    params, model_class, paths, feature_map = prepare(match.ours + cfg.expid_suffix, overrides)
     ours = new_model(model_class, feature_map, params)
     out = measure_training(ours, params, paths, cfg.batches, cfg.repeats, min_epoch_seconds=cfg.min_epoch_seconds)
     train, _, _ = out.pop("loaders")
@@ -224,7 +229,7 @@ def measure_pair(lib: Library, match: Match, cfg: PerfConfig, work: Path) -> dic
     rows = sum(batch_rows(x) for x, _ in batches[1:])
     passes = [rows / sum(their_bare_loop(net, optimizer, criterion, batches[1:])) for _ in range(cfg.repeats)]
     return {"ours": match.ours, "display_name": model_class.display_name or match.ours, "theirs": match.theirs,
-            "how": match.how, "batch_size": train.batch_size, "batches": len(batches) - 1,
+            "how": match.how, "recipe": dict(MATCHED_RECIPE), "batch_size": train.batch_size, "batches": len(batches) - 1,
             "real_sps": out["real_sps"], "bare_sps": out["bare_sps"], "theirs_bare_sps": median(passes),
             "theirs_bare_sps_repeats": passes, "real_over_theirs": out["real_sps"] / median(passes),
             "num_parameters": ours.num_parameters(),

@@ -75,8 +75,11 @@ def _library(library: dict) -> list[str]:
         out.append(f"| {m['display_name']} | {m['theirs']} | {_fmt(m['real_sps'])} | {_fmt(m['bare_sps'])} | "
                    f"{_fmt(m['theirs_bare_sps'])} | {m['real_over_theirs']:.2f} | {m['num_parameters']:,} / "
                    f"{m['theirs_num_parameters']:,} |")
+    recipe = next((m["recipe"] for m in library["models"].values() if m.get("recipe")), None)
+    both = (" Both sides ran with " + ", ".join(f"{k} {v}" for k, v in recipe.items()) + " (ours whatever its "
+            "`_default` block says), so that they time the same network.") if recipe else ""
     out += ["", "Library bare = its trainer's step (zero_grad, forward, BCE, backward, Adam) on our batches already "
-                "in memory, same process and threads; real = `make_loaders` + `fit`. Matched: " + "; ".join(
+                "in memory, same process and threads; real = `make_loaders` + `fit`." + both + " Matched: " + "; ".join(
                     f"{m['display_name']}: {m['how']}" for m in library["models"].values()) + "."]
     if library.get("unmatched"):
         out.append("Not matched: " + "; ".join(f"{n}: {why}" for n, why in library["unmatched"].items()) + ".")

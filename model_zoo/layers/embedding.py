@@ -8,6 +8,7 @@ from torch import nn
 from mdl_bench.model_zoo.core.fuxictr_api import FeatureEmbedding
 
 from mdl_bench.kernel.errors import UserError
+from .slots import single
 
 
 class MultiEmbedding(nn.Module):
@@ -132,17 +133,17 @@ class SeparateTables(nn.Module):
         return take_fields(emb, self.positions(names))
 
     def forward(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([table(X)[0] for table in self.tables])
+        return torch.stack([single(table(X)) for table in self.tables])
 
     def flat(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([table.flat(X)[0] for table in self.tables])
+        return torch.stack([single(table.flat(X)) for table in self.tables])
 
     def routed(self, X: dict[str, torch.Tensor], groups) -> list[torch.Tensor]:
         """Table ``s`` on the rows of domain ``s`` (``groups``: the batch's
         :class:`~model_zoo.layers.DomainGroups`); a domain without rows gets ``0 x (F*D)``, its table still in
         the autograd graph (data-parallel training needs every parameter there)."""
         per_domain = {name: groups.split(value) for name, value in X.items()}  # field -> K blocks of rows
-        return [table.flat({name: blocks[s] for name, blocks in per_domain.items()})[0]
+        return [single(table.flat({name: blocks[s] for name, blocks in per_domain.items()}))
                 for s, table in enumerate(self.tables)]
 
 

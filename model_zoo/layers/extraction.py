@@ -44,6 +44,7 @@ from torch import nn
 from mdl_bench.kernel.errors import UserError
 from .experts import BatchedMLP
 from .routing import DomainGroups
+from .slots import single
 
 GATE_SCOPES = ("own", "all")
 GATE_INPUTS = ("stream", "stream+shared")
@@ -122,7 +123,7 @@ class ExtractionLayer(nn.Module):
         visible = torch.softmax(self.domain_gates(gate_in), dim=-1)  # K x B x E_visible
         weights = visible.new_zeros(K, visible.shape[1], self.num_experts)
         weights = weights.scatter(2, self.visible_index.unsqueeze(1).expand_as(visible), visible)
-        shared = torch.softmax(self.shared_gate(shared_in)[0], dim=-1) if self.shared_gate is not None else None
+        shared = torch.softmax(single(self.shared_gate(shared_in)), dim=-1) if self.shared_gate is not None else None
         return weights, shared
 
     def combine(self, expert_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
