@@ -162,7 +162,14 @@ def test_our_side_runs_the_recipe_both_sides_share(fake_library, tiny, tmp_path,
                      min_epoch_seconds=0, library_path=str(fake_library))
     entry = L.measure_library(cfg.library_path, cfg, ["SharedBottom"], tmp_path)["models"]["SharedBottom"]
     assert seen and seen[0]["batch_norm"] is True and seen[0]["net_dropout"] == 0
-    assert entry["recipe"] == L.MATCHED_RECIPE
+    assert entry["recipe"] == L.MATCHED_RECIPE and entry["ours_overrides"] == {}
+
+
+def test_ple_runs_one_level_on_both_sides():
+    """The library's PLE levels repeat the whole expert MLP; ours split it over num_levels: one level on both
+    sides is the same network."""
+    match = next(m for m in L.MATCHES if m.ours == "PLE")
+    assert dict(match.ours_overrides) == {"num_levels": 1} and "num_levels 1" in match.how
 
 
 def test_the_report_shows_the_comparison_or_why_it_was_skipped():

@@ -74,8 +74,8 @@ def _mmoe(lib: Library, x: Inputs, p: dict):
 
 
 def _ple(lib: Library, x: Inputs, p: dict):
-    # the library's levels repeat the whole expert MLP, ours split it over the levels: one level of the whole
-    # MLP has the same expert weights (ours adds the first level's gates, a few thousand multiply-adds a row)
+    # the library's levels repeat the whole expert MLP, ours split it over the levels: both run one level of the
+    # whole MLP (ours with num_levels 1, see MATCHES), the same experts, gates and towers
     return lib.models.PLE(x.all, x.num_domains, n_level=1, n_expert_specific=int(p["num_specific_experts"]),
                           n_expert_shared=int(p["num_shared_experts"]), expert_params=_mlp(p["expert_hidden_units"]),
                           tower_params=_mlp(p["tower_hidden_units"]))
@@ -100,13 +100,15 @@ class Match:
     theirs: str
     build: Callable[[Library, Inputs, dict], Any]
     how: str
+    #: our keys set to what the library's model can express (beside :data:`MATCHED_RECIPE`)
+    ours_overrides: tuple[tuple[str, Any], ...] = ()
 
 
 MATCHES = (
     Match("SharedBottom", "SharedBottom", _shared_bottom, "bottom and towers at our widths"),
     Match("MMoE", "MMOE", _mmoe, "E = K experts, our expert and tower widths"),
-    Match("PLE", "PLE", _ple, "1 specific expert per domain + 1 shared, our expert MLP as one level "
-                              "(ours: two levels over the same expert widths)"),
+    Match("PLE", "PLE", _ple, "our specific and shared experts, the whole expert MLP as one level on both "
+                              "sides (ours with num_levels 1)", (("num_levels", 1),)),
     Match("STAR", "Star", _star, "star FCN and auxiliary network at our widths"),
     Match("AdaSparse", "AdaSparse", _adasparse, "domain field as the scenario feature, our DNN widths, "
                                                 "Fusion weighting with our epsilon, beta, alpha"),
@@ -214,7 +216,7 @@ def measure_pair(lib: Library, match: Match, cfg: PerfConfig, work: Path) -> dic
     from .measure import base_overrides, measure_training, new_model, prepare
     from .timing import batch_rows, median
 
-    overrides = {**base_overrides(cfg, work), **MATCHED_RECIPE}
+    overrides = {**base_overrides(cfg, work), **MATCHED_RECIPE, **dict(match.ours_overrides)}
     params, model_class, paths, feature_map = prepare(match.ours + cfg.expid_suffix, overrides)
     ours = new_model(model_class, feature_map, params)
     out = measure_training(ours, params, paths, cfg.batches, cfg.repeats, min_epoch_seconds=cfg.min_epoch_seconds)
@@ -229,7 +231,8 @@ def measure_pair(lib: Library, match: Match, cfg: PerfConfig, work: Path) -> dic
     rows = sum(batch_rows(x) for x, _ in batches[1:])
     passes = [rows / sum(their_bare_loop(net, optimizer, criterion, batches[1:])) for _ in range(cfg.repeats)]
     return {"ours": match.ours, "display_name": model_class.display_name or match.ours, "theirs": match.theirs,
-            "how": match.how, "recipe": dict(MATCHED_RECIPE), "batch_size": train.batch_size, "batches": len(batches) - 1,
+            "how": match.how, "recipe": dict(MATCHED_RECIPE),
+            "ours_overrides": dict(match.ours_overrides), "batch_size": train.batch_size, "batches": len(batches) - 1,
             "real_sps": out["real_sps"], "bare_sps": out["bare_sps"], "theirs_bare_sps": median(passes),
             "theirs_bare_sps_repeats": passes, "real_over_theirs": out["real_sps"] / median(passes),
             "num_parameters": ours.num_parameters(),
