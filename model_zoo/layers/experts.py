@@ -122,7 +122,7 @@ class BatchedMLP(nn.Module):
                 if self.dropout is not None:
                     x = self.dropout(x)
         if not sorted_rows:
-            x = x.index_select(1, groups.inverse)
+            x = groups.unsort(x, dim=1)
         return x if per_domain is not None else x.squeeze(0)
 
     def subset(self, x: torch.Tensor, first: int, count: int) -> torch.Tensor:

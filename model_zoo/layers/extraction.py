@@ -160,7 +160,7 @@ class ExtractionLayer(nn.Module):
                 parts.append(self.experts.subset(shared_in, K * n, self.num_shared))  # n_shared x B x H
             out = torch.einsum("be,ebh->bh", g, torch.cat(parts, dim=0))
         else:  # every expert, every row: other domains' experts forward their values, send no gradient
-            expert_out = self.expert_outputs(x).index_select(1, groups.order)  # E x B x H, sorted
+            expert_out = groups.sort(self.expert_outputs(x), dim=1)  # E x B x H, sorted
             live = self.live.index_select(0, groups.sorted_domain)  # B x E
             out = (torch.einsum("be,ebh->bh", g * live, expert_out)
                    + torch.einsum("be,ebh->bh", g * (1.0 - live), expert_out.detach()))
