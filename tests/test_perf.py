@@ -164,3 +164,20 @@ def test_cli_perf_rejects_a_non_json_out(capsys, tmp_path):
     assert cli.main(["perf", "--quick", "--out", str(tmp_path / "report.md")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --out") and ".json" in err and err.count("\n") == 1
+
+
+def test_the_stock_comparison_builds_the_same_mmoe_on_both_sides(tiny, tmp_path, monkeypatch):
+    """FuxiCTR's stock MMoE is plain MLP_Blocks with K experts unless told otherwise: ours runs without batch norm
+    and dropout whatever its tuned block says, and the stock side is handed our number of experts."""
+    from mdl_bench.benchmark.perf import measure
+
+    seen = {}
+    real_prepare = measure.prepare
+    monkeypatch.setattr(measure, "prepare", lambda expid, over: seen.setdefault(expid, dict(over)) and
+                        real_prepare(expid, over))
+    matched = measure.measure_matched(tiny_config(), tmp_path)
+    assert seen["MMoE_test"]["batch_norm"] is False and seen["MMoE_test"]["net_dropout"] == 0
+    captured = {}
+    monkeypatch.setattr(measure, "stock_task", lambda task, spec, work: captured.update(spec) or {"models": {}})
+    measure.measure_stock(tiny_config(), tmp_path, matched)
+    assert captured["num_experts"] == matched["MMoE"]["num_experts"]

@@ -175,7 +175,7 @@ def _matched_dnn_class():
     from mdl_bench.model_zoo.core.fuxictr_api import MLP_Block
 
     from mdl_bench.model_zoo.base import MultiDomainModel
-    from mdl_bench.model_zoo.layers import MultiEmbedding
+    from mdl_bench.model_zoo.layers import MultiEmbedding, single
 
     class MatchedDNN(MultiDomainModel):
         """The stock comparison's plain DNN on this package's path: one embedding table, MLP -> logit.
@@ -194,12 +194,15 @@ def _matched_dnn_class():
             self.model_to_device()
 
         def logits(self, X, domain):
-            return self.mlp(self.embedding.flat(X)[0]).view(-1), {}
+            return self.mlp(single(self.embedding.flat(X))).view(-1), {}
 
     return MatchedDNN
 
 
 DNN_HIDDEN_UNITS = [256, 128, 64]  # the size rule's bottom [256, 128] plus its tower [64], as Single Domain's DNN
+#: the stock models are FuxiCTR's plain MLP_Blocks: our matched MMoE runs without batch norm and dropout too, whatever
+#: its tuned ``_default`` block says, and the stock MMoE gets our number of experts (``measure_stock``)
+STOCK_MATCHED = {"batch_norm": False, "net_dropout": 0.0}
 
 
 def measure_matched(cfg: PerfConfig, work: Path) -> dict:
@@ -212,7 +215,7 @@ def measure_matched(cfg: PerfConfig, work: Path) -> dict:
             params = dict(params, model_id="MatchedDNN", dnn_hidden_units=DNN_HIDDEN_UNITS)
             model = new_model(_matched_dnn_class(), feature_map, params)
         else:
-            params, model_class, paths, feature_map = prepare("MMoE" + cfg.expid_suffix, over)
+            params, model_class, paths, feature_map = prepare("MMoE" + cfg.expid_suffix, {**over, **STOCK_MATCHED})
             model = new_model(model_class, feature_map, params)
         result = measure_training(model, params, paths, cfg.matched_batches, cfg.matched_epochs,
                                   bare_batches=cfg.stock_bare_batches, interleave_bare=False)
@@ -222,6 +225,8 @@ def measure_matched(cfg: PerfConfig, work: Path) -> dict:
         result["bare_sps"] = sum(batch_rows(b) for b in in_memory) / sum(steps)
         result["bare_step_ms"] = 1000 * median(steps)
         result["num_parameters"] = model.num_parameters()
+        if name == "MMoE":
+            result["num_experts"] = int(model.num_experts)
         out[name] = result
     out["_spec"] = {"params": params, "paths": paths, "feature_map_dir": feature_map.data_dir}
     return out
@@ -243,7 +248,8 @@ def measure_stock(cfg: PerfConfig, work: Path, matched: dict) -> dict:
             "domain_field": params["domain_field"], "domains": list(params["domains"]),
             "group_id": params.get("group_id"),
             "dnn_hidden_units": DNN_HIDDEN_UNITS, "expert_hidden_units": list(mmoe["expert_hidden_units"]),
-            "tower_hidden_units": list(mmoe["tower_hidden_units"]), "models": ["DNN", "MMoE"]}
+            "tower_hidden_units": list(mmoe["tower_hidden_units"]),
+            "num_experts": int(matched["MMoE"]["num_experts"]), "models": ["DNN", "MMoE"]}
     result = stock_task("train", spec, work)
     for name, entry in result["models"].items():
         entry["real_sps"] = median(entry["samples_per_second"])

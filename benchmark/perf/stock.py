@@ -169,6 +169,7 @@ def task_train(spec: dict) -> dict:
     builders = {
         "DNN": lambda: TimedStockDNN(feature_map, hidden_units=spec["dnn_hidden_units"], **common),
         "MMoE": lambda: TimedStockMMoE(feature_map, num_domains=len(spec["domains"]),
+                                       num_experts=spec.get("num_experts"),
                                        domain_field=spec["domain_field"], domain_lookup=lookup,
                                        expert_hidden_units=spec["expert_hidden_units"],
                                        tower_hidden_units=spec["tower_hidden_units"], **common),
