@@ -35,7 +35,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import functools
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from mdl_bench.model_zoo.core.fuxictr_api import get_activation
 
@@ -44,6 +48,12 @@ from .base import MultiDomainModel
 from .layers import FieldSelection, MultiEmbedding, check_fields, single
 
 WEIGHTINGS = ("binarization", "scaling", "fusion")
+
+
+@functools.lru_cache(maxsize=None)
+def just_below(value: float, dtype: torch.dtype) -> float:
+    """The largest number of ``dtype`` below ``value`` (as that dtype holds it)."""
+    return float(torch.nextafter(torch.tensor(value, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)))
 
 
 class AdaSparse(MultiDomainModel):
@@ -126,7 +136,10 @@ class AdaSparse(MultiDomainModel):
             return hard + (s - s.detach()), s  # straight-through: value 0/1, gradient of s
         pi = self.beta * s
         if self.weighting == "fusion":
-            pi = torch.where(pi < self.epsilon, torch.zeros_like(pi), pi)  # exactly 0, never -pi
+            # exactly 0 where pi < epsilon, never -pi. threshold(x, t, 0) keeps x > t: with t the float just below
+            # epsilon it keeps pi >= epsilon, the same values and gradient as a mask (lt + masked_fill, several
+            # times slower on a CPU).
+            pi = F.threshold(pi, just_below(self.epsilon, pi.dtype), 0.0)
         return pi, s
 
     def forward_layers(self, X) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:

@@ -248,6 +248,27 @@ def test_adasparse_prunes_small_factors_to_exactly_zero(tiny, tiny_batch):
     assert pruned_some
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adasparse_fusion_cut_keeps_exactly_the_factors_at_or_above_epsilon(dtype):
+    """The cut (a threshold just below epsilon) against the mask it replaces, on the boundary itself: a factor equal
+    to epsilon stays, the one just below goes, and the gradients agree."""
+    import torch.nn.functional as F
+
+    from mdl_bench.model_zoo.AdaSparse import just_below
+
+    eps = 0.25
+    at = torch.tensor(eps, dtype=dtype)
+    below, above = torch.nextafter(at, torch.tensor(0.0, dtype=dtype)), torch.nextafter(at, torch.tensor(1.0, dtype=dtype))
+    values = torch.cat([torch.stack([at, below, above]), torch.rand(200, dtype=dtype) * 2]).requires_grad_()
+    cut = F.threshold(values, just_below(eps, dtype), 0.0)
+    masked = torch.where(values < eps, torch.zeros_like(values), values)
+    assert torch.equal(cut, masked) and cut[0] == eps and cut[1] == 0 and cut[2] == above
+    weights = torch.rand_like(values)
+    (grad_cut,) = torch.autograd.grad((cut * weights).sum(), values)
+    (grad_masked,) = torch.autograd.grad((masked * weights).sum(), values)
+    assert torch.equal(grad_cut, grad_masked)
+
+
 def test_adasparse_binarization_is_zero_one_with_straight_through_gradient(tiny, tiny_batch):
     model = build_model(tiny, "AdaSparse_test", weighting="binarization")
     X, domain = inputs(model, tiny_batch)

@@ -218,3 +218,34 @@ def test_evaluations_per_epoch_validates_evenly_and_ends_each_epoch(tiny, tmp_pa
 def test_eval_steps_and_evaluations_per_epoch_are_one_choice(tiny):
     with pytest.raises(UserError, match="keep one of them"):
         build_model(tiny, "SharedBottom_test", eval_steps=5, evaluations_per_epoch=2)
+
+
+def test_table_scope_regularizer_equals_fuxictrs_value_and_gradient(tiny, tiny_batch):
+    """The whole-table penalty (computed here as sums of squares) against FuxiCTR's own ``regularization_loss``
+    (``torch.norm(w) ** 2``) on the same model, with both an embedding and a net regulariser."""
+    from fuxictr.pytorch.models import BaseModel
+
+    model = build_model(tiny, "SharedBottom_test", embedding_regularizer=LAMBDA, net_regularizer="l2(1e-3)",
+                        embedding_regularizer_scope="table")
+    model.train()
+    model(tiny_batch)
+    grads = []
+    for compute in (model.regularization_loss, lambda: BaseModel.regularization_loss(model)):
+        model.zero_grad(set_to_none=True)
+        value = compute()
+        value.backward()
+        grads.append((float(value), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (ours, ours_grads), (theirs, their_grads) = grads
+    assert ours == pytest.approx(theirs, rel=1e-6)
+    assert ours_grads.keys() == their_grads.keys() and len(ours_grads) == len(list(model.parameters()))
+    for name, grad in ours_grads.items():
+        torch.testing.assert_close(grad, their_grads[name], rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_norm_power_gradient_matches_finite_differences():
+    from mdl_bench.model_zoo.base import norm_power
+
+    w = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: norm_power(t, 2), (w,))
+    assert float(norm_power(w, 2)) == pytest.approx(float((w.detach() ** 2).sum()), rel=1e-12)
+    assert float(norm_power(w, 1)) == pytest.approx(float(w.detach().abs().sum()), rel=1e-12)
