@@ -78,9 +78,10 @@ def domain_batch_norm(norm: nn.BatchNorm1d, x: torch.Tensor, sorted_domain: torc
     stats_shape = running_mean.shape
     if norm.training:
         c = torch.tensor(counts, dtype=x.dtype, device=x.device).view(K, 1)  # broadcasts over K x H and n x K x H
-        mean = xs.new_zeros(stats_shape).index_add(axis, sorted_domain, xs) / c.clamp(min=1.0)
+        denom = c.clamp(min=1.0)
+        mean = xs.new_zeros(stats_shape).index_add(axis, sorted_domain, xs) / denom
         centred = xs - mean.index_select(axis, sorted_domain)
-        var = xs.new_zeros(stats_shape).index_add(axis, sorted_domain, centred * centred) / c.clamp(min=1.0)
+        var = xs.new_zeros(stats_shape).index_add(axis, sorted_domain, centred * centred) / denom
         usable = c >= 2
         with torch.no_grad():
             m = float(norm.momentum)
